@@ -1,0 +1,40 @@
+"""What one database does differently, expressed as data the shared store reads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+
+from pybatchintory.errors import PybatchintoryError
+
+__all__ = ("Capabilities",)
+
+
+def _never(exc: BaseException) -> bool:
+    return False
+
+
+def _no_translation(exc: DBAPIError) -> PybatchintoryError | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one database does differently, as data the shared store reads.
+
+    Attributes:
+        write_options: Execution options for write transactions (SQLite turns them into
+            ``BEGIN IMMEDIATE``).
+        retryable: True for a driver error worth retrying the whole transaction
+            (deadlock, serialisation failure, lock timeout, busy database).
+        translate: Maps a driver error to a pybatchintory error, or ``None`` to keep it.
+        skip_locked: ``SELECT ... FOR UPDATE SKIP LOCKED`` is available.
+    """
+
+    write_options: Mapping[str, Any] = field(default_factory=dict)
+    retryable: Callable[[BaseException], bool] = _never
+    translate: Callable[[DBAPIError], PybatchintoryError | None] = _no_translation
+    skip_locked: bool = False

@@ -1,0 +1,575 @@
+"""The inventory store: one SQLAlchemy Core implementation for every built-in database.
+
+Write operations run in short transactions. ``acquire`` serialises one job by locking its
+row in the jobs table (``SELECT ... FOR UPDATE``; SQLite gets the same effect from
+``BEGIN IMMEDIATE``), so two workers of one job can never cut overlapping ranges, while
+different jobs never wait on each other. Every settle is fenced by token, status and expiry.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import anyio
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from pybatchintory.errors import (
+    JobConflict,
+    LeaseLost,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+    UnknownJob,
+)
+from pybatchintory.models import (
+    Attempt,
+    ErrorGroup,
+    JobSpec,
+    LeaseGrant,
+    PlannedRange,
+    Settlement,
+    Status,
+)
+from pybatchintory.protocols import JobRecord, Planner
+from pybatchintory_adapters._sqlalchemy import queries
+from pybatchintory_adapters._sqlalchemy.capabilities import Capabilities
+from pybatchintory_adapters._sqlalchemy.records import aware, to_job
+from pybatchintory_adapters._sqlalchemy.tables import SCHEMA_VERSION, Tables
+from pybatchintory_adapters._sqlalchemy.types import db_now, db_now_plus
+
+__all__ = ("SQLAlchemyStore",)
+
+T = TypeVar("T")
+
+_RUNNING = str(Status.RUNNING)
+_TRANSIENT_TRIES = 6
+
+
+class SQLAlchemyStore:
+    """The ledger on a SQLAlchemy asyncio engine.
+
+    Args:
+        engine: The inventory database. The store never disposes it.
+        tables: The table descriptions (with the configured prefix).
+        capabilities: What the database does differently.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, tables: Tables, capabilities: Capabilities):
+        self.engine = engine
+        self.tables = tables
+        self.capabilities = capabilities
+        self._ready = False
+
+    # -- transactions ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            if self.capabilities.write_options:
+                await conn.execution_options(**self.capabilities.write_options)
+            async with conn.begin():
+                yield conn
+
+    def _translate(self, exc: DBAPIError) -> StoreError:
+        mapped = self.capabilities.translate(exc)
+        if isinstance(mapped, StoreError):
+            return mapped
+        if exc.connection_invalidated:
+            return StoreUnavailable(f"the inventory database connection failed: {exc.orig}")
+        if self.capabilities.retryable(exc):
+            return StoreConflict(f"the inventory database kept conflicting: {exc.orig}")
+        return StoreError(f"the inventory database failed: {exc.orig}")
+
+    async def _transact(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``work`` in a write transaction, retrying deadlocks and dropped connections."""
+        for attempt in range(_TRANSIENT_TRIES):
+            try:
+                async with self._write() as conn:
+                    return await work(conn)
+            except DBAPIError as exc:
+                transient = exc.connection_invalidated or self.capabilities.retryable(exc)
+                if not transient or attempt == _TRANSIENT_TRIES - 1:
+                    raise self._translate(exc) from exc
+                await anyio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
+            except OSError as exc:
+                if attempt == _TRANSIENT_TRIES - 1:
+                    raise StoreUnavailable(f"the inventory database is unreachable: {exc}") from exc
+                await anyio.sleep(random.uniform(0.005, 0.02) * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _read(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        try:
+            async with self.engine.connect() as conn:
+                return await work(conn)
+        except DBAPIError as exc:
+            raise self._translate(exc) from exc
+
+    # -- schema and jobs ------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Create the tables and indexes if missing; safe when several processes race."""
+        if self._ready:
+            return
+        t = self.tables
+
+        async def create(conn: AsyncConnection) -> None:
+            await conn.run_sync(t.metadata.create_all, checkfirst=True)
+            present = (await conn.execute(sa.select(sa.func.max(t.schema.c.version)))).scalar()
+            if present is None:
+                await conn.execute(
+                    sa.insert(t.schema).values(version=SCHEMA_VERSION, applied_at=db_now())
+                )
+
+        for attempt in range(5):
+            try:
+                await self._transact(create)
+                break
+            except StoreError:
+                # Another process created the same tables between our check and our create.
+                if attempt == 4:
+                    raise
+                await anyio.sleep(0.05 * (attempt + 1))
+        self._ready = True
+
+    async def ensure_job(self, spec: JobSpec) -> JobRecord:
+        """Record a new job, or raise ``JobConflict`` if ``spec`` disagrees with the record."""
+        jobs = self.tables.jobs
+
+        async def check(conn: AsyncConnection) -> JobRecord | None:
+            row = (await conn.execute(sa.select(jobs).where(jobs.c.name == spec.name))).first()
+            return None if row is None else to_job(row)
+
+        record = await self._read(check)
+        if record is None:
+            cursor = None if spec.id_start is None else spec.id_start - 1
+
+            async def create(conn: AsyncConnection) -> None:
+                await conn.execute(
+                    sa.insert(jobs).values(
+                        name=spec.name,
+                        meta_table=spec.meta_table,
+                        source=dict(spec.source),
+                        id_start=spec.id_start,
+                        id_end=spec.id_end,
+                        cursor=cursor,
+                        created_at=db_now(),
+                        updated_at=db_now(),
+                    )
+                )
+
+            try:
+                await self._transact(create)
+            except (IntegrityError, StoreError):
+                pass  # created concurrently: compare with what the winner recorded
+            record = await self._read(check)
+            if record is None:
+                raise StoreError(f"job {spec.name!r} could not be recorded")
+        _compare(spec, record)
+        return record
+
+    async def get_job(self, name: str) -> JobRecord | None:
+        """The recorded job, or ``None``."""
+        jobs = self.tables.jobs
+
+        async def read(conn: AsyncConnection) -> JobRecord | None:
+            row = (await conn.execute(sa.select(jobs).where(jobs.c.name == name))).first()
+            return None if row is None else to_job(row)
+
+        return await self._read(read)
+
+    async def list_jobs(self) -> list[JobRecord]:
+        """Every recorded job, by name."""
+        jobs = self.tables.jobs
+
+        async def read(conn: AsyncConnection) -> list[JobRecord]:
+            rows = await conn.execute(sa.select(jobs).order_by(jobs.c.name))
+            return [to_job(row) for row in rows]
+
+        return await self._read(read)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        job: str,
+        *,
+        owner: str,
+        ttl: float,
+        max_attempts: int,
+        n: int,
+        planner: Planner,
+    ) -> list[LeaseGrant]:
+        """Lease up to ``n`` ranges: expire, then retries oldest first, then new ranges."""
+        inv, jobs = self.tables.inventory, self.tables.jobs
+
+        async def work(conn: AsyncConnection) -> list[LeaseGrant]:
+            locked = (
+                await conn.execute(
+                    sa.select(jobs.c.cursor, jobs.c.meta_table, db_now())
+                    .where(jobs.c.name == job)
+                    .with_for_update()
+                )
+            ).first()
+            if locked is None:
+                raise UnknownJob(f"job {job!r} is not recorded in the inventory")
+            cursor, meta_table, now = locked
+            expires = now + timedelta(seconds=ttl)
+            exhausted = inv.c.failures + 1 >= max_attempts
+            await conn.execute(
+                sa.update(inv)
+                .where(inv.c.job == job, inv.c.status == _RUNNING, inv.c.expires_at <= now)
+                .values(
+                    status=str(Status.EXPIRED),
+                    processing_end=now,
+                    failures=inv.c.failures + 1,
+                    dead=sa.case((exhausted, True), else_=False),
+                    retry_after=sa.case((exhausted, sa.null()), else_=now),
+                    error_type="LeaseExpired",
+                    error_message="the lease ran out before the attempt was settled",
+                )
+            )
+            grants: list[LeaseGrant] = []
+            due = (
+                await conn.execute(
+                    sa.select(inv)
+                    .where(inv.c.job == job, inv.c.retry_after <= now)
+                    .order_by(inv.c.meta_id_start, inv.c.id)
+                    .limit(n)
+                )
+            ).mappings().all()
+            for old in due:
+                await conn.execute(
+                    sa.update(inv).where(inv.c.id == old["id"]).values(retry_after=None)
+                )
+                grants.append(
+                    await self._insert_attempt(
+                        conn,
+                        job=job,
+                        meta_table=old["meta_table"],
+                        cut=PlannedRange(
+                            int(old["meta_id_start"]),
+                            int(old["meta_id_end"]),
+                            int(old["count"]),
+                            int(old["weight"]),
+                            bool(old["oversized"]),
+                        ),
+                        attempt=int(old["attempt"]) + 1,
+                        failures=int(old["failures"]),
+                        owner=owner,
+                        now=now,
+                        expires=expires,
+                    )
+                )
+            new_cursor = cursor
+            while len(grants) < n:
+                cut = await planner(conn, new_cursor)
+                if cut is None:
+                    break
+                grants.append(
+                    await self._insert_attempt(
+                        conn,
+                        job=job,
+                        meta_table=meta_table,
+                        cut=cut,
+                        attempt=1,
+                        failures=0,
+                        owner=owner,
+                        now=now,
+                        expires=expires,
+                    )
+                )
+                new_cursor = cut.meta_id_end
+            if new_cursor != cursor:
+                await conn.execute(
+                    sa.update(jobs)
+                    .where(jobs.c.name == job)
+                    .values(cursor=new_cursor, updated_at=now)
+                )
+            return grants
+
+        return await self._transact(work)
+
+    async def _insert_attempt(
+        self,
+        conn: AsyncConnection,
+        *,
+        job: str,
+        meta_table: str,
+        cut: PlannedRange,
+        attempt: int,
+        failures: int,
+        owner: str,
+        now: datetime,
+        expires: datetime,
+    ) -> LeaseGrant:
+        token = secrets.token_hex(16)
+        result = await conn.execute(
+            sa.insert(self.tables.inventory).values(
+                meta_table=meta_table,
+                job=job,
+                job_identifier=owner,
+                processing_start=now,
+                meta_id_start=cut.meta_id_start,
+                meta_id_end=cut.meta_id_end,
+                weight=cut.weight,
+                count=cut.count,
+                attempt=attempt,
+                status=_RUNNING,
+                owner=owner,
+                token=token,
+                heartbeat_at=now,
+                expires_at=expires,
+                failures=failures,
+                dead=False,
+                oversized=cut.oversized,
+            )
+        )
+        (attempt_id,) = result.inserted_primary_key  # type: ignore[misc]
+        return LeaseGrant(
+            id=int(attempt_id),
+            job=job,
+            meta_table=meta_table,
+            meta_id_start=cut.meta_id_start,
+            meta_id_end=cut.meta_id_end,
+            count=cut.count,
+            weight=cut.weight,
+            attempt=attempt,
+            failures=failures,
+            oversized=cut.oversized,
+            token=token,
+            expires_at=aware(expires),  # type: ignore[arg-type]
+        )
+
+    async def heartbeat(self, owner: str, ttl: float, tokens: Collection[str]) -> set[str]:
+        """Renew all of ``owner``'s live leases in one statement; return lost tokens."""
+        inv = self.tables.inventory
+        live = sa.and_(inv.c.owner == owner, inv.c.status == _RUNNING, inv.c.expires_at > db_now())
+
+        async def work(conn: AsyncConnection) -> set[str]:
+            renewed = await conn.execute(
+                sa.update(inv).where(live).values(heartbeat_at=db_now(), expires_at=db_now_plus(ttl))
+            )
+            if renewed.rowcount >= len(tokens):
+                return set()
+            alive = set(
+                (
+                    await conn.execute(
+                        sa.select(inv.c.token).where(
+                            inv.c.owner == owner,
+                            inv.c.status == _RUNNING,
+                            inv.c.token.in_(list(tokens)),
+                        )
+                    )
+                ).scalars()
+            )
+            return set(tokens) - alive
+
+        return await self._transact(work)
+
+    async def settle(self, settlement: Settlement) -> None:
+        """End an attempt if its lease is still held; otherwise raise ``LeaseLost``."""
+        inv = self.tables.inventory
+        s = settlement
+        values: dict[str, Any] = {
+            "status": str(s.status),
+            "processing_end": db_now(),
+            "job_result": s.result,
+            "error_type": s.error_type,
+            "error_message": s.error_message,
+            "logging": s.traceback,
+            "fingerprint": s.fingerprint,
+            "code_version": s.code_version,
+        }
+        if s.counts_as_failure:
+            values["failures"] = inv.c.failures + 1
+        if s.status is Status.SUCCEEDED:
+            values["retry_after"] = None
+        elif s.dead:
+            values["dead"] = True
+            values["retry_after"] = None
+        else:
+            values["retry_after"] = db_now_plus(s.retry_delay)
+
+        async def work(conn: AsyncConnection) -> None:
+            done = await conn.execute(
+                sa.update(inv)
+                .where(
+                    inv.c.id == s.attempt_id,
+                    inv.c.token == s.token,
+                    inv.c.status == _RUNNING,
+                    inv.c.expires_at > db_now(),
+                )
+                .values(**values)
+            )
+            if done.rowcount == 1:
+                return
+            row = (
+                await conn.execute(
+                    sa.select(inv.c.status, inv.c.token).where(inv.c.id == s.attempt_id)
+                )
+            ).first()
+            if row is not None and row.token == s.token and row.status == str(s.status):
+                return  # an earlier try committed before its connection dropped
+            state = "missing" if row is None else f"{row.status}"
+            raise LeaseLost(
+                f"attempt {s.attempt_id} is no longer leased to this worker ({state}); "
+                f"its {s.status} was not recorded"
+            )
+
+        await self._transact(work)
+
+    # -- operator controls ----------------------------------------------------------------
+
+    async def revive(
+        self, job: str, *, fingerprint: str | None, batch_ids: Collection[int] | None
+    ) -> int:
+        """Give dead ranges a fresh attempt budget and make them due now."""
+        inv = self.tables.inventory
+        query = sa.update(inv).where(inv.c.job == job, inv.c.dead.is_(True))
+        if fingerprint is not None:
+            query = query.where(inv.c.fingerprint == fingerprint)
+        if batch_ids is not None:
+            query = query.where(inv.c.id.in_(list(batch_ids)))
+
+        async def work(conn: AsyncConnection) -> int:
+            result = await conn.execute(query.values(dead=False, failures=0, retry_after=db_now()))
+            return int(result.rowcount)
+
+        return await self._transact(work)
+
+    async def set_cursor(self, job: str, meta_id: int) -> None:
+        """Move a job's cursor (under the job lock)."""
+        jobs = self.tables.jobs
+
+        async def work(conn: AsyncConnection) -> None:
+            locked = (
+                await conn.execute(
+                    sa.select(jobs.c.name).where(jobs.c.name == job).with_for_update()
+                )
+            ).first()
+            if locked is None:
+                raise UnknownJob(f"job {job!r} is not recorded in the inventory")
+            await conn.execute(
+                sa.update(jobs)
+                .where(jobs.c.name == job)
+                .values(cursor=meta_id, updated_at=db_now())
+            )
+
+        await self._transact(work)
+
+    async def record_done(
+        self, job: str, start: int, end: int, count: int, weight: int, owner: str
+    ) -> int:
+        """Record ``[start, end]`` as succeeded and move the cursor past it."""
+        inv, jobs = self.tables.inventory, self.tables.jobs
+
+        async def work(conn: AsyncConnection) -> int:
+            locked = (
+                await conn.execute(
+                    sa.select(jobs.c.cursor, jobs.c.meta_table)
+                    .where(jobs.c.name == job)
+                    .with_for_update()
+                )
+            ).first()
+            if locked is None:
+                raise UnknownJob(f"job {job!r} is not recorded in the inventory")
+            cursor, meta_table = locked
+            result = await conn.execute(
+                sa.insert(inv).values(
+                    meta_table=meta_table,
+                    job=job,
+                    job_identifier=owner,
+                    processing_start=db_now(),
+                    processing_end=db_now(),
+                    meta_id_start=start,
+                    meta_id_end=end,
+                    count=count,
+                    weight=weight,
+                    attempt=1,
+                    status=str(Status.SUCCEEDED),
+                    owner=owner,
+                    failures=0,
+                    dead=False,
+                    oversized=False,
+                    job_result={"marked_done": True},
+                )
+            )
+            if cursor is None or end > cursor:
+                await conn.execute(
+                    sa.update(jobs).where(jobs.c.name == job).values(cursor=end, updated_at=db_now())
+                )
+            (attempt_id,) = result.inserted_primary_key  # type: ignore[misc]
+            return int(attempt_id)
+
+        return await self._transact(work)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def attempts(
+        self,
+        job: str,
+        *,
+        status: Collection[Status] | None = None,
+        limit: int | None = None,
+        ids: Collection[int] | None = None,
+    ) -> list[Attempt]:
+        """Attempts of a job, newest first."""
+        return await self._read(
+            lambda c: queries.attempts(c, self.tables, job, status=status, limit=limit, ids=ids)
+        )
+
+    async def history(self, meta_table: str, meta_id: int) -> list[Attempt]:
+        """Every attempt of every job on ``meta_table`` whose range covers ``meta_id``."""
+        return await self._read(lambda c: queries.history(c, self.tables, meta_table, meta_id))
+
+    async def ledger_summary(self, job: str) -> dict[str, int]:
+        """Running, retry-pending and dead counts of one job."""
+        return await self._read(lambda c: queries.ledger_summary(c, self.tables, job))
+
+    async def error_groups(self, job: str) -> list[ErrorGroup]:
+        """Failed attempts grouped by fingerprint."""
+        return await self._read(lambda c: queries.error_groups(c, self.tables, job))
+
+    async def succeeded_ranges(
+        self, job: str, *, after: int | None, end: int | None, limit: int | None
+    ) -> list[Attempt]:
+        """Succeeded attempts of ``job`` in id order."""
+        return await self._read(
+            lambda c: queries.succeeded_ranges(
+                c, self.tables, job, after=after, end=end, limit=limit
+            )
+        )
+
+    async def oldest_running_start(self, job: str) -> int | None:
+        """Smallest start of a running or retry-pending range of ``job``."""
+        return await self._read(lambda c: queries.oldest_open_start(c, self.tables, job))
+
+    async def aclose(self) -> None:
+        """Nothing to release: the engine belongs to whoever created it."""
+
+
+def _compare(spec: JobSpec, record: JobRecord) -> None:
+    recorded = {
+        "source": dict(record.source),
+        "id_start": record.id_start,
+        "id_end": record.id_end,
+    }
+    wanted = spec.identity()
+    differences = [
+        f"{key}: recorded {recorded[key]!r}, given {wanted[key]!r}"
+        for key in ("source", "id_start", "id_end")
+        if recorded[key] != wanted[key]
+    ]
+    if differences:
+        raise JobConflict(
+            f"job {spec.name!r} is already recorded with another definition ("
+            + "; ".join(differences)
+            + "). Use a new job name, or keep the source, window and filter."
+        )

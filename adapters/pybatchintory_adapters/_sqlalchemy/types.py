@@ -1,0 +1,95 @@
+"""Portable column types and the database-clock constructs.
+
+Each is its own class so that an adapter can change how *our* columns and expressions
+compile on its dialect (``@compiles(Timestamp, "mysql")``) without touching anyone else's.
+The default compilations here fit SQLite; adapters register the rest when imported.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler, TypeCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+__all__ = ("LedgerId", "LedgerJSON", "Timestamp", "db_now", "db_now_plus")
+
+
+class Timestamp(sa.DateTime):
+    """A naive UTC timestamp with microseconds (``DATETIME(6)`` on MySQL)."""
+
+    cache_ok = True
+
+
+class LedgerJSON(sa.JSON):
+    """A JSON document (``JSONB`` on PostgreSQL)."""
+
+    cache_ok = True
+
+
+class LedgerId(sa.BigInteger):
+    """A 64-bit auto-incrementing key (``INTEGER`` on SQLite, where only that is a rowid)."""
+
+    cache_ok = True
+
+
+@compiles(Timestamp)
+def _timestamp_default(type_: Timestamp, compiler: TypeCompiler, **kw: Any) -> str:
+    return compiler.process(sa.DateTime(), **kw)
+
+
+@compiles(LedgerJSON)
+def _json_default(type_: LedgerJSON, compiler: TypeCompiler, **kw: Any) -> str:
+    return compiler.process(sa.JSON(), **kw)
+
+
+@compiles(LedgerId)
+def _id_default(type_: LedgerId, compiler: TypeCompiler, **kw: Any) -> str:
+    return compiler.process(sa.BigInteger(), **kw)
+
+
+@compiles(LedgerId, "sqlite")
+def _id_sqlite(type_: LedgerId, compiler: TypeCompiler, **kw: Any) -> str:
+    return "INTEGER"
+
+
+class db_now(FunctionElement[datetime]):  # noqa: N801 - reads like a SQL function
+    """The database's current UTC time, as a naive timestamp."""
+
+    type = Timestamp()
+    inherit_cache = True
+    name = "db_now"
+
+
+class db_now_plus(FunctionElement[datetime]):  # noqa: N801
+    """The database's current UTC time plus ``seconds`` (a bound parameter)."""
+
+    type = Timestamp()
+    inherit_cache = True
+    name = "db_now_plus"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(sa.literal(float(seconds), sa.Float()))
+
+
+def seconds_clause(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    """Compile the seconds argument of ``db_now_plus`` (for adapters' compile hooks)."""
+    (seconds,) = element.clauses.clauses
+    return compiler.process(seconds, **kw)
+
+
+@compiles(db_now)
+def _now_default(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    raise sa.exc.CompileError(
+        f"no database clock registered for dialect {compiler.dialect.name!r}"
+    )
+
+
+@compiles(db_now_plus)
+def _now_plus_default(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    raise sa.exc.CompileError(
+        f"no database clock registered for dialect {compiler.dialect.name!r}"
+    )

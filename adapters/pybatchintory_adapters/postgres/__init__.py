@@ -1,0 +1,77 @@
+"""PostgreSQL adapter (asyncpg).
+
+Differences from the shared implementation: the job row lock is a real ``FOR UPDATE``
+row lock under READ COMMITTED, timestamps come from ``clock_timestamp()`` in UTC, JSON is
+stored as ``JSONB``, and driver errors are classified by SQLSTATE.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler, TypeCompiler
+
+from pybatchintory.errors import PybatchintoryError, StoreUnavailable
+from pybatchintory_adapters._sqlalchemy import Capabilities, SQLAlchemyAdapter
+from pybatchintory_adapters._sqlalchemy.types import (
+    LedgerJSON,
+    db_now,
+    db_now_plus,
+    seconds_clause,
+)
+
+__all__ = ("adapter",)
+
+_NOW = "timezone('UTC', clock_timestamp())"
+# serialization_failure, deadlock_detected, lock_not_available
+_RETRY_STATES = {"40001", "40P01", "55P03"}
+# Class 08: connection exceptions; 57P01-57P03: admin shutdown, crash shutdown, cannot connect now.
+_UNAVAILABLE_PREFIXES = ("08", "57P")
+
+
+@compiles(db_now, "postgresql")
+def _now(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return _NOW
+
+
+@compiles(db_now_plus, "postgresql")
+def _now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({_NOW} + make_interval(secs => {seconds_clause(element, compiler, **kw)}))"
+
+
+@compiles(LedgerJSON, "postgresql")
+def _jsonb(type_: LedgerJSON, compiler: TypeCompiler, **kw: Any) -> str:
+    return "JSONB"
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", exc)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return str(state) if state else None
+
+
+def _retryable(exc: BaseException) -> bool:
+    state = _sqlstate(exc)
+    return state in _RETRY_STATES or (state or "").startswith(_UNAVAILABLE_PREFIXES)
+
+
+def _translate(exc: DBAPIError) -> PybatchintoryError | None:
+    state = _sqlstate(exc)
+    if state and state.startswith(_UNAVAILABLE_PREFIXES):
+        return StoreUnavailable(f"PostgreSQL is unavailable (SQLSTATE {state}): {exc.orig}")
+    return None
+
+
+adapter = SQLAlchemyAdapter(
+    name="postgresql",
+    extra="postgres",
+    drivers={"asyncpg": "asyncpg"},
+    capabilities=Capabilities(
+        retryable=_retryable,
+        translate=_translate,
+        skip_locked=True,
+    ),
+    engine_options={"isolation_level": "READ COMMITTED"},
+)

@@ -1,0 +1,88 @@
+"""SQLite adapter (aiosqlite): the embedded default.
+
+Differences from the shared implementation: write transactions start with ``BEGIN
+IMMEDIATE`` (SQLite's one writer lock serialises acquires, so no row locks are needed),
+the journal is WAL with a busy timeout so several processes can share one file, and the
+clock is ``strftime`` in UTC.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from pybatchintory_adapters._sqlalchemy import Capabilities, SQLAlchemyAdapter
+from pybatchintory_adapters._sqlalchemy.types import db_now, db_now_plus, seconds_clause
+
+__all__ = ("adapter",)
+
+_WRITE = "pybatchintory_write"
+_BUSY_TIMEOUT_MS = 30_000
+_BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+# strftime's %f has milliseconds; padding to six digits keeps the text comparable with
+# the microsecond timestamps SQLAlchemy writes.
+_NOW = "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+
+
+@compiles(db_now, "sqlite")
+def _now(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return _NOW
+
+
+@compiles(db_now_plus, "sqlite")
+def _now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = seconds_clause(element, compiler, **kw)
+    return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', printf('%+.6f seconds', {seconds}))"
+
+
+def _retryable(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is None:
+        return False
+    return (code & 0xFF) in _BUSY_CODES
+
+
+def _configure(engine: AsyncEngine) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        # Let SQLAlchemy's begin event, not the driver, decide how transactions start.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        mode = "IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _translate(exc: DBAPIError) -> None:
+    return None
+
+
+adapter = SQLAlchemyAdapter(
+    name="sqlite",
+    extra="sqlite",
+    drivers={"aiosqlite": "aiosqlite"},
+    capabilities=Capabilities(
+        write_options={_WRITE: True},
+        retryable=_retryable,
+        translate=_translate,
+        skip_locked=False,
+    ),
+    engine_options={"connect_args": {"timeout": _BUSY_TIMEOUT_MS / 1000}},
+    configure=_configure,
+)

@@ -1,0 +1,86 @@
+"""pybatchintory: contiguous id ranges of a metadata table for batch jobs, with a ledger.
+
+Quick start::
+
+    import pybatchintory as pbi
+
+    files = pbi.MetaTable("files", weight="size_in_bytes")
+    async with pbi.Inventory("sqlite+aiosqlite:///inventory.db") as inv:
+        async with inv.lease("daily", files, max_count=1000) as batch:
+            rows = await batch.items()
+"""
+
+from pybatchintory._defaults import acquire_batch, acquire_batches, lease, shutdown
+from pybatchintory._lease import Batch
+from pybatchintory.errors import (
+    AlreadySettled,
+    ConfigurationError,
+    InvalidArgument,
+    InvalidColumn,
+    JobConflict,
+    LeaseLost,
+    MissingDriver,
+    NoBatchAvailable,
+    PybatchintoryError,
+    StoreConflict,
+    StoreError,
+    StoreUnavailable,
+    UnknownColumn,
+    UnknownJob,
+    UnknownTable,
+    UnsupportedURL,
+)
+from pybatchintory.inventory import Inventory, LeaseContext
+from pybatchintory.models import (
+    Attempt,
+    Backlog,
+    ErrorGroup,
+    JobStatus,
+    Limits,
+    PlannedRange,
+    Status,
+)
+from pybatchintory.protocols import InventoryStore, MetadataSource
+from pybatchintory.recursion import InventorySource
+from pybatchintory.settings import Settings
+from pybatchintory.sources import MetaTable
+
+__version__ = "0.1.0.dev0"
+
+__all__ = (
+    "AlreadySettled",
+    "Attempt",
+    "Backlog",
+    "Batch",
+    "ConfigurationError",
+    "ErrorGroup",
+    "InvalidArgument",
+    "InvalidColumn",
+    "Inventory",
+    "InventorySource",
+    "InventoryStore",
+    "JobConflict",
+    "JobStatus",
+    "LeaseContext",
+    "LeaseLost",
+    "Limits",
+    "MetaTable",
+    "MetadataSource",
+    "MissingDriver",
+    "NoBatchAvailable",
+    "PlannedRange",
+    "PybatchintoryError",
+    "Settings",
+    "Status",
+    "StoreConflict",
+    "StoreError",
+    "StoreUnavailable",
+    "UnknownColumn",
+    "UnknownJob",
+    "UnknownTable",
+    "UnsupportedURL",
+    "acquire_batch",
+    "acquire_batches",
+    "lease",
+    "shutdown",
+)

@@ -1,0 +1,310 @@
+"""The ``Batch`` handle: items, settling, and the exit policy of ``async with``.
+
+Exit policy (DESIGN §4): a clean exit records ``succeeded``; an ``Exception`` or an
+exception group records ``failed`` and is re-raised; cancellation, ``KeyboardInterrupt``,
+``SystemExit`` and ``GeneratorExit`` record ``released`` and are re-raised. The settle write
+runs in its own task, shielded from cancellation and tracked by the ``Inventory`` so that
+``aclose()`` waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+
+from pybatchintory._failure import describe_failure
+from pybatchintory.errors import AlreadySettled, InvalidArgument, LeaseLost
+from pybatchintory.models import LeaseGrant, Settlement, Status
+
+if TYPE_CHECKING:
+    from pybatchintory.inventory import Inventory
+    from pybatchintory.protocols import BoundSource
+
+__all__ = ("Batch",)
+
+_LOST = "pybatchintory: lease lost"
+_RELEASE_ON = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def _only_cancellations(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancellations(inner) for inner in exc.exceptions)
+    return isinstance(exc, _RELEASE_ON)
+
+
+def _check_json(result: Any) -> None:
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"a batch result must be JSON-serialisable: {exc}") from None
+
+
+class Batch:
+    """One leased attempt of one range of a job.
+
+    Attributes:
+        id: The attempt's row in the inventory.
+        job: The job's name.
+        meta_table: The source's name.
+        meta_id_start: First id of the range (inclusive).
+        meta_id_end: Last id of the range (inclusive).
+        count: Rows of the range that pass the job's filter.
+        weight: Their summed weight (0 without a weight column).
+        attempt: 1 for a new range, 2 and up for retries.
+        oversized: A single row heavier than ``max_weight``, handed out alone.
+        token: The lease token that fences every settle.
+        expires_at: When the lease runs out unless renewed (database clock, UTC).
+        result: Set it in the body; stored as ``job_result`` on success.
+    """
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        grant: LeaseGrant,
+        source: BoundSource,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        self._inventory = inventory
+        self._grant = grant
+        self._source = source
+        self._timeout = timeout
+        self.result: Any = None
+        self._items: list[Mapping[str, Any]] | None = None
+        self._status: Status | None = None
+        self._lost = False
+        self._task: asyncio.Task[Any] | None = None
+        self._timeout_cm: asyncio.Timeout | None = None
+        self._cancelled_for_loss = False
+
+    # -- the range ------------------------------------------------------------------------
+
+    @property
+    def id(self) -> int:  # noqa: D102
+        return self._grant.id
+
+    @property
+    def job(self) -> str:  # noqa: D102
+        return self._grant.job
+
+    @property
+    def meta_table(self) -> str:  # noqa: D102
+        return self._grant.meta_table
+
+    @property
+    def meta_id_start(self) -> int:  # noqa: D102
+        return self._grant.meta_id_start
+
+    @property
+    def meta_id_end(self) -> int:  # noqa: D102
+        return self._grant.meta_id_end
+
+    @property
+    def count(self) -> int:  # noqa: D102
+        return self._grant.count
+
+    @property
+    def weight(self) -> int:  # noqa: D102
+        return self._grant.weight
+
+    @property
+    def attempt(self) -> int:  # noqa: D102
+        return self._grant.attempt
+
+    @property
+    def oversized(self) -> bool:  # noqa: D102
+        return self._grant.oversized
+
+    @property
+    def token(self) -> str:  # noqa: D102
+        return self._grant.token
+
+    @property
+    def expires_at(self) -> datetime:  # noqa: D102
+        return self._grant.expires_at
+
+    @property
+    def status(self) -> Status:
+        """``running`` until settled, then how it ended."""
+        return self._status or Status.RUNNING
+
+    @property
+    def lost(self) -> bool:
+        """True once a heartbeat found the lease gone."""
+        return self._lost
+
+    def __repr__(self) -> str:
+        return (
+            f"<Batch {self.job!r} #{self.id} [{self.meta_id_start}, {self.meta_id_end}] "
+            f"count={self.count} weight={self.weight} attempt={self.attempt} {self.status}>"
+        )
+
+    async def items(self) -> list[Mapping[str, Any]]:
+        """Every row of the range that passes the job's filter, in id order (cached)."""
+        if self._items is None:
+            self._items = await self._source.items(self.meta_id_start, self.meta_id_end)
+        return self._items
+
+    def iter_items(self, chunk_size: int = 5000) -> AsyncIterator[Mapping[str, Any]]:
+        """The rows of the range, read ``chunk_size`` at a time (constant memory)."""
+        if chunk_size <= 0:
+            raise InvalidArgument(f"chunk_size must be > 0, got {chunk_size}")
+        return self._source.iter_items(self.meta_id_start, self.meta_id_end, chunk_size)
+
+    # -- settling -------------------------------------------------------------------------
+
+    def _claim_settle(self, status: Status) -> None:
+        if self._status is not None:
+            raise AlreadySettled(
+                f"attempt {self.id} of job {self.job!r} was already settled as {self._status}"
+            )
+        if self._lost:
+            raise LeaseLost(
+                f"the lease of attempt {self.id} of job {self.job!r} was lost; "
+                f"its {status} was not recorded"
+            )
+        self._status = status
+
+    async def success(self, result: Any = None) -> None:
+        """Record the attempt as succeeded, with ``result`` (or ``self.result``) as JSON.
+
+        Raises:
+            InvalidArgument: ``result`` is not JSON-serialisable (nothing is written).
+            LeaseLost: The lease is gone; nothing changed.
+            AlreadySettled: This handle was settled before.
+        """
+        value = self.result if result is None else result
+        _check_json(value)
+        self._claim_settle(Status.SUCCEEDED)
+        self.result = value
+        await self._inventory._settle(
+            self, Settlement(self.id, self.token, Status.SUCCEEDED, result=value)
+        )
+
+    async def error(self, exc: BaseException) -> None:
+        """Record the attempt as failed with ``exc``'s type, message, traceback, fingerprint.
+
+        Raises:
+            LeaseLost: The lease is gone; nothing changed.
+            AlreadySettled: This handle was settled before.
+        """
+        if not isinstance(exc, BaseException):
+            raise InvalidArgument(f"error() takes an exception, got {exc!r}")
+        self._claim_settle(Status.FAILED)
+        await self._inventory._settle(self, self._inventory._failure_settlement(self, exc))
+
+    async def release(self) -> None:
+        """Give the range back without fault; it is due again at once, no attempt used.
+
+        Raises:
+            LeaseLost: The lease is gone; nothing changed.
+            AlreadySettled: This handle was settled before.
+        """
+        self._claim_settle(Status.RELEASED)
+        await self._inventory._settle(
+            self, Settlement(self.id, self.token, Status.RELEASED, retry_delay=0.0)
+        )
+
+    async def process(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``func(items, *args, **kwargs)`` and settle: success, failure or release.
+
+        An async ``func`` is awaited; a plain one runs in a worker thread so heartbeats keep
+        going. Its return value is stored as the result when it is JSON-serialisable.
+        """
+        items = await self.items()
+        try:
+            if inspect.iscoroutinefunction(func):
+                value = await func(items, *args, **kwargs)
+            else:
+                value = await anyio.to_thread.run_sync(
+                    functools.partial(func, items, *args, **kwargs)
+                )
+        except BaseException as exc:
+            await self._settle_on_exit(exc)
+            raise
+        try:
+            _check_json(value)
+            stored = value
+        except InvalidArgument:
+            stored = None
+        await self.success(stored)
+        return value
+
+    # -- async with -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Batch:
+        self._task = asyncio.current_task()
+        if self._timeout is not None:
+            self._timeout_cm = asyncio.timeout(self._timeout)
+            await self._timeout_cm.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        original = exc
+        if self._timeout_cm is not None:
+            timeout_cm, self._timeout_cm = self._timeout_cm, None
+            try:
+                await timeout_cm.__aexit__(exc_type, exc, tb)
+            except TimeoutError as timed_out:
+                exc = timed_out
+        task, self._task = self._task, None
+        if self._cancelled_for_loss and isinstance(exc, asyncio.CancelledError):
+            if task is not None:
+                task.uncancel()
+            raise LeaseLost(
+                f"the lease of attempt {self.id} of job {self.job!r} was lost while running"
+            ) from None
+        if self._status is not None:
+            # Settled in the body (success()/error()/release()): nothing left to record.
+            if exc is not original and exc is not None:
+                raise exc
+            return False
+        await self._settle_on_exit(exc)
+        if exc is not original and exc is not None:
+            raise exc
+        return False
+
+    async def _settle_on_exit(self, exc: BaseException | None) -> None:
+        if self._status is not None:
+            return
+        if exc is None:
+            try:
+                await self.success()
+            except InvalidArgument as bad:
+                await self.error(bad)
+                raise
+            return
+        if _only_cancellations(exc):
+            try:
+                await self.release()
+            except LeaseLost:
+                pass  # cancellation wins; the range comes back when the lease expires
+            return
+        try:
+            await self.error(exc)
+        except LeaseLost as lost:
+            raise lost from exc
+
+    def _on_lost(self) -> None:
+        """Called by the heartbeat when the lease is gone: cancel a running body."""
+        if self._status is not None or self._lost:
+            return
+        self._lost = True
+        task = self._task
+        if task is not None and not task.done():
+            self._cancelled_for_loss = True
+            task.cancel(_LOST)

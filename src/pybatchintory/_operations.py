@@ -1,0 +1,321 @@
+"""Observability and operator controls of ``Inventory`` (the CLI calls these too)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from pybatchintory._planning import RangeCutter, validate_window
+from pybatchintory.errors import InvalidArgument, UnknownJob
+from pybatchintory.models import (
+    Attempt,
+    Backlog,
+    ErrorGroup,
+    JobStatus,
+    Limits,
+    PlannedRange,
+    Status,
+)
+from pybatchintory.protocols import BoundSource, InventoryStore, JobRecord, MetadataSource, PageRequest
+from pybatchintory.recursion import InventorySource
+from pybatchintory.sources import MetaTable
+
+if TYPE_CHECKING:
+    from pybatchintory.protocols import RangeCount
+
+__all__ = ("AuditFinding", "Operations")
+
+_ETA_SAMPLE = 50
+_AUDIT_CHUNK = 1000
+
+
+class AuditFinding:
+    """A succeeded range whose rows changed after it was handed out."""
+
+    __slots__ = ("attempt", "count", "weight")
+
+    def __init__(self, attempt: Attempt, current: RangeCount) -> None:
+        self.attempt = attempt
+        self.count = current.count
+        self.weight = current.weight
+
+    def __repr__(self) -> str:
+        a = self.attempt
+        return (
+            f"AuditFinding(job={a.job!r}, range=[{a.meta_id_start}, {a.meta_id_end}], "
+            f"ledger=({a.count}, {a.weight}), now=({self.count}, {self.weight}))"
+        )
+
+
+class Operations:
+    """Mixed into ``Inventory``: reads of the ledger and operator controls."""
+
+    if TYPE_CHECKING:
+        owner: str
+        _sources: dict[str, MetadataSource]
+
+        @property
+        def store(self) -> InventoryStore: ...
+
+        async def open(self) -> Any: ...
+
+        async def _bind(self, source: MetadataSource | str) -> BoundSource: ...
+
+        async def _prepare(
+            self,
+            job: str,
+            source: MetadataSource | str,
+            *,
+            max_count: int | None,
+            max_weight: int | None,
+            id_start: int | None,
+            id_end: int | None,
+            record: bool = True,
+        ) -> tuple[BoundSource, Limits]: ...
+
+    async def _job(self, job: str) -> JobRecord:
+        await self.open()
+        record = await self.store.get_job(job)
+        if record is None:
+            raise UnknownJob(f"job {job!r} is not recorded in the inventory")
+        return record
+
+    async def _source_of(self, record: JobRecord, source: MetadataSource | None) -> BoundSource:
+        if source is not None:
+            return await self._bind(source)
+        known = self._sources.get(record.name)
+        if known is not None:
+            return await self._bind(known)
+        described = dict(record.source)
+        if described.get("kind") == "meta_table" and described.get("database") == "inventory":
+            where = described.get("filter")
+            rebuilt = MetaTable(
+                described["table"],
+                id=described["id"],
+                weight=described.get("weight"),
+                where=None if where is None else sa.text(where),
+            )
+            self._sources[record.name] = rebuilt
+            return await self._bind(rebuilt)
+        if described.get("kind") == "inventory":
+            upstream = InventorySource(described["job"])
+            self._sources[record.name] = upstream
+            return await self._bind(upstream)
+        raise InvalidArgument(
+            f"job {record.name!r} reads a metadata database other than the inventory's; "
+            "pass source= to reach it"
+        )
+
+    async def backlog(self, job: str, source: MetadataSource | None = None) -> Backlog:
+        """What is left for ``job``: rows after the cursor, retries, dead ranges, ETA."""
+        record = await self._job(job)
+        bound = await self._source_of(record, source)
+        after = record.cursor
+        ahead = await bound.summarize(
+            PageRequest(after=after, end=record.id_end, limit=None, max_weight=None), None
+        )
+        ledger = await self.store.ledger_summary(job)
+        count = ahead.rows + ledger["retry_count"]
+        return Backlog(
+            count=count,
+            weight=ahead.weight + ledger["retry_weight"],
+            retry_due=ledger["retry_ranges"],
+            dead=ledger["dead_ranges"],
+            running=ledger["running"],
+            eta=await self._eta(job, count),
+        )
+
+    async def _eta(self, job: str, count: int) -> timedelta | None:
+        if count == 0:
+            return timedelta(0)
+        recent = await self.store.attempts(job, status=[Status.SUCCEEDED], limit=_ETA_SAMPLE)
+        timed = [a for a in recent if a.processing_start and a.processing_end]
+        if len(timed) < 2:
+            return None
+        first = min(a.processing_start for a in timed if a.processing_start)
+        last = max(a.processing_end for a in timed if a.processing_end)
+        seconds = (last - first).total_seconds()
+        rows = sum(a.count for a in timed)
+        if seconds <= 0 or rows == 0:
+            return None
+        return timedelta(seconds=count * seconds / rows)
+
+    async def batches(
+        self,
+        job: str,
+        status: Status | str | Collection[Status | str] | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[Attempt]:
+        """Attempts of ``job``, newest first, optionally of some statuses only."""
+        await self.open()
+        wanted: list[Status] | None
+        if status is None:
+            wanted = None
+        elif isinstance(status, str):
+            wanted = [Status(status)]
+        else:
+            wanted = [Status(s) for s in status]
+        return await self.store.attempts(job, status=wanted, limit=limit)
+
+    async def history(self, source: MetadataSource | str, meta_id: int) -> list[Attempt]:
+        """Every attempt of every job whose range covers ``meta_id`` of ``source``."""
+        await self.open()
+        if isinstance(meta_id, bool) or not isinstance(meta_id, int):
+            raise InvalidArgument(f"meta_id must be an integer, got {meta_id!r}")
+        name = source if isinstance(source, str) else source.name
+        return await self.store.history(name, meta_id)
+
+    async def status(self) -> list[JobStatus]:
+        """One line per job: cursor, window, attempts by status, last success."""
+        await self.open()
+        out: list[JobStatus] = []
+        for record in await self.store.list_jobs():
+            ledger = await self.store.ledger_summary(record.name)
+            last = await self.store.attempts(record.name, status=[Status.SUCCEEDED], limit=1)
+            out.append(
+                JobStatus(
+                    job=record.name,
+                    meta_table=record.meta_table,
+                    cursor=record.cursor,
+                    id_start=record.id_start,
+                    id_end=record.id_end,
+                    counts={
+                        "running": ledger["running"],
+                        "retry": ledger["retry_ranges"],
+                        "dead": ledger["dead_ranges"],
+                    },
+                    last_success=last[0].processing_end if last else None,
+                )
+            )
+        return out
+
+    async def errors(self, job: str) -> list[ErrorGroup]:
+        """Failed attempts of ``job`` grouped by fingerprint, most frequent first."""
+        await self._job(job)
+        return await self.store.error_groups(job)
+
+    async def retry(
+        self,
+        job: str,
+        *,
+        fingerprint: str | None = None,
+        batch_ids: Collection[int] | None = None,
+    ) -> int:
+        """Revive dead ranges of ``job`` (all, one fingerprint, or some attempt ids)."""
+        await self._job(job)
+        return await self.store.revive(job, fingerprint=fingerprint, batch_ids=batch_ids)
+
+    async def plan(
+        self,
+        job: str,
+        source: MetadataSource | str,
+        *,
+        max_count: int | None = None,
+        max_weight: int | None = None,
+        id_start: int | None = None,
+        id_end: int | None = None,
+        n: int = 5,
+    ) -> list[PlannedRange]:
+        """Dry run: the next ``n`` new ranges the job would get. Writes nothing."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InvalidArgument(f"n must be a positive integer, got {n!r}")
+        bound, limits = await self._prepare(
+            job,
+            source,
+            max_count=max_count,
+            max_weight=max_weight,
+            id_start=id_start,
+            id_end=id_end,
+            record=False,
+        )
+        record = await self.store.get_job(job)
+        cursor = record.cursor if record else (None if id_start is None else id_start - 1)
+        end = record.id_end if record else id_end
+        horizon = await bound.horizon(None)
+        if horizon is not None:
+            end = horizon if end is None else min(end, horizon)
+        planned: list[PlannedRange] = []
+        while len(planned) < n:
+            cutter = RangeCutter(after=cursor, end=end, limits=limits)
+            while (request := cutter.request()) is not None:
+                cutter.feed(await bound.summarize(request, None))
+            cut = cutter.result()
+            if cut is None:
+                break
+            planned.append(cut)
+            cursor = cut.meta_id_end
+        return planned
+
+    async def set_cursor(
+        self, job: str, meta_id: int, *, source: MetadataSource | str | None = None
+    ) -> None:
+        """Move ``job``'s cursor: new ranges start after ``meta_id``.
+
+        ``source`` is needed only to create a job that does not exist yet.
+        """
+        if isinstance(meta_id, bool) or not isinstance(meta_id, int):
+            raise InvalidArgument(f"meta_id must be an integer, got {meta_id!r}")
+        await self.open()
+        if source is not None:
+            await self._prepare(
+                job, source, max_count=None, max_weight=None, id_start=None, id_end=None
+            )
+        else:
+            await self._job(job)
+        await self.store.set_cursor(job, meta_id)
+
+    async def mark_done(
+        self,
+        job: str,
+        start: int,
+        end: int,
+        *,
+        source: MetadataSource | str | None = None,
+    ) -> int:
+        """Record ``[start, end]`` as processed elsewhere; the cursor moves past it.
+
+        Returns the id of the recorded attempt.
+        """
+        validate_window(start, end)
+        if start is None or end is None:
+            raise InvalidArgument("mark_done needs both start and end")
+        await self.open()
+        if source is not None:
+            await self._prepare(
+                job, source, max_count=None, max_weight=None, id_start=None, id_end=None
+            )
+        record = await self._job(job)
+        bound = await self._source_of(record, source if not isinstance(source, str) else None)
+        (current,) = await bound.recount([(start, end)])
+        return await self.store.record_done(
+            job, start, end, current.count, current.weight, self.owner
+        )
+
+    async def audit(
+        self, job: str, source: MetadataSource | None = None
+    ) -> list[AuditFinding]:
+        """Succeeded ranges of ``job`` whose current count or weight differs from the ledger.
+
+        Recounts with one grouped query per chunk of ranges, not one per range.
+        """
+        record = await self._job(job)
+        bound = await self._source_of(record, source)
+        findings: list[AuditFinding] = []
+        after: int | None = None
+        while True:
+            ranges = await self.store.succeeded_ranges(
+                job, after=after, end=None, limit=_AUDIT_CHUNK
+            )
+            if not ranges:
+                return findings
+            current = await bound.recount([(a.meta_id_start, a.meta_id_end) for a in ranges])
+            for attempt, now in zip(ranges, current, strict=True):
+                if now.count != attempt.count or (
+                    bound.has_weight and now.weight != attempt.weight
+                ):
+                    findings.append(AuditFinding(attempt, now))
+            after = ranges[-1].meta_id_start

@@ -1,0 +1,188 @@
+"""Pure planning logic: limits, windows, range cutting, backoff. No I/O here.
+
+The planner never reads the rows of the backlog. It asks the source for *page summaries*
+(aggregates over at most ``limit`` rows in id order) and stops as soon as a cap is hit, so
+the rows read are bounded by the batch size, not by the table.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from pybatchintory.errors import InvalidArgument
+from pybatchintory.models import Limits, PlannedRange
+from pybatchintory.protocols import PageRequest, PageSummary
+
+__all__ = (
+    "MAX_PAGE",
+    "RangeCutter",
+    "backoff_delay",
+    "validate_limits",
+    "validate_window",
+)
+
+MAX_PAGE = 50_000
+"""Upper bound on the rows one page summary reads."""
+
+_FIRST_PAGE = 256
+
+
+def validate_limits(
+    max_count: object, max_weight: object, *, has_weight: bool | None = None
+) -> Limits:
+    """Check the caps and return them as ``Limits``.
+
+    Raises:
+        InvalidArgument: a cap is not a positive integer, or ``max_weight`` is given for a
+            source without a weight column.
+    """
+    for name, value in (("max_count", max_count), ("max_weight", max_weight)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+        if value <= 0:
+            raise InvalidArgument(f"{name} must be > 0, got {value}")
+    if max_weight is not None and has_weight is False:
+        raise InvalidArgument(
+            "max_weight needs a weight column: pass MetaTable(..., weight='<column>')"
+        )
+    return Limits(max_count=max_count, max_weight=max_weight)  # type: ignore[arg-type]
+
+
+def validate_window(id_start: object, id_end: object) -> tuple[int | None, int | None]:
+    """Check a job window.
+
+    Raises:
+        InvalidArgument: a bound is not an integer, or ``id_start > id_end``.
+    """
+    for name, value in (("id_start", id_start), ("id_end", id_end)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidArgument(f"{name} must be an integer or None, got {value!r}")
+    if id_start is not None and id_end is not None and id_start > id_end:  # type: ignore[operator]
+        raise InvalidArgument(f"id_start ({id_start}) must not exceed id_end ({id_end})")
+    return id_start, id_end  # type: ignore[return-value]
+
+
+def backoff_delay(
+    retry_delay: float, failures: int, *, rng: random.Random | None = None
+) -> float:
+    """Seconds to wait before retrying a range that has failed ``failures`` times.
+
+    ``retry_delay * 2**(failures-1)``, with up to ±25 % jitter so that ranges failed
+    together do not come back together. ``retry_delay == 0`` means at once.
+    """
+    if retry_delay <= 0 or failures <= 0:
+        return 0.0
+    base = retry_delay * 2 ** (failures - 1)
+    jitter = (rng or random).uniform(0.75, 1.25)
+    return float(base * jitter)
+
+
+@dataclass(slots=True)
+class RangeCutter:
+    """Cuts one range after a cursor from successive page summaries.
+
+    Use: ``while (req := cutter.request()) is not None: cutter.feed(await summarize(req))``,
+    then ``cutter.result()``.
+
+    Args:
+        after: The job cursor (last id already handed out), ``None`` before the first batch.
+        end: Highest id that may be handed out (window end and horizon), ``None``: no bound.
+        limits: The caps.
+        hint: Expected rows per batch (the previous batch's count), to size the first page.
+    """
+
+    after: int | None
+    end: int | None
+    limits: Limits
+    hint: int | None = None
+    _start: int | None = None
+    _last: int | None = None
+    _count: int = 0
+    _weight: int = 0
+    _oversized: bool = False
+    _done: bool = False
+    _limit: int | None = None
+    _avg_weight: float | None = None
+
+    def request(self) -> PageRequest | None:
+        """The next page to summarise, or ``None`` when the range is cut."""
+        if self._done:
+            return None
+        if self.end is not None and self.after is not None and self.after >= self.end:
+            self._done = True
+            return None
+        max_count, max_weight = self.limits.max_count, self.limits.max_weight
+        remaining_count = None if max_count is None else max_count - self._count
+        if max_weight is None:
+            limit = remaining_count  # one exact page (or everything when uncapped)
+            remaining_weight = None
+        else:
+            remaining_weight = max_weight - self._weight
+            limit = self._page_size(remaining_weight, remaining_count)
+        self._limit = limit
+        return PageRequest(
+            after=self._last if self._last is not None else self.after,
+            end=self.end,
+            limit=limit,
+            max_weight=remaining_weight,
+        )
+
+    def _page_size(self, remaining_weight: int, remaining_count: int | None) -> int:
+        if self._avg_weight is not None and self._avg_weight > 0:
+            estimate = math.ceil(remaining_weight / self._avg_weight * 1.25) + 8
+        elif self._avg_weight == 0:
+            estimate = MAX_PAGE
+        else:
+            estimate = self.hint + 8 if self.hint else _FIRST_PAGE
+        size = max(1, min(estimate, MAX_PAGE))
+        if remaining_count is not None:
+            size = min(size, remaining_count)
+        return size
+
+    def feed(self, page: PageSummary) -> None:
+        """Account for one page summary."""
+        if page.rows == 0 or page.first_id is None or page.last_id is None:
+            self._done = True
+            return
+        if self._start is None:
+            self._start = self.after + 1 if self.after is not None else page.first_id
+        max_weight = self.limits.max_weight
+        if max_weight is not None and page.fit_rows < page.rows:
+            # The cap is hit inside this page: take the prefix that fits.
+            if page.fit_rows == 0 and self._count == 0:
+                # A single row heavier than the cap goes out alone, flagged.
+                self._count, self._weight = 1, page.first_weight
+                self._last, self._oversized = page.first_id, True
+            elif page.fit_rows > 0:
+                assert page.fit_last_id is not None
+                self._count += page.fit_rows
+                self._weight += page.fit_weight
+                self._last = page.fit_last_id
+            self._done = True
+            return
+        self._count += page.rows
+        self._weight += page.weight
+        self._last = page.last_id
+        if page.rows and page.weight >= 0:
+            self._avg_weight = page.weight / page.rows
+        limit = self._limit
+        if limit is None or page.rows < limit:
+            self._done = True  # the source has no more rows in reach
+        elif self.limits.max_count is not None and self._count >= self.limits.max_count:
+            self._done = True
+
+    def result(self) -> PlannedRange | None:
+        """The cut range, or ``None`` if no row was found."""
+        if self._count == 0 or self._start is None or self._last is None:
+            return None
+        return PlannedRange(
+            meta_id_start=self._start,
+            meta_id_end=self._last,
+            count=self._count,
+            weight=self._weight,
+            oversized=self._oversized,
+        )

@@ -1,0 +1,190 @@
+"""Typed records returned by the public API and passed across the store seam."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+__all__ = (
+    "Attempt",
+    "Backlog",
+    "ErrorGroup",
+    "JobSpec",
+    "JobStatus",
+    "LeaseGrant",
+    "Limits",
+    "PlannedRange",
+    "Settlement",
+    "Status",
+)
+
+
+class Status(enum.StrEnum):
+    """Status of one attempt (one lease of one range)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    RELEASED = "released"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-batch hard caps; ``None`` means no cap on that measure."""
+
+    max_count: int | None = None
+    max_weight: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """What a job is bound to: recorded on first use, compared on every later use.
+
+    Attributes:
+        name: The job's name, its identity.
+        meta_table: Human-readable name of the source (the seed's ``meta_table`` column).
+        source: A JSON-able description of the source (kind, table, id column, filter).
+        id_start: First id of the window (inclusive), or ``None``.
+        id_end: Last id of the window (inclusive), or ``None`` for incremental jobs.
+    """
+
+    name: str
+    meta_table: str
+    source: Mapping[str, Any]
+    id_start: int | None = None
+    id_end: int | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The parts that must agree between uses of one job."""
+        return {
+            "source": dict(self.source),
+            "id_start": self.id_start,
+            "id_end": self.id_end,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRange:
+    """A range cut by the planner, not yet written anywhere."""
+
+    meta_id_start: int
+    meta_id_end: int
+    count: int
+    weight: int
+    oversized: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """What the store hands back for one new attempt."""
+
+    id: int
+    job: str
+    meta_table: str
+    meta_id_start: int
+    meta_id_end: int
+    count: int
+    weight: int
+    attempt: int
+    failures: int
+    oversized: bool
+    token: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How one attempt ends; applied by the store only if the lease is still held."""
+
+    attempt_id: int
+    token: str
+    status: Status
+    result: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    fingerprint: str | None = None
+    code_version: str | None = None
+    counts_as_failure: bool = False
+    dead: bool = False
+    retry_delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A read-only record of one attempt, as stored in the inventory."""
+
+    id: int
+    job: str
+    meta_table: str
+    meta_id_start: int
+    meta_id_end: int
+    count: int
+    weight: int
+    attempt: int
+    status: Status
+    oversized: bool
+    owner: str | None
+    token: str | None
+    processing_start: datetime | None
+    processing_end: datetime | None
+    expires_at: datetime | None
+    retry_after: datetime | None
+    dead: bool
+    result: Any
+    error_type: str | None
+    error_message: str | None
+    fingerprint: str | None
+    traceback: str | None
+    code_version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What is left to do for one job.
+
+    Attributes:
+        count: Rows after the cursor plus rows of ranges waiting for retry.
+        weight: Summed weight of those rows (0 without a weight column).
+        retry_due: Ranges waiting for a retry (due now or later).
+        dead: Ranges whose attempts are exhausted; they wait for ``retry``.
+        running: Attempts currently leased.
+        eta: Estimated time to drain ``count`` at the recent success rate, if known.
+    """
+
+    count: int
+    weight: int
+    retry_due: int
+    dead: int
+    running: int
+    eta: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    """One line of ``Inventory.status()``."""
+
+    job: str
+    meta_table: str
+    cursor: int | None
+    id_start: int | None
+    id_end: int | None
+    counts: Mapping[str, int] = field(default_factory=dict)
+    last_success: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorGroup:
+    """Failed attempts of one job that share a fingerprint."""
+
+    fingerprint: str
+    error_type: str
+    error_message: str
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    attempt_ids: tuple[int, ...]

@@ -1,0 +1,288 @@
+"""The two seams of pybatchintory, as domain operations.
+
+``MetadataSource`` says where ids, counts and weights come from; ``InventoryStore`` keeps the
+ledger. Both are :class:`typing.Protocol` classes: a third party can provide either without
+inheriting from anything here. Neither takes or returns SQL strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pybatchintory.models import (
+    Attempt,
+    ErrorGroup,
+    JobSpec,
+    LeaseGrant,
+    PlannedRange,
+    Settlement,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = (
+    "BindContext",
+    "BoundSource",
+    "InventoryStore",
+    "JobRecord",
+    "MetadataSource",
+    "PageRequest",
+    "PageSummary",
+    "Planner",
+    "RangeCount",
+    "StoreAdapter",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """One bounded read of a source, asked for by the planner.
+
+    Attributes:
+        after: Read ids strictly greater than this (``None``: from the first row).
+        end: Read ids up to and including this (``None``: no upper bound).
+        limit: Read at most this many rows, in id order (``None``: all of them).
+        max_weight: Report how many leading rows fit under this cumulative weight.
+    """
+
+    after: int | None
+    end: int | None
+    limit: int | None
+    max_weight: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PageSummary:
+    """Aggregates of one page; the planner never sees the rows themselves.
+
+    Attributes:
+        rows: Rows read (at most the request's ``limit``).
+        first_id: Smallest id read.
+        first_weight: Weight of that first row.
+        last_id: Largest id read.
+        weight: Summed weight of the rows read.
+        fit_rows: Leading rows whose cumulative weight stays within ``max_weight``
+            (equals ``rows`` when there is no weight cap).
+        fit_last_id: Largest id among those rows.
+        fit_weight: Their summed weight.
+    """
+
+    rows: int
+    first_id: int | None
+    first_weight: int
+    last_id: int | None
+    weight: int
+    fit_rows: int
+    fit_last_id: int | None
+    fit_weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class RangeCount:
+    """Current count and weight of a recorded range (for ``audit``)."""
+
+    meta_id_start: int
+    meta_id_end: int
+    count: int
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A job as the store keeps it."""
+
+    name: str
+    meta_table: str
+    source: Mapping[str, Any]
+    id_start: int | None
+    id_end: int | None
+    cursor: int | None
+
+
+class BoundSource(Protocol):
+    """A source resolved against real databases: it can answer queries."""
+
+    name: str
+    has_weight: bool
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able identity of the source (kind, table, columns, filter)."""
+        ...
+
+    async def horizon(self, link: object | None) -> int | None:
+        """Highest id that is safe to hand out now, or ``None`` for no limit."""
+        ...
+
+    async def summarize(self, request: PageRequest, link: object | None) -> PageSummary:
+        """Aggregate one page of rows; ``link`` may be the store's open connection."""
+        ...
+
+    async def items(self, start: int, end: int) -> list[Mapping[str, Any]]:
+        """All rows of ``[start, end]`` that pass the source's filter, in id order."""
+        ...
+
+    def iter_items(
+        self, start: int, end: int, chunk_size: int
+    ) -> AsyncIterator[Mapping[str, Any]]:
+        """Rows of ``[start, end]`` in id order, read ``chunk_size`` at a time."""
+        ...
+
+    async def recount(self, ranges: Sequence[tuple[int, int]]) -> list[RangeCount]:
+        """Current count and weight of each range (one grouped query per chunk)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BindContext:
+    """What a source may use to resolve itself.
+
+    Attributes:
+        store: The inventory store (``InventorySource`` reads another job from it).
+        inventory_engine: The inventory's engine, the default metadata database.
+        engine_for: Returns an engine for another URL (created once, disposed by the inventory).
+    """
+
+    store: InventoryStore
+    inventory_engine: AsyncEngine
+    engine_for: Callable[[str], AsyncEngine]
+
+
+@runtime_checkable
+class MetadataSource(Protocol):
+    """Where ids, counts and weights come from (``MetaTable``, ``InventorySource``)."""
+
+    @property
+    def name(self) -> str:
+        """Human-readable name, stored as the ledger's ``meta_table``."""
+        ...
+
+    async def bind(self, context: BindContext) -> BoundSource:
+        """Validate against the real database and return a queryable source."""
+        ...
+
+
+Planner = Callable[[object | None, int | None], Awaitable[PlannedRange | None]]
+"""Cuts the next range after a cursor: ``await planner(link, cursor)``."""
+
+
+class InventoryStore(Protocol):
+    """The ledger: jobs, attempts, leases, as domain operations."""
+
+    engine: AsyncEngine
+
+    async def setup(self) -> None:
+        """Create the schema if it is missing (idempotent, safe to race)."""
+        ...
+
+    async def ensure_job(self, spec: JobSpec) -> JobRecord:
+        """Record a new job or check that ``spec`` agrees with the recorded one."""
+        ...
+
+    async def get_job(self, name: str) -> JobRecord | None:
+        """The recorded job, or ``None``."""
+        ...
+
+    async def list_jobs(self) -> list[JobRecord]:
+        """Every recorded job, by name."""
+        ...
+
+    async def acquire(
+        self,
+        job: str,
+        *,
+        owner: str,
+        ttl: float,
+        max_attempts: int,
+        n: int,
+        planner: Planner,
+    ) -> list[LeaseGrant]:
+        """Lease up to ``n`` ranges of ``job`` in one transaction (DESIGN §4 order)."""
+        ...
+
+    async def heartbeat(self, owner: str, ttl: float, tokens: Collection[str]) -> set[str]:
+        """Renew every running lease of ``owner``; return the tokens that are gone."""
+        ...
+
+    async def settle(self, settlement: Settlement) -> None:
+        """End an attempt; raise ``LeaseLost`` (and change nothing) if the lease is gone."""
+        ...
+
+    async def attempts(
+        self,
+        job: str,
+        *,
+        status: Collection[Status] | None = None,
+        limit: int | None = None,
+        ids: Collection[int] | None = None,
+    ) -> list[Attempt]:
+        """Attempts of a job, newest first."""
+        ...
+
+    async def history(self, meta_table: str, meta_id: int) -> list[Attempt]:
+        """Every attempt of every job on ``meta_table`` whose range covers ``meta_id``."""
+        ...
+
+    async def ledger_summary(self, job: str) -> dict[str, int]:
+        """Counts for backlog/status: running, retry ranges/count/weight, dead ranges."""
+        ...
+
+    async def error_groups(self, job: str) -> list[ErrorGroup]:
+        """Failed attempts grouped by fingerprint."""
+        ...
+
+    async def revive(
+        self, job: str, *, fingerprint: str | None, batch_ids: Collection[int] | None
+    ) -> int:
+        """Make dead ranges due again with a fresh attempt budget; return how many."""
+        ...
+
+    async def set_cursor(self, job: str, meta_id: int) -> None:
+        """Move a job's cursor."""
+        ...
+
+    async def record_done(
+        self, job: str, start: int, end: int, count: int, weight: int, owner: str
+    ) -> int:
+        """Record a succeeded range done outside the inventory; return its attempt id."""
+        ...
+
+    async def succeeded_ranges(
+        self, job: str, *, after: int | None, end: int | None, limit: int | None
+    ) -> list[Attempt]:
+        """Succeeded attempts of ``job`` in id order (for ``InventorySource`` and audit)."""
+        ...
+
+    async def oldest_running_start(self, job: str) -> int | None:
+        """Smallest ``meta_id_start`` of a running or retry-pending range of ``job``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's own resources (never an engine it was handed)."""
+        ...
+
+
+class StoreAdapter(Protocol):
+    """Entry point of a database adapter (group ``pybatchintory.adapters``)."""
+
+    name: str
+    extra: str
+
+    def check_driver(self, driver: str) -> None:
+        """Raise ``MissingDriver`` naming the extra if ``driver`` is not importable."""
+        ...
+
+    def default_driver(self) -> str:
+        """The async driver used when the URL names none (``postgresql://``)."""
+        ...
+
+    def create_engine(self, url: str, **options: Any) -> AsyncEngine:
+        """An engine configured for this database (isolation, busy timeout, hooks)."""
+        ...
+
+    def create_store(self, engine: AsyncEngine, *, table_prefix: str) -> InventoryStore:
+        """A store on ``engine``; the store does not dispose it."""
+        ...

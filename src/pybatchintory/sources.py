@@ -1,0 +1,423 @@
+"""Built-in metadata sources: ``MetaTable`` (a SQL table) and ``InventorySource`` (recursion).
+
+A source is a *description*; ``bind()`` resolves it against a real database (reflection,
+validation) and returns a bound source that answers the planner's page summaries with one
+aggregate query each. Only SQLAlchemy Core is used here, no dialect: what differs between
+databases lives in the adapters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import ColumnElement
+
+from pybatchintory.errors import (
+    InvalidArgument,
+    InvalidColumn,
+    UnknownColumn,
+    UnknownTable,
+)
+from pybatchintory.protocols import BindContext, PageRequest, PageSummary, RangeCount
+
+__all__ = ("Filter", "MetaTable")
+
+Filter = (
+    ColumnElement[bool]
+    | sa.TextClause
+    | Callable[[sa.Table], Any]
+    | Mapping[str, Any]
+    | None
+)
+"""What ``MetaTable(where=...)`` accepts."""
+
+_RECOUNT_CHUNK = 200
+
+
+def _check_filter_kind(where: object) -> None:
+    if where is None or isinstance(where, (ColumnElement, sa.TextClause, Mapping)):
+        return
+    if isinstance(where, (str, bytes)):
+        raise InvalidArgument(
+            "where= does not accept a raw SQL string; pass a SQLAlchemy expression "
+            "(sqlalchemy.column('kind') == 'csv'), a callable(table) -> expression, "
+            "or a mapping {'kind': 'csv'}"
+        )
+    if callable(where):
+        return
+    raise InvalidArgument(
+        f"where= must be a SQLAlchemy expression, a callable or a mapping, got {type(where)!r}"
+    )
+
+
+class MetaTable:
+    """A metadata table in a SQL database: one row per data asset.
+
+    Args:
+        table: Table name; ``"schema.table"`` is allowed.
+        id: Unique, increasing integer column.
+        weight: Optional size column; without it ``max_weight`` is an error.
+        timestamp: Optional insertion-time column; needed for ``settle``.
+        settle: Never hand out rows younger than this (needs ``timestamp``).
+        where: A filter: a SQLAlchemy expression, a callable ``(table) -> expression``,
+            or a mapping ``{"column": value | [values]}``. Raw strings are refused.
+        url: The metadata database; ``None`` uses the inventory's database.
+
+    Raises:
+        InvalidArgument: On a raw string filter, ``settle`` without ``timestamp``, or an
+            empty table name. Table and columns are checked when the table is first used.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        *,
+        id: str = "id",  # noqa: A002 - the seed's spelling
+        weight: str | None = None,
+        timestamp: str | None = None,
+        settle: timedelta | None = None,
+        where: Filter = None,
+        url: str | None = None,
+    ) -> None:
+        if not isinstance(table, str) or not table.strip():
+            raise InvalidArgument(f"table must be a non-empty name, got {table!r}")
+        if settle is not None:
+            if not isinstance(settle, timedelta) or settle < timedelta(0):
+                raise InvalidArgument(f"settle must be a non-negative timedelta, got {settle!r}")
+            if timestamp is None:
+                raise InvalidArgument("settle= needs a timestamp column: MetaTable(timestamp=...)")
+        _check_filter_kind(where)
+        self.table = table
+        self.id = id
+        self.weight = weight
+        self.timestamp = timestamp
+        self.settle = settle
+        self.where = where
+        self.url = url
+
+    @property
+    def name(self) -> str:
+        """The table name, as stored in the ledger's ``meta_table`` column."""
+        return self.table
+
+    def __repr__(self) -> str:
+        return f"MetaTable({self.table!r}, id={self.id!r}, weight={self.weight!r})"
+
+    async def bind(self, context: BindContext) -> BoundMetaTable:
+        """Reflect and validate the table; return a queryable source.
+
+        Raises:
+            UnknownTable: The table does not exist.
+            UnknownColumn: A named column does not exist.
+            InvalidColumn: The id column is not an integer, or the weight is not numeric.
+        """
+        engine = context.inventory_engine if self.url is None else context.engine_for(self.url)
+        schema, _, name = self.table.rpartition(".")
+        try:
+            async with engine.connect() as conn:
+                table = await conn.run_sync(
+                    lambda sync: sa.Table(
+                        name, sa.MetaData(), schema=schema or None, autoload_with=sync
+                    )
+                )
+        except NoSuchTableError as exc:
+            raise UnknownTable(f"metadata table {self.table!r} does not exist") from exc
+        return BoundMetaTable(self, engine, table)
+
+
+def _column(table: sa.Table, name: str, role: str) -> sa.Column[Any]:
+    try:
+        return table.c[name]
+    except KeyError:
+        columns = ", ".join(sorted(table.c.keys()))
+        raise UnknownColumn(
+            f"{role} column {name!r} not found in table {table.name!r} (columns: {columns})"
+        ) from None
+
+
+def _python_type(column: sa.Column[Any]) -> type | None:
+    try:
+        return column.type.python_type
+    except NotImplementedError:
+        return None
+
+
+class BoundMetaTable:
+    """A ``MetaTable`` resolved against its database. Built by ``MetaTable.bind``."""
+
+    def __init__(self, spec: MetaTable, engine: AsyncEngine, table: sa.Table) -> None:
+        self.spec = spec
+        self.engine = engine
+        self.table = table
+        self.name = spec.table
+        self.id_col = _column(table, spec.id, "id")
+        if not isinstance(self.id_col.type, sa.Integer):
+            raise InvalidColumn(
+                f"id column {spec.id!r} of {spec.table!r} must be an integer column, "
+                f"not {self.id_col.type}"
+            )
+        self.weight_col: sa.Column[Any] | None = None
+        if spec.weight is not None:
+            self.weight_col = _column(table, spec.weight, "weight")
+            if _python_type(self.weight_col) not in (int, float):
+                from decimal import Decimal
+
+                if _python_type(self.weight_col) is not Decimal:
+                    raise InvalidColumn(
+                        f"weight column {spec.weight!r} of {spec.table!r} must be numeric, "
+                        f"not {self.weight_col.type}"
+                    )
+        self.has_weight = self.weight_col is not None
+        self.ts_col: sa.Column[Any] | None = None
+        if spec.timestamp is not None:
+            self.ts_col = _column(table, spec.timestamp, "timestamp")
+        self.condition = self._resolve_filter(spec.where)
+        self._filter_text = self._describe_filter()
+
+    # -- filter ---------------------------------------------------------------------------
+
+    def _resolve_filter(self, where: Filter) -> ColumnElement[bool] | None:
+        if where is None:
+            return None
+        if isinstance(where, Mapping):
+            clauses: list[ColumnElement[bool]] = []
+            for key in sorted(where):
+                column = _column(self.table, key, "filter")
+                value = where[key]
+                if isinstance(value, (list, tuple, set, frozenset)):
+                    values = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
+                    clauses.append(column.in_(list(values)))
+                elif value is None:
+                    clauses.append(column.is_(None))
+                else:
+                    clauses.append(column == value)
+            return sa.and_(*clauses)
+        if isinstance(where, sa.TextClause):
+            return sa.and_(where)
+        if isinstance(where, ColumnElement):
+            expression: ColumnElement[bool] = where
+        else:
+            produced = where(self.table)
+            if isinstance(produced, (str, bytes)):
+                _check_filter_kind(produced)
+            if not isinstance(produced, (ColumnElement, sa.TextClause)):
+                raise InvalidArgument(
+                    f"the where= callable must return a SQLAlchemy expression, got {produced!r}"
+                )
+            expression = sa.and_(produced)
+        return self._rebind_columns(expression)
+
+    def _rebind_columns(self, expression: ColumnElement[bool]) -> ColumnElement[bool]:
+        """Point column references of any table (or bare ``column()``) at this table."""
+        table = self.table
+
+        def replace(element: Any, **_: Any) -> Any:
+            if isinstance(element, sa.ColumnClause) and not isinstance(element, sa.TextClause):
+                if element.table is table:
+                    return None
+                if element.name in table.c:
+                    return table.c[element.name]
+                raise UnknownColumn(
+                    f"filter column {element.name!r} not found in table {table.name!r}"
+                )
+            return None
+
+        return visitors.replacement_traverse(expression, {}, replace)  # type: ignore[no-any-return]
+
+    def _describe_filter(self) -> str | None:
+        if self.condition is None:
+            return None
+        try:
+            return str(self.condition.compile(compile_kwargs={"literal_binds": True}))
+        except Exception:  # noqa: BLE001 - a type without a literal renderer
+            compiled = self.condition.compile()
+            return f"{compiled} {sorted(compiled.params.items(), key=repr)!r}"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able identity: what a job records and later compares."""
+        return {
+            "kind": "meta_table",
+            "table": self.spec.table,
+            "id": self.spec.id,
+            "weight": self.spec.weight,
+            "filter": self._filter_text,
+            "database": "inventory" if self.spec.url is None else "separate",
+        }
+
+    # -- queries --------------------------------------------------------------------------
+
+    def _where(self, after: int | None, end: int | None) -> list[ColumnElement[bool]]:
+        clauses: list[ColumnElement[bool]] = []
+        if after is not None:
+            clauses.append(self.id_col > after)
+        if end is not None:
+            clauses.append(self.id_col <= end)
+        if self.condition is not None:
+            clauses.append(self.condition)
+        return clauses
+
+    def _weight_expr(self) -> ColumnElement[Any]:
+        if self.weight_col is None:
+            return sa.literal(0, sa.BigInteger)
+        return sa.func.coalesce(self.weight_col, 0)
+
+    def _link(self, link: object | None) -> AsyncConnection | None:
+        if isinstance(link, AsyncConnection) and link.engine is self.engine:
+            return link
+        return None
+
+    async def _scalar_row(self, query: sa.Select[Any], link: object | None) -> sa.Row[Any]:
+        conn = self._link(link)
+        if conn is not None:
+            return (await conn.execute(query)).one()
+        async with self.engine.connect() as own:
+            return (await own.execute(query)).one()
+
+    async def horizon(self, link: object | None) -> int | None:
+        """Highest id older than ``settle`` (all rows when ``settle`` is not set)."""
+        if self.spec.settle is None or self.ts_col is None:
+            return None
+        timezone_aware = bool(getattr(self.ts_col.type, "timezone", False))
+        cutoff = datetime.now(UTC) - self.spec.settle
+        if not timezone_aware:
+            cutoff = cutoff.replace(tzinfo=None)
+        query = sa.select(sa.func.min(self.id_col)).where(
+            sa.or_(self.ts_col > cutoff, self.ts_col.is_(None))
+        )
+        youngest = (await self._scalar_row(query, link))[0]
+        return None if youngest is None else int(youngest) - 1
+
+    async def summarize(self, request: PageRequest, link: object | None) -> PageSummary:
+        """One aggregate query over at most ``request.limit`` rows after ``request.after``."""
+        page = (
+            sa.select(self.id_col.label("id"), self._weight_expr().label("w"))
+            .where(*self._where(request.after, request.end))
+            .order_by(self.id_col)
+        )
+        if request.limit is not None:
+            page = page.limit(request.limit)
+        rows = page.subquery("page")
+        if request.max_weight is None:
+            total = sa.func.coalesce(sa.func.sum(rows.c.w), 0)
+            query = sa.select(
+                sa.func.count(),
+                sa.func.min(rows.c.id),
+                sa.func.max(rows.c.id),
+                total,
+            )
+            count, first, last, weight = await self._scalar_row(query, link)
+            return PageSummary(
+                rows=int(count),
+                first_id=None if first is None else int(first),
+                first_weight=0,
+                last_id=None if last is None else int(last),
+                weight=int(weight or 0),
+                fit_rows=int(count),
+                fit_last_id=None if last is None else int(last),
+                fit_weight=int(weight or 0),
+            )
+        running = sa.select(
+            rows.c.id,
+            rows.c.w,
+            sa.func.sum(rows.c.w).over(order_by=rows.c.id).label("cw"),
+        ).subquery("running")
+        fits = running.c.cw <= request.max_weight
+        query = sa.select(
+            sa.func.count(),
+            sa.func.min(running.c.id),
+            sa.func.min(running.c.cw),
+            sa.func.max(running.c.id),
+            sa.func.coalesce(sa.func.sum(running.c.w), 0),
+            sa.func.coalesce(sa.func.sum(sa.case((fits, 1), else_=0)), 0),
+            sa.func.max(sa.case((fits, running.c.id))),
+            sa.func.coalesce(sa.func.max(sa.case((fits, running.c.cw))), 0),
+        )
+        count, first, first_cw, last, weight, fit_rows, fit_last, fit_weight = (
+            await self._scalar_row(query, link)
+        )
+        return PageSummary(
+            rows=int(count),
+            first_id=None if first is None else int(first),
+            first_weight=int(first_cw or 0),
+            last_id=None if last is None else int(last),
+            weight=int(weight or 0),
+            fit_rows=int(fit_rows or 0),
+            fit_last_id=None if fit_last is None else int(fit_last),
+            fit_weight=int(fit_weight or 0),
+        )
+
+    def _range_query(self, start: int, end: int) -> sa.Select[Any]:
+        return (
+            sa.select(self.table)
+            .where(*self._where(start - 1, end))
+            .order_by(self.id_col)
+        )
+
+    async def items(self, start: int, end: int) -> list[Mapping[str, Any]]:
+        """Every row of ``[start, end]`` that passes the filter, in id order."""
+        async with self.engine.connect() as conn:
+            result = await conn.execute(self._range_query(start, end))
+            return [dict(row) for row in result.mappings()]
+
+    async def iter_items(
+        self, start: int, end: int, chunk_size: int
+    ) -> AsyncIterator[Mapping[str, Any]]:
+        """Rows of ``[start, end]`` in id order, ``chunk_size`` per query (keyset paging)."""
+        if chunk_size <= 0:
+            raise InvalidArgument(f"chunk_size must be > 0, got {chunk_size}")
+        after = start - 1
+        id_key = self.id_col.name
+        while after < end:
+            query = (
+                sa.select(self.table)
+                .where(*self._where(after, end))
+                .order_by(self.id_col)
+                .limit(chunk_size)
+            )
+            async with self.engine.connect() as conn:
+                rows = [dict(row) for row in (await conn.execute(query)).mappings()]
+            for row in rows:
+                yield row
+            if len(rows) < chunk_size:
+                return
+            after = int(rows[-1][id_key])
+
+    async def recount(self, ranges: Sequence[tuple[int, int]]) -> list[RangeCount]:
+        """Current count and weight of each range: one grouped query per chunk of ranges."""
+        out: list[RangeCount] = []
+        for offset in range(0, len(ranges), _RECOUNT_CHUNK):
+            chunk = ranges[offset : offset + _RECOUNT_CHUNK]
+            bounds = sa.union_all(
+                *(
+                    sa.select(
+                        sa.literal(i, sa.Integer).label("idx"),
+                        sa.literal(start, sa.BigInteger).label("lo"),
+                        sa.literal(end, sa.BigInteger).label("hi"),
+                    )
+                    for i, (start, end) in enumerate(chunk)
+                )
+            ).subquery("bounds")
+            clauses = [self.id_col >= bounds.c.lo, self.id_col <= bounds.c.hi]
+            if self.condition is not None:
+                clauses.append(self.condition)
+            query = (
+                sa.select(
+                    bounds.c.idx,
+                    sa.func.count(self.id_col),
+                    sa.func.coalesce(sa.func.sum(self._weight_expr()), 0),
+                )
+                .select_from(bounds.join(self.table, sa.and_(*clauses)))
+                .group_by(bounds.c.idx)
+            )
+            async with self.engine.connect() as conn:
+                found = {int(i): (int(c), int(w)) for i, c, w in await conn.execute(query)}
+            for i, (start, end) in enumerate(chunk):
+                count, weight = found.get(i, (0, 0))
+                out.append(RangeCount(start, end, count, weight))
+        return out
