@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from pybatchintory._failure import describe_failure
 from pybatchintory.errors import AlreadySettled, InvalidArgument, LeaseLost
 from pybatchintory.models import LeaseGrant, Settlement, Status
 
@@ -89,47 +88,47 @@ class Batch:
     # -- the range ------------------------------------------------------------------------
 
     @property
-    def id(self) -> int:  # noqa: D102
+    def id(self) -> int:
         return self._grant.id
 
     @property
-    def job(self) -> str:  # noqa: D102
+    def job(self) -> str:
         return self._grant.job
 
     @property
-    def meta_table(self) -> str:  # noqa: D102
+    def meta_table(self) -> str:
         return self._grant.meta_table
 
     @property
-    def meta_id_start(self) -> int:  # noqa: D102
+    def meta_id_start(self) -> int:
         return self._grant.meta_id_start
 
     @property
-    def meta_id_end(self) -> int:  # noqa: D102
+    def meta_id_end(self) -> int:
         return self._grant.meta_id_end
 
     @property
-    def count(self) -> int:  # noqa: D102
+    def count(self) -> int:
         return self._grant.count
 
     @property
-    def weight(self) -> int:  # noqa: D102
+    def weight(self) -> int:
         return self._grant.weight
 
     @property
-    def attempt(self) -> int:  # noqa: D102
+    def attempt(self) -> int:
         return self._grant.attempt
 
     @property
-    def oversized(self) -> bool:  # noqa: D102
+    def oversized(self) -> bool:
         return self._grant.oversized
 
     @property
-    def token(self) -> str:  # noqa: D102
+    def token(self) -> str:
         return self._grant.token
 
     @property
-    def expires_at(self) -> datetime:  # noqa: D102
+    def expires_at(self) -> datetime:
         return self._grant.expires_at
 
     @property

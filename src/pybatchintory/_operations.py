@@ -19,7 +19,13 @@ from pybatchintory.models import (
     PlannedRange,
     Status,
 )
-from pybatchintory.protocols import BoundSource, InventoryStore, JobRecord, MetadataSource, PageRequest
+from pybatchintory.protocols import (
+    BoundSource,
+    InventoryStore,
+    JobRecord,
+    MetadataSource,
+    PageRequest,
+)
 from pybatchintory.recursion import InventorySource
 from pybatchintory.sources import MetaTable
 

@@ -93,7 +93,7 @@ class Inventory(Operations):
         if not isinstance(retry_delay, (int, float)) or retry_delay < 0:
             raise InvalidArgument(f"retry_delay must be >= 0 seconds: {retry_delay!r}")
         if owner is not None and (not isinstance(owner, str) or not owner or len(owner) > 255):
-            raise InvalidArgument(f"owner must be a non-empty name of at most 255 characters")
+            raise InvalidArgument("owner must be a non-empty name of at most 255 characters")
         if table_prefix and not table_prefix.replace("_", "").isalnum():
             raise InvalidArgument("table_prefix may contain only letters, digits and underscores")
         self.url = url or "sqlite+aiosqlite:///pybatchintory.db"

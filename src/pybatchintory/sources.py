@@ -78,7 +78,7 @@ class MetaTable:
         self,
         table: str,
         *,
-        id: str = "id",  # noqa: A002 - the seed's spelling
+        id: str = "id",
         weight: str | None = None,
         timestamp: str | None = None,
         settle: timedelta | None = None,
@@ -190,9 +190,10 @@ class BoundMetaTable:
             for key in sorted(where):
                 column = _column(self.table, key, "filter")
                 value = where[key]
-                if isinstance(value, (list, tuple, set, frozenset)):
-                    values = sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value
-                    clauses.append(column.in_(list(values)))
+                if isinstance(value, (set, frozenset)):
+                    clauses.append(column.in_(sorted(value, key=repr)))
+                elif isinstance(value, (list, tuple)):
+                    clauses.append(column.in_(list(value)))
                 elif value is None:
                     clauses.append(column.is_(None))
                 else:
@@ -228,14 +229,14 @@ class BoundMetaTable:
                 )
             return None
 
-        return visitors.replacement_traverse(expression, {}, replace)  # type: ignore[no-any-return]
+        return visitors.replacement_traverse(expression, {}, replace)
 
     def _describe_filter(self) -> str | None:
         if self.condition is None:
             return None
         try:
             return str(self.condition.compile(compile_kwargs={"literal_binds": True}))
-        except Exception:  # noqa: BLE001 - a type without a literal renderer
+        except Exception:
             compiled = self.condition.compile()
             return f"{compiled} {sorted(compiled.params.items(), key=repr)!r}"
 
@@ -272,12 +273,12 @@ class BoundMetaTable:
             return link
         return None
 
-    async def _scalar_row(self, query: sa.Select[Any], link: object | None) -> sa.Row[Any]:
+    async def _scalar_row(self, query: sa.Select[Any], link: object | None) -> tuple[Any, ...]:
         conn = self._link(link)
         if conn is not None:
-            return (await conn.execute(query)).one()
+            return tuple((await conn.execute(query)).one())
         async with self.engine.connect() as own:
-            return (await own.execute(query)).one()
+            return tuple((await own.execute(query)).one())
 
     async def horizon(self, link: object | None) -> int | None:
         """Highest id older than ``settle`` (all rows when ``settle`` is not set)."""

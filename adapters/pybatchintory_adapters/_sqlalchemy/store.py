@@ -354,7 +354,9 @@ class SQLAlchemyStore:
 
         async def work(conn: AsyncConnection) -> set[str]:
             renewed = await conn.execute(
-                sa.update(inv).where(live).values(heartbeat_at=db_now(), expires_at=db_now_plus(ttl))
+                sa.update(inv)
+                .where(live)
+                .values(heartbeat_at=db_now(), expires_at=db_now_plus(ttl))
             )
             if renewed.rowcount >= len(tokens):
                 return set()
@@ -503,7 +505,9 @@ class SQLAlchemyStore:
             )
             if cursor is None or end > cursor:
                 await conn.execute(
-                    sa.update(jobs).where(jobs.c.name == job).values(cursor=end, updated_at=db_now())
+                    sa.update(jobs)
+                    .where(jobs.c.name == job)
+                    .values(cursor=end, updated_at=db_now())
                 )
             (attempt_id,) = result.inserted_primary_key  # type: ignore[misc]
             return int(attempt_id)

@@ -56,7 +56,7 @@ def _id_sqlite(type_: LedgerId, compiler: TypeCompiler, **kw: Any) -> str:
     return "INTEGER"
 
 
-class db_now(FunctionElement[datetime]):  # noqa: N801 - reads like a SQL function
+class db_now(FunctionElement[datetime]):
     """The database's current UTC time, as a naive timestamp."""
 
     type = Timestamp()
@@ -64,7 +64,7 @@ class db_now(FunctionElement[datetime]):  # noqa: N801 - reads like a SQL functi
     name = "db_now"
 
 
-class db_now_plus(FunctionElement[datetime]):  # noqa: N801
+class db_now_plus(FunctionElement[datetime]):
     """The database's current UTC time plus ``seconds`` (a bound parameter)."""
 
     type = Timestamp()
