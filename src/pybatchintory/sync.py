@@ -1,0 +1,385 @@
+"""A thread-safe synchronous facade for Spark/Dask drivers, scripts and sync frameworks.
+
+It wraps the async core, never duplicates it: one event loop runs in a background thread
+(an anyio blocking portal) and every call is handed to it. The seed's spelling works::
+
+    from pybatchintory.sync import acquire_batch
+
+    batch = acquire_batch(job="incremental_job", weight=10)   # PYBATCHINTORY_* settings
+    try:
+        process_func(batch.items)
+        batch.success()
+    except Exception as e:
+        batch.error(e)
+        raise
+
+Any number of threads may use one ``SyncInventory`` (or the module-level functions) at once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import AbstractContextManager
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from pybatchintory._defaults import resolve_seed_arguments
+from pybatchintory._lease import Batch
+from pybatchintory.errors import NoBatchAvailable
+from pybatchintory.inventory import Inventory
+from pybatchintory.models import Attempt, Backlog, ErrorGroup, JobStatus, PlannedRange, Status
+from pybatchintory.protocols import MetadataSource
+from pybatchintory.settings import Settings
+
+__all__ = ("SyncBatch", "SyncInventory", "acquire_batch", "acquire_batches", "shutdown")
+
+T = TypeVar("T")
+
+
+class _Loop:
+    """The background event loop shared by every ``SyncInventory`` of the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._manager: AbstractContextManager[BlockingPortal] | None = None
+        self._portal: BlockingPortal | None = None
+
+    def portal(self) -> BlockingPortal:
+        with self._lock:
+            if self._portal is None:
+                self._manager = start_blocking_portal(backend="asyncio")
+                self._portal = self._manager.__enter__()
+            return self._portal
+
+    def stop(self) -> None:
+        with self._lock:
+            manager, self._manager, self._portal = self._manager, None, None
+        if manager is not None:
+            manager.__exit__(None, None, None)
+
+
+_loop = _Loop()
+
+
+class SyncBatch:
+    """The synchronous view of a ``Batch``; same attributes, blocking methods."""
+
+    def __init__(self, owner: SyncInventory, batch: Batch) -> None:
+        self._owner = owner
+        self._batch = batch
+
+    def __getattr__(self, name: str) -> Any:
+        if name in {
+            "id",
+            "job",
+            "meta_table",
+            "meta_id_start",
+            "meta_id_end",
+            "count",
+            "weight",
+            "attempt",
+            "oversized",
+            "token",
+            "status",
+            "lost",
+        }:
+            return getattr(self._batch, name)
+        raise AttributeError(name)
+
+    @property
+    def expires_at(self) -> datetime:
+        """When the lease runs out unless renewed."""
+        return self._batch.expires_at
+
+    @property
+    def result(self) -> Any:
+        """Stored as ``job_result`` on success."""
+        return self._batch.result
+
+    @result.setter
+    def result(self, value: Any) -> None:
+        self._batch.result = value
+
+    @property
+    def items(self) -> list[Mapping[str, Any]]:
+        """The rows of the range (read once, then cached)."""
+        rows: list[Mapping[str, Any]] = self._owner._call(self._batch.items)
+        return rows
+
+    def success(self, result: Any = None) -> None:
+        """Record success (see ``Batch.success``)."""
+        self._owner._call(self._batch.success, result)
+
+    def error(self, exc: BaseException) -> None:
+        """Record a failure (see ``Batch.error``)."""
+        self._owner._call(self._batch.error, exc)
+
+    def release(self) -> None:
+        """Give the range back without fault (see ``Batch.release``)."""
+        self._owner._call(self._batch.release)
+
+    def process(
+        self,
+        func: Callable[..., T],
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> T:
+        """Run ``func(items, *args, **kwargs)`` in this thread, then settle (seed spelling).
+
+        Success records the return value as the result when it is JSON-serialisable; an
+        exception is recorded as a failure and re-raised.
+        """
+        items = self.items
+        try:
+            value = func(items, *args, **dict(kwargs or {}))
+        except (KeyboardInterrupt, SystemExit):
+            self.release()
+            raise
+        except BaseException as exc:
+            self.error(exc)
+            raise
+        try:
+            self.success(value)
+        except Exception as exc:
+            from pybatchintory.errors import InvalidArgument
+
+            if not isinstance(exc, InvalidArgument):
+                raise
+            self.success(None)
+        return value
+
+    def __enter__(self) -> SyncBatch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._batch._status is not None:
+            return
+        if exc is None:
+            self.success()
+        elif isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            self.release()
+        else:
+            self.error(exc)
+
+    def __repr__(self) -> str:
+        return repr(self._batch).replace("<Batch", "<SyncBatch", 1)
+
+
+class SyncInventory:
+    """A blocking ``Inventory``: same arguments, same methods, safe from many threads."""
+
+    def __init__(self, url: str | None = None, **options: Any) -> None:
+        self._inventory = Inventory(url, **options)
+        self._portal = _loop.portal()
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> SyncInventory:
+        """Configured from ``PYBATCHINTORY_*`` settings."""
+        s = settings or Settings()
+        options: dict[str, Any] = {
+            "owner": s.owner,
+            "lease_ttl": s.lease_ttl,
+            "max_attempts": s.max_attempts,
+            "retry_delay": s.retry_delay,
+            "table_prefix": s.table_prefix,
+            "code_version": s.code_version,
+        }
+        options.update(overrides)
+        return cls(s.inventory_url.get_secret_value(), **options)
+
+    def _call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._portal.call(functools.partial(func, *args, **kwargs))
+
+    @property
+    def inventory(self) -> Inventory:
+        """The async ``Inventory`` underneath."""
+        return self._inventory
+
+    def close(self) -> None:
+        """Drain settles in flight, release unsettled leases, dispose engines."""
+        if not self._closed:
+            self._closed = True
+            self._call(self._inventory.aclose)
+
+    def __enter__(self) -> SyncInventory:
+        self._call(self._inventory.open)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def acquire(self, job: str, source: MetadataSource | str, **options: Any) -> SyncBatch | None:
+        """Lease the next range (``None``: nothing to do). See ``Inventory.acquire``."""
+        batch = self._call(self._inventory.acquire, job, source, **options)
+        return None if batch is None else SyncBatch(self, batch)
+
+    def acquire_many(
+        self, job: str, source: MetadataSource | str, n: int, **options: Any
+    ) -> list[SyncBatch]:
+        """Lease up to ``n`` ranges at once. See ``Inventory.acquire_many``."""
+        batches = self._call(self._inventory.acquire_many, job, source, n, **options)
+        return [SyncBatch(self, b) for b in batches]
+
+    def lease(self, job: str, source: MetadataSource | str, **options: Any) -> SyncBatch:
+        """Lease and use as ``with inv.lease(...) as batch:``; raises ``NoBatchAvailable``."""
+        batch = self.acquire(job, source, **options)
+        if batch is None:
+            raise NoBatchAvailable(f"nothing to hand out for job {job!r} right now")
+        return batch
+
+    def leases(
+        self,
+        job: str,
+        source: MetadataSource | str,
+        *,
+        iterations: int | None = None,
+        **options: Any,
+    ) -> Iterator[SyncBatch]:
+        """Yield batches until none is left or ``iterations`` is reached."""
+        done = 0
+        while iterations is None or done < iterations:
+            batch = self.acquire(job, source, **options)
+            if batch is None:
+                return
+            done += 1
+            yield batch
+
+    def backlog(self, job: str, source: MetadataSource | None = None) -> Backlog:
+        """See ``Inventory.backlog``."""
+        result: Backlog = self._call(self._inventory.backlog, job, source)
+        return result
+
+    def batches(
+        self, job: str, status: Status | str | Collection[Status | str] | None = None
+    ) -> list[Attempt]:
+        """See ``Inventory.batches``."""
+        result: list[Attempt] = self._call(self._inventory.batches, job, status)
+        return result
+
+    def history(self, source: MetadataSource | str, meta_id: int) -> list[Attempt]:
+        """See ``Inventory.history``."""
+        result: list[Attempt] = self._call(self._inventory.history, source, meta_id)
+        return result
+
+    def status(self) -> list[JobStatus]:
+        """See ``Inventory.status``."""
+        result: list[JobStatus] = self._call(self._inventory.status)
+        return result
+
+    def errors(self, job: str) -> list[ErrorGroup]:
+        """See ``Inventory.errors``."""
+        result: list[ErrorGroup] = self._call(self._inventory.errors, job)
+        return result
+
+    def retry(self, job: str, **options: Any) -> int:
+        """See ``Inventory.retry``."""
+        result: int = self._call(self._inventory.retry, job, **options)
+        return result
+
+    def plan(self, job: str, source: MetadataSource | str, **options: Any) -> list[PlannedRange]:
+        """See ``Inventory.plan``."""
+        result: list[PlannedRange] = self._call(self._inventory.plan, job, source, **options)
+        return result
+
+    def set_cursor(self, job: str, meta_id: int, **options: Any) -> None:
+        """See ``Inventory.set_cursor``."""
+        self._call(self._inventory.set_cursor, job, meta_id, **options)
+
+    def mark_done(self, job: str, start: int, end: int, **options: Any) -> int:
+        """See ``Inventory.mark_done``."""
+        result: int = self._call(self._inventory.mark_done, job, start, end, **options)
+        return result
+
+    def audit(self, job: str, source: MetadataSource | None = None) -> list[Any]:
+        """See ``Inventory.audit``."""
+        result: list[Any] = self._call(self._inventory.audit, job, source)
+        return result
+
+
+_default_lock = threading.Lock()
+_default: SyncInventory | None = None
+
+
+def _default_inventory() -> SyncInventory:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = SyncInventory.from_settings()
+        return _default
+
+
+def acquire_batch(
+    job: str,
+    source: MetadataSource | str | None = None,
+    *,
+    id_start: int | None = None,
+    id_end: int | None = None,
+    weight: int | None = None,
+    count: int | None = None,
+    max_weight: int | None = None,
+    max_count: int | None = None,
+) -> SyncBatch | None:
+    """Lease the next batch of ``job`` (seed spelling; ``None``: nothing to do)."""
+    resolved, count_cap, weight_cap = resolve_seed_arguments(
+        source, weight=weight, count=count, max_weight=max_weight, max_count=max_count
+    )
+    return _default_inventory().acquire(
+        job,
+        resolved,
+        id_start=id_start,
+        id_end=id_end,
+        max_count=count_cap,
+        max_weight=weight_cap,
+    )
+
+
+def acquire_batches(
+    job: str,
+    source: MetadataSource | str | None = None,
+    *,
+    id_start: int | None = None,
+    id_end: int | None = None,
+    weight: int | None = None,
+    count: int | None = None,
+    max_weight: int | None = None,
+    max_count: int | None = None,
+    iterations: int | None = None,
+) -> Iterator[SyncBatch]:
+    """Yield batches of ``job`` until none is left or ``iterations`` is reached."""
+    resolved, count_cap, weight_cap = resolve_seed_arguments(
+        source, weight=weight, count=count, max_weight=max_weight, max_count=max_count
+    )
+    return _default_inventory().leases(
+        job,
+        resolved,
+        iterations=iterations,
+        id_start=id_start,
+        id_end=id_end,
+        max_count=count_cap,
+        max_weight=weight_cap,
+    )
+
+
+def shutdown() -> None:
+    """Close the default inventory and stop the background loop (also run at exit)."""
+    global _default
+    with _default_lock:
+        inventory, _default = _default, None
+    if inventory is not None:
+        inventory.close()
+    _loop.stop()
+
+
+atexit.register(shutdown)
