@@ -348,9 +348,21 @@ class SQLAlchemyStore:
         )
 
     async def heartbeat(self, owner: str, ttl: float, tokens: Collection[str]) -> set[str]:
-        """Renew all of ``owner``'s live leases in one statement; return lost tokens."""
+        """Renew ``owner``'s live leases among ``tokens`` in one statement; return lost ones.
+
+        A lease already past its expiry is not renewed, even if nobody has taken it over
+        yet: the database clock decides, so a worker frozen past its TTL loses its lease.
+        """
         inv = self.tables.inventory
-        live = sa.and_(inv.c.owner == owner, inv.c.status == _RUNNING, inv.c.expires_at > db_now())
+        wanted = list(tokens)
+        if not wanted:
+            return set()
+        live = sa.and_(
+            inv.c.owner == owner,
+            inv.c.token.in_(wanted),
+            inv.c.status == _RUNNING,
+            inv.c.expires_at > db_now(),
+        )
 
         async def work(conn: AsyncConnection) -> set[str]:
             renewed = await conn.execute(
@@ -358,20 +370,21 @@ class SQLAlchemyStore:
                 .where(live)
                 .values(heartbeat_at=db_now(), expires_at=db_now_plus(ttl))
             )
-            if renewed.rowcount >= len(tokens):
+            if renewed.rowcount == len(wanted):
                 return set()
             alive = set(
                 (
                     await conn.execute(
                         sa.select(inv.c.token).where(
                             inv.c.owner == owner,
+                            inv.c.token.in_(wanted),
                             inv.c.status == _RUNNING,
-                            inv.c.token.in_(list(tokens)),
+                            inv.c.expires_at > db_now(),
                         )
                     )
                 ).scalars()
             )
-            return set(tokens) - alive
+            return set(wanted) - alive
 
         return await self._transact(work)
 
