@@ -179,6 +179,7 @@ class BoundMetaTable:
             self.ts_col = _column(table, spec.timestamp, "timestamp")
         self.condition = self._resolve_filter(spec.where)
         self._filter_text = self._describe_filter()
+        self._page_queries: dict[tuple[bool, bool, bool, bool], Any] = {}
 
     # -- filter ---------------------------------------------------------------------------
 
@@ -294,58 +295,88 @@ class BoundMetaTable:
         youngest = (await self._scalar_row(query, link))[0]
         return None if youngest is None else int(youngest) - 1
 
-    async def summarize(self, request: PageRequest, link: object | None) -> PageSummary:
-        """One aggregate query over at most ``request.limit`` rows after ``request.after``."""
+    def _page_query(self, has_after: bool, has_end: bool, has_limit: bool, weighted: bool) -> Any:
+        """The page-summary statement of one shape, built once (bound parameters ``p_*``)."""
+        key = (has_after, has_end, has_limit, weighted)
+        cached = self._page_queries.get(key)
+        if cached is not None:
+            return cached
+        clauses: list[ColumnElement[bool]] = []
+        if has_after:
+            clauses.append(self.id_col > sa.bindparam("p_after", type_=sa.BigInteger()))
+        if has_end:
+            clauses.append(self.id_col <= sa.bindparam("p_end", type_=sa.BigInteger()))
+        if self.condition is not None:
+            clauses.append(self.condition)
         page = (
             sa.select(self.id_col.label("id"), self._weight_expr().label("w"))
-            .where(*self._where(request.after, request.end))
+            .where(*clauses)
             .order_by(self.id_col)
         )
-        if request.limit is not None:
-            page = page.limit(request.limit)
+        if has_limit:
+            page = page.limit(sa.bindparam("p_limit", type_=sa.Integer()))
         rows = page.subquery("page")
-        if request.max_weight is None:
+        query: sa.Select[Any]
+        if not weighted:
             total = sa.func.coalesce(sa.func.sum(rows.c.w), 0)
             query = sa.select(
                 sa.func.count(),
                 sa.func.min(rows.c.id),
+                sa.literal(0, sa.BigInteger()),
+                sa.func.max(rows.c.id),
+                total,
+                sa.func.count(),
                 sa.func.max(rows.c.id),
                 total,
             )
-            count, first, last, weight = await self._scalar_row(query, link)
-            return PageSummary(
-                rows=int(count),
-                first_id=None if first is None else int(first),
-                first_weight=0,
-                last_id=None if last is None else int(last),
-                weight=int(weight or 0),
-                fit_rows=int(count),
-                fit_last_id=None if last is None else int(last),
-                fit_weight=int(weight or 0),
+        else:
+            running = sa.select(
+                rows.c.id,
+                rows.c.w,
+                sa.func.sum(rows.c.w).over(order_by=rows.c.id).label("cw"),
+            ).subquery("running")
+            fits = running.c.cw <= sa.bindparam("p_max_weight", type_=sa.BigInteger())
+            query = sa.select(
+                sa.func.count(),
+                sa.func.min(running.c.id),
+                sa.func.min(running.c.cw),
+                sa.func.max(running.c.id),
+                sa.func.coalesce(sa.func.sum(running.c.w), 0),
+                sa.func.coalesce(sa.func.sum(sa.case((fits, 1), else_=0)), 0),
+                sa.func.max(sa.case((fits, running.c.id))),
+                sa.func.coalesce(sa.func.max(sa.case((fits, running.c.cw))), 0),
             )
-        running = sa.select(
-            rows.c.id,
-            rows.c.w,
-            sa.func.sum(rows.c.w).over(order_by=rows.c.id).label("cw"),
-        ).subquery("running")
-        fits = running.c.cw <= request.max_weight
-        query = sa.select(
-            sa.func.count(),
-            sa.func.min(running.c.id),
-            sa.func.min(running.c.cw),
-            sa.func.max(running.c.id),
-            sa.func.coalesce(sa.func.sum(running.c.w), 0),
-            sa.func.coalesce(sa.func.sum(sa.case((fits, 1), else_=0)), 0),
-            sa.func.max(sa.case((fits, running.c.id))),
-            sa.func.coalesce(sa.func.max(sa.case((fits, running.c.cw))), 0),
+        self._page_queries[key] = query
+        return query
+
+    async def summarize(self, request: PageRequest, link: object | None) -> PageSummary:
+        """One aggregate query over at most ``request.limit`` rows after ``request.after``.
+
+        With a weight cap, a running sum (window function) says how many leading rows fit;
+        the database reads at most ``limit`` rows through the id index either way.
+        """
+        weighted = request.max_weight is not None
+        query = self._page_query(
+            request.after is not None, request.end is not None, request.limit is not None, weighted
         )
-        count, first, first_cw, last, weight, fit_rows, fit_last, fit_weight = (
-            await self._scalar_row(query, link)
-        )
+        params = {
+            "p_after": request.after,
+            "p_end": request.end,
+            "p_limit": request.limit,
+            "p_max_weight": request.max_weight,
+        }
+        params = {k: v for k, v in params.items() if v is not None}
+        conn = self._link(link)
+        if conn is not None:
+            row = (await conn.execute(query, params)).one()
+        else:
+            async with self.engine.connect() as own:
+                row = (await own.execute(query, params)).one()
+        count, first, first_w, last, weight, fit_rows, fit_last, fit_weight = row
         return PageSummary(
             rows=int(count),
             first_id=None if first is None else int(first),
-            first_weight=int(first_cw or 0),
+            first_weight=int(first_w or 0),
             last_id=None if last is None else int(last),
             weight=int(weight or 0),
             fit_rows=int(fit_rows or 0),

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 import sqlalchemy as sa
@@ -41,8 +41,9 @@ from pybatchintory.protocols import JobRecord, Planner
 from pybatchintory_adapters._sqlalchemy import queries
 from pybatchintory_adapters._sqlalchemy.capabilities import Capabilities
 from pybatchintory_adapters._sqlalchemy.records import aware, to_job
+from pybatchintory_adapters._sqlalchemy.statements import Statements
 from pybatchintory_adapters._sqlalchemy.tables import SCHEMA_VERSION, Tables
-from pybatchintory_adapters._sqlalchemy.types import db_now, db_now_plus
+from pybatchintory_adapters._sqlalchemy.types import db_now
 
 __all__ = ("SQLAlchemyStore",)
 
@@ -65,6 +66,7 @@ class SQLAlchemyStore:
         self.engine = engine
         self.tables = tables
         self.capabilities = capabilities
+        self.statements = Statements(tables)
         self._ready = False
 
     # -- transactions ---------------------------------------------------------------------
@@ -207,77 +209,56 @@ class SQLAlchemyStore:
         planner: Planner,
     ) -> list[LeaseGrant]:
         """Lease up to ``n`` ranges: expire, then retries oldest first, then new ranges."""
-        inv, jobs = self.tables.inventory, self.tables.jobs
+        st = self.statements
 
         async def work(conn: AsyncConnection) -> list[LeaseGrant]:
-            locked = (
-                await conn.execute(
-                    sa.select(jobs.c.cursor, jobs.c.meta_table, db_now())
-                    .where(jobs.c.name == job)
-                    .with_for_update()
-                )
-            ).first()
+            locked = (await conn.execute(st.lock_job, {"p_job": job})).first()
             if locked is None:
                 raise UnknownJob(f"job {job!r} is not recorded in the inventory")
-            cursor, meta_table, now = locked
+            cursor, meta_table, now, oldest_expiry, next_retry = locked
             expires = now + timedelta(seconds=ttl)
-            exhausted = inv.c.failures + 1 >= max_attempts
-            await conn.execute(
-                sa.update(inv)
-                .where(inv.c.job == job, inv.c.status == _RUNNING, inv.c.expires_at <= now)
-                .values(
-                    status=str(Status.EXPIRED),
-                    processing_end=now,
-                    failures=inv.c.failures + 1,
-                    dead=sa.case((exhausted, True), else_=False),
-                    retry_after=sa.case((exhausted, sa.null()), else_=now),
-                    error_type="LeaseExpired",
-                    error_message="the lease ran out before the attempt was settled",
-                )
-            )
+            params = {"p_job": job, "p_now": now}
+            if oldest_expiry is not None and oldest_expiry <= now:
+                await conn.execute(st.expire, {**params, "p_max_attempts": max_attempts})
+                next_retry = now  # the expired ranges are due now
             grants: list[LeaseGrant] = []
-            due = (
-                await conn.execute(
-                    sa.select(inv)
-                    .where(inv.c.job == job, inv.c.retry_after <= now)
-                    .order_by(inv.c.meta_id_start, inv.c.id)
-                    .limit(n)
+            if next_retry is not None and next_retry <= now:
+                due = (
+                    (await conn.execute(st.due_retries, {**params, "p_n": n})).mappings().all()
                 )
-            ).mappings().all()
-            for old in due:
-                await conn.execute(
-                    sa.update(inv).where(inv.c.id == old["id"]).values(retry_after=None)
-                )
-                grants.append(
-                    await self._insert_attempt(
-                        conn,
-                        job=job,
-                        meta_table=old["meta_table"],
-                        cut=PlannedRange(
-                            int(old["meta_id_start"]),
-                            int(old["meta_id_end"]),
-                            int(old["count"]),
-                            int(old["weight"]),
-                            bool(old["oversized"]),
-                        ),
-                        attempt=int(old["attempt"]) + 1,
-                        failures=int(old["failures"]),
-                        owner=owner,
-                        now=now,
-                        expires=expires,
+                for old in due:
+                    await conn.execute(st.clear_retry, {"p_id": old["id"]})
+                    cut = PlannedRange(
+                        int(old["meta_id_start"]),
+                        int(old["meta_id_end"]),
+                        int(old["count"]),
+                        int(old["weight"]),
+                        bool(old["oversized"]),
                     )
-                )
+                    grants.append(
+                        await self._insert_attempt(
+                            conn,
+                            job=job,
+                            meta_table=old["meta_table"],
+                            cut=cut,
+                            attempt=int(old["attempt"]) + 1,
+                            failures=int(old["failures"]),
+                            owner=owner,
+                            now=now,
+                            expires=expires,
+                        )
+                    )
             new_cursor = cursor
             while len(grants) < n:
-                cut = await planner(conn, new_cursor)
-                if cut is None:
+                planned = await planner(conn, new_cursor)
+                if planned is None:
                     break
                 grants.append(
                     await self._insert_attempt(
                         conn,
                         job=job,
                         meta_table=meta_table,
-                        cut=cut,
+                        cut=planned,
                         attempt=1,
                         failures=0,
                         owner=owner,
@@ -285,13 +266,9 @@ class SQLAlchemyStore:
                         expires=expires,
                     )
                 )
-                new_cursor = cut.meta_id_end
+                new_cursor = planned.meta_id_end
             if new_cursor != cursor:
-                await conn.execute(
-                    sa.update(jobs)
-                    .where(jobs.c.name == job)
-                    .values(cursor=new_cursor, updated_at=now)
-                )
+                await conn.execute(st.move_cursor, {**params, "p_cursor": new_cursor})
             return grants
 
         return await self._transact(work)
@@ -311,25 +288,26 @@ class SQLAlchemyStore:
     ) -> LeaseGrant:
         token = secrets.token_hex(16)
         result = await conn.execute(
-            sa.insert(self.tables.inventory).values(
-                meta_table=meta_table,
-                job=job,
-                job_identifier=owner,
-                processing_start=now,
-                meta_id_start=cut.meta_id_start,
-                meta_id_end=cut.meta_id_end,
-                weight=cut.weight,
-                count=cut.count,
-                attempt=attempt,
-                status=_RUNNING,
-                owner=owner,
-                token=token,
-                heartbeat_at=now,
-                expires_at=expires,
-                failures=failures,
-                dead=False,
-                oversized=cut.oversized,
-            )
+            self.statements.insert_attempt,
+            {
+                "meta_table": meta_table,
+                "job": job,
+                "job_identifier": owner,
+                "processing_start": now,
+                "meta_id_start": cut.meta_id_start,
+                "meta_id_end": cut.meta_id_end,
+                "weight": cut.weight,
+                "count": cut.count,
+                "attempt": attempt,
+                "status": _RUNNING,
+                "owner": owner,
+                "token": token,
+                "heartbeat_at": now,
+                "expires_at": expires,
+                "failures": failures,
+                "dead": False,
+                "oversized": cut.oversized,
+            },
         )
         (attempt_id,) = result.inserted_primary_key  # type: ignore[misc]
         return LeaseGrant(
@@ -353,83 +331,44 @@ class SQLAlchemyStore:
         A lease already past its expiry is not renewed, even if nobody has taken it over
         yet: the database clock decides, so a worker frozen past its TTL loses its lease.
         """
-        inv = self.tables.inventory
         wanted = list(tokens)
         if not wanted:
             return set()
-        live = sa.and_(
-            inv.c.owner == owner,
-            inv.c.token.in_(wanted),
-            inv.c.status == _RUNNING,
-            inv.c.expires_at > db_now(),
-        )
+        st = self.statements
+        params = {"p_owner": owner, "p_tokens": wanted}
 
         async def work(conn: AsyncConnection) -> set[str]:
-            renewed = await conn.execute(
-                sa.update(inv)
-                .where(live)
-                .values(heartbeat_at=db_now(), expires_at=db_now_plus(ttl))
-            )
+            renewed = await conn.execute(st.renew, {**params, "p_ttl": float(ttl)})
             if renewed.rowcount == len(wanted):
                 return set()
-            alive = set(
-                (
-                    await conn.execute(
-                        sa.select(inv.c.token).where(
-                            inv.c.owner == owner,
-                            inv.c.token.in_(wanted),
-                            inv.c.status == _RUNNING,
-                            inv.c.expires_at > db_now(),
-                        )
-                    )
-                ).scalars()
-            )
+            alive = set((await conn.execute(st.live_tokens, params)).scalars())
             return set(wanted) - alive
 
         return await self._transact(work)
 
     async def settle(self, settlement: Settlement) -> None:
         """End an attempt if its lease is still held; otherwise raise ``LeaseLost``."""
-        inv = self.tables.inventory
         s = settlement
-        values: dict[str, Any] = {
-            "status": str(s.status),
-            "processing_end": db_now(),
-            "job_result": s.result,
-            "error_type": s.error_type,
-            "error_message": s.error_message,
-            "logging": s.traceback,
-            "fingerprint": s.fingerprint,
-            "code_version": s.code_version,
+        st = self.statements
+        statement = st.settle(s.status, s.counts_as_failure, s.dead)
+        params = {
+            "p_id": s.attempt_id,
+            "p_token": s.token,
+            "p_result": s.result,
+            "p_error_type": s.error_type,
+            "p_error_message": s.error_message,
+            "p_traceback": s.traceback,
+            "p_fingerprint": s.fingerprint,
+            "p_code_version": s.code_version,
         }
-        if s.counts_as_failure:
-            values["failures"] = inv.c.failures + 1
-        if s.status is Status.SUCCEEDED:
-            values["retry_after"] = None
-        elif s.dead:
-            values["dead"] = True
-            values["retry_after"] = None
-        else:
-            values["retry_after"] = db_now_plus(s.retry_delay)
+        if s.status is not Status.SUCCEEDED and not s.dead:
+            params["p_delay"] = float(s.retry_delay)
 
         async def work(conn: AsyncConnection) -> None:
-            done = await conn.execute(
-                sa.update(inv)
-                .where(
-                    inv.c.id == s.attempt_id,
-                    inv.c.token == s.token,
-                    inv.c.status == _RUNNING,
-                    inv.c.expires_at > db_now(),
-                )
-                .values(**values)
-            )
+            done = await conn.execute(statement, params)
             if done.rowcount == 1:
                 return
-            row = (
-                await conn.execute(
-                    sa.select(inv.c.status, inv.c.token).where(inv.c.id == s.attempt_id)
-                )
-            ).first()
+            row = (await conn.execute(st.settle_check, {"p_id": s.attempt_id})).first()
             if row is not None and row.token == s.token and row.status == str(s.status):
                 return  # an earlier try committed before its connection dropped
             state = "missing" if row is None else f"{row.status}"

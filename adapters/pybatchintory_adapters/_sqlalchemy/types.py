@@ -71,8 +71,11 @@ class db_now_plus(FunctionElement[datetime]):
     inherit_cache = True
     name = "db_now_plus"
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(sa.literal(float(seconds), sa.Float()))
+    def __init__(self, seconds: float | sa.ColumnElement[Any]) -> None:
+        if isinstance(seconds, sa.ColumnElement):
+            super().__init__(seconds)
+        else:
+            super().__init__(sa.literal(float(seconds), sa.Float()))
 
 
 def seconds_clause(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:

@@ -1,0 +1,136 @@
+"""The store's hot-path statements, built once per table set and reused.
+
+Building a SQLAlchemy statement and its cache key costs more than executing it on a local
+server, so acquire, settle and heartbeat run prebuilt statements with bound parameters.
+Bound parameter names start with ``p_``: names of columns are reserved in ``SET`` clauses.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+
+from pybatchintory.models import Status
+from pybatchintory_adapters._sqlalchemy.tables import Tables
+from pybatchintory_adapters._sqlalchemy.types import LedgerJSON, Timestamp, db_now, db_now_plus
+
+__all__ = ("Statements",)
+
+_RUNNING = str(Status.RUNNING)
+
+
+def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
+    return sa.bindparam(f"p_{name}", type_=type_)
+
+
+class Statements:
+    """Prebuilt statements over one set of tables."""
+
+    def __init__(self, t: Tables) -> None:
+        inv, jobs = t.inventory, t.jobs
+        self.tables = t
+        oldest_expiry = (
+            sa.select(sa.func.min(inv.c.expires_at))
+            .where(inv.c.job == jobs.c.name, inv.c.status == _RUNNING)
+            .scalar_subquery()
+        )
+        next_retry = (
+            sa.select(sa.func.min(inv.c.retry_after))
+            .where(inv.c.job == jobs.c.name)
+            .scalar_subquery()
+        )
+        # Locks the job row (FOR UPDATE; SQLite: BEGIN IMMEDIATE) and says, with two index
+        # probes, whether any lease may have expired and whether any retry may be due, so
+        # the common acquire skips both statements.
+        self.lock_job = (
+            sa.select(
+                jobs.c.cursor,
+                jobs.c.meta_table,
+                db_now().label("now"),
+                oldest_expiry.label("oldest_expiry"),
+                next_retry.label("next_retry"),
+            )
+            .where(jobs.c.name == _p("job"))
+            .with_for_update()
+        )
+        exhausted = inv.c.failures + 1 >= _p("max_attempts", sa.Integer())
+        now = _p("now", Timestamp())
+        self.expire = (
+            sa.update(inv)
+            .where(inv.c.job == _p("job"), inv.c.status == _RUNNING, inv.c.expires_at <= now)
+            .values(
+                status=str(Status.EXPIRED),
+                processing_end=now,
+                failures=inv.c.failures + 1,
+                dead=sa.case((exhausted, True), else_=False),
+                retry_after=sa.case((exhausted, sa.null()), else_=now),
+                error_type="LeaseExpired",
+                error_message="the lease ran out before the attempt was settled",
+            )
+        )
+        self.due_retries = (
+            sa.select(inv)
+            .where(inv.c.job == _p("job"), inv.c.retry_after <= now)
+            .order_by(inv.c.meta_id_start, inv.c.id)
+            .limit(_p("n", sa.Integer()))
+        )
+        self.clear_retry = sa.update(inv).where(inv.c.id == _p("id")).values(retry_after=None)
+        self.insert_attempt = sa.insert(inv)
+        self.move_cursor = (
+            sa.update(jobs)
+            .where(jobs.c.name == _p("job"))
+            .values(cursor=_p("cursor", sa.BigInteger()), updated_at=now)
+        )
+        tokens: sa.BindParameter[Any] = sa.bindparam("p_tokens", expanding=True)
+        live = sa.and_(
+            inv.c.owner == _p("owner"),
+            inv.c.token.in_(tokens),
+            inv.c.status == _RUNNING,
+            inv.c.expires_at > db_now(),
+        )
+        self.renew = (
+            sa.update(inv)
+            .where(live)
+            .values(
+                heartbeat_at=db_now(),
+                expires_at=db_now_plus(_p("ttl", sa.Float())),
+            )
+        )
+        self.live_tokens = sa.select(inv.c.token).where(live)
+        self.settle_check = sa.select(inv.c.status, inv.c.token).where(inv.c.id == _p("id"))
+
+    @cache  # noqa: B019 - one Statements per store, a handful of shapes each
+    def settle(self, status: Status, counts_as_failure: bool, dead: bool) -> sa.Update:
+        """The fenced settle for one shape of settlement."""
+        inv = self.tables.inventory
+        values: dict[str, Any] = {
+            "status": str(status),
+            "processing_end": db_now(),
+            "job_result": _p("result", LedgerJSON(none_as_null=True)),
+            "error_type": _p("error_type", sa.String()),
+            "error_message": _p("error_message", sa.Text()),
+            "logging": _p("traceback", sa.Text()),
+            "fingerprint": _p("fingerprint", sa.String()),
+            "code_version": _p("code_version", sa.String()),
+        }
+        if counts_as_failure:
+            values["failures"] = inv.c.failures + 1
+        if status is Status.SUCCEEDED:
+            values["retry_after"] = None
+        elif dead:
+            values["dead"] = True
+            values["retry_after"] = None
+        else:
+            values["retry_after"] = db_now_plus(_p("delay", sa.Float()))
+        return (
+            sa.update(inv)
+            .where(
+                inv.c.id == _p("id"),
+                inv.c.token == _p("token"),
+                inv.c.status == _RUNNING,
+                inv.c.expires_at > db_now(),
+            )
+            .values(**values)
+        )
