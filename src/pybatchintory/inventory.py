@@ -313,6 +313,13 @@ class Inventory(Operations):
             max_attempts=self.max_attempts,
             n=n,
             planner=self._planner(job, bound, limits, id_end),
+            config={
+                "max_count": limits.max_count,
+                "max_weight": limits.max_weight,
+                "lease_ttl": self.lease_ttl,
+                "max_attempts": self.max_attempts,
+                "code_version": self.code_version,
+            },
         )
         batches = [Batch(self, grant, bound, timeout=timeout) for grant in grants]
         for batch in batches:

@@ -199,8 +199,12 @@ class InventoryStore(Protocol):
         max_attempts: int,
         n: int,
         planner: Planner,
+        config: Mapping[str, Any] | None = None,
     ) -> list[LeaseGrant]:
-        """Lease up to ``n`` ranges of ``job`` in one transaction (DESIGN §4 order)."""
+        """Lease up to ``n`` ranges of ``job`` in one transaction (DESIGN §4 order).
+
+        ``config`` (JSON-able, no secrets) is stored with every new attempt.
+        """
         ...
 
     async def heartbeat(self, owner: str, ttl: float, tokens: Collection[str]) -> set[str]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import sqlalchemy as sa
@@ -207,8 +207,10 @@ class SQLAlchemyStore:
         max_attempts: int,
         n: int,
         planner: Planner,
+        config: Mapping[str, Any] | None = None,
     ) -> list[LeaseGrant]:
         """Lease up to ``n`` ranges: expire, then retries oldest first, then new ranges."""
+        stored_config = None if config is None else dict(config)
         st = self.statements
 
         async def work(conn: AsyncConnection) -> list[LeaseGrant]:
@@ -246,6 +248,7 @@ class SQLAlchemyStore:
                             owner=owner,
                             now=now,
                             expires=expires,
+                            config=stored_config,
                         )
                     )
             new_cursor = cursor
@@ -264,6 +267,7 @@ class SQLAlchemyStore:
                         owner=owner,
                         now=now,
                         expires=expires,
+                        config=stored_config,
                     )
                 )
                 new_cursor = planned.meta_id_end
@@ -285,6 +289,7 @@ class SQLAlchemyStore:
         owner: str,
         now: datetime,
         expires: datetime,
+        config: dict[str, Any] | None,
     ) -> LeaseGrant:
         token = secrets.token_hex(16)
         result = await conn.execute(
@@ -307,6 +312,7 @@ class SQLAlchemyStore:
                 "failures": failures,
                 "dead": False,
                 "oversized": cut.oversized,
+                "config": config,
             },
         )
         (attempt_id,) = result.inserted_primary_key  # type: ignore[misc]

@@ -63,7 +63,8 @@ def build_tables(prefix: str = "") -> Tables:
         sa.Column("code_version", sa.String(255)),
         sa.Index(f"ix_{name}_job_start", "job", "meta_id_start"),
         sa.Index(f"ix_{name}_job_retry", "job", "retry_after"),
-        sa.Index(f"ix_{name}_job_status", "job", "status", "expires_at"),
+        # (job, status, id): running leases for expiry, newest successes for ETA and status.
+        sa.Index(f"ix_{name}_job_status", "job", "status", "id"),
         sa.Index(f"ix_{name}_job_dead", "job", "dead"),
         sa.Index(f"ix_{name}_owner_status", "owner", "status"),
         sa.Index(f"ix_{name}_job_fingerprint", "job", "fingerprint"),
