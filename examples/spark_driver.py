@@ -5,7 +5,8 @@ cluster. ``submit`` stands for the cluster: with Spark it would be
 ``spark.createDataFrame(rows).write...`` run from the driver; here any callable that takes
 the rows and returns a result will do (the test passes a thread pool).
 
-Run: ``PYBATCHINTORY_INVENTORY_URL=... PYBATCHINTORY_META_TABLE=files python -m examples.spark_driver``
+Run with ``PYBATCHINTORY_INVENTORY_URL`` and ``PYBATCHINTORY_META_TABLE=files`` set:
+``python -m examples.spark_driver``
 """
 
 from __future__ import annotations
