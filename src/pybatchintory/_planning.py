@@ -132,13 +132,19 @@ class RangeCutter:
         )
 
     def _page_size(self, remaining_weight: int, remaining_count: int | None) -> int:
-        if self._avg_weight is not None and self._avg_weight > 0:
-            estimate = math.ceil(remaining_weight / self._avg_weight * 1.25) + 8
-        elif self._avg_weight == 0:
-            estimate = MAX_PAGE
+        if self._avg_weight is None:
+            # First page: the previous batch's size, else a small probe.
+            size = self.hint + 8 if self.hint else _FIRST_PAGE
         else:
-            estimate = self.hint + 8 if self.hint else _FIRST_PAGE
-        size = max(1, min(estimate, MAX_PAGE))
+            if self._avg_weight > 0:
+                estimate = math.ceil(remaining_weight / self._avg_weight * 1.25) + 8
+            else:
+                estimate = MAX_PAGE
+            # Never read more than the batch already holds: if the rows ahead are heavier
+            # than those behind, the estimate is wrong, and growth stays geometric, so the
+            # rows read stay within a small multiple of the batch.
+            size = min(estimate, max(_FIRST_PAGE, self._count))
+        size = max(1, min(size, MAX_PAGE))
         if remaining_count is not None:
             size = min(size, remaining_count)
         return size
