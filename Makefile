@@ -1,0 +1,49 @@
+# Every target sets itself up from a fresh clone: the venv is created and the package
+# installed (editable, with the dev extras) on first use and whenever pyproject.toml changes.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+SEED ?= 1
+SECONDS ?= 600
+BACKEND ?= sqlite
+
+.PHONY: venv demo test lint bench bench-quick soak docs clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m pybatchintory.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not soak" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src adapters tests examples benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.run --quick
+
+soak: $(STAMP)
+	PYBATCHINTORY_SOAK_SEED=$(SEED) PYBATCHINTORY_SOAK_SECONDS=$(SECONDS) \
+	PYBATCHINTORY_SOAK_BACKEND=$(BACKEND) \
+	$(BIN)/python -m pytest tests/soak -m soak -s $(PYTEST_ARGS)
+
+docs: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'mkdocs-material>=9' 'mkdocstrings[python]>=0.24'
+	$(BIN)/mkdocs build --strict
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache site

@@ -1,0 +1,1 @@
+"""Benchmarks: never collected by the default test run."""
