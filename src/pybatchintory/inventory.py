@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import secrets
 import socket
@@ -35,6 +36,15 @@ __all__ = ("Inventory",)
 log = logging.getLogger("pybatchintory")
 
 _MAX_JOB_NAME = 255
+
+
+def _seconds(value: object) -> bool:
+    """A finite number of seconds (not a bool, not NaN or infinity)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+    )
 
 
 def _default_owner() -> str:
@@ -86,12 +96,14 @@ class Inventory(Operations):
         engine: AsyncEngine | None = None,
         settle_timeout: float = 30.0,
     ) -> None:
-        if isinstance(lease_ttl, bool) or not isinstance(lease_ttl, (int, float)) or lease_ttl <= 0:
+        if not _seconds(lease_ttl) or lease_ttl <= 0:
             raise InvalidArgument(f"lease_ttl must be a positive number of seconds: {lease_ttl!r}")
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise InvalidArgument(f"max_attempts must be an integer >= 1: {max_attempts!r}")
-        if not isinstance(retry_delay, (int, float)) or retry_delay < 0:
+        if not _seconds(retry_delay) or retry_delay < 0:
             raise InvalidArgument(f"retry_delay must be >= 0 seconds: {retry_delay!r}")
+        if not _seconds(settle_timeout) or settle_timeout < 0:
+            raise InvalidArgument(f"settle_timeout must be >= 0 seconds: {settle_timeout!r}")
         if owner is not None and (not isinstance(owner, str) or not owner or len(owner) > 255):
             raise InvalidArgument("owner must be a non-empty name of at most 255 characters")
         if table_prefix and not table_prefix.replace("_", "").isalnum():
@@ -294,7 +306,7 @@ class Inventory(Operations):
     ) -> list[Batch]:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidArgument(f"n must be a positive integer, got {n!r}")
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        if timeout is not None and (not _seconds(timeout) or timeout <= 0):
             raise InvalidArgument(f"timeout must be a positive number of seconds: {timeout!r}")
         if self._closed:
             raise RuntimeError("this Inventory was closed")
@@ -398,7 +410,7 @@ class Inventory(Operations):
         Raises:
             NoBatchAvailable: On entry, when there is nothing to do and ``wait`` is false.
         """
-        if not isinstance(poll_interval, (int, float)) or poll_interval <= 0:
+        if not _seconds(poll_interval) or poll_interval <= 0:
             raise InvalidArgument(f"poll_interval must be > 0 seconds: {poll_interval!r}")
         return LeaseContext(
             self,
