@@ -84,6 +84,7 @@ class Batch:
         self._task: asyncio.Task[Any] | None = None
         self._timeout_cm: asyncio.Timeout | None = None
         self._cancelled_for_loss = False
+        self._loss_reported = False
 
     # -- the range ------------------------------------------------------------------------
 
@@ -167,6 +168,7 @@ class Batch:
                 f"attempt {self.id} of job {self.job!r} was already settled as {self._status}"
             )
         if self._lost:
+            self._loss_reported = True
             raise LeaseLost(
                 f"the lease of attempt {self.id} of job {self.job!r} was lost; "
                 f"its {status} was not recorded"
@@ -280,6 +282,8 @@ class Batch:
     async def _settle_on_exit(self, exc: BaseException | None) -> None:
         if self._status is not None:
             return
+        if self._lost and self._loss_reported and exc is None:
+            return  # the body already saw LeaseLost from a settle; do not raise it twice
         if exc is None:
             try:
                 await self.success()

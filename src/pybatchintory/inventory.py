@@ -484,6 +484,7 @@ class Inventory(Operations):
         except LeaseLost:
             batch._status = None
             batch._lost = True
+            batch._loss_reported = True
             self._held.pop(batch.token, None)
             raise
         except BaseException:

@@ -377,7 +377,14 @@ class SQLAlchemyStore:
             row = (await conn.execute(st.settle_check, {"p_id": s.attempt_id})).first()
             if row is not None and row.token == s.token and row.status == str(s.status):
                 return  # an earlier try committed before its connection dropped
-            state = "missing" if row is None else f"{row.status}"
+            if row is None:
+                state = "missing"
+            elif row.token != s.token:
+                state = "taken over"
+            elif row.status == _RUNNING:
+                state = "lease expired"
+            else:
+                state = f"already {row.status}"
             raise LeaseLost(
                 f"attempt {s.attempt_id} is no longer leased to this worker ({state}); "
                 f"its {s.status} was not recorded"
@@ -517,13 +524,23 @@ class SQLAlchemyStore:
         """Nothing to release: the engine belongs to whoever created it."""
 
 
+# Recorded with the source, but not part of a job's identity: they change how ranges are
+# measured or where rows are read from, not which ids the job covers.
+_NOT_IDENTITY = ("weight", "database")
+
+
+def _identity(source: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in source.items() if k not in _NOT_IDENTITY}
+
+
 def _compare(spec: JobSpec, record: JobRecord) -> None:
     recorded = {
-        "source": dict(record.source),
+        "source": _identity(record.source),
         "id_start": record.id_start,
         "id_end": record.id_end,
     }
     wanted = spec.identity()
+    wanted["source"] = _identity(wanted["source"])
     differences = [
         f"{key}: recorded {recorded[key]!r}, given {wanted[key]!r}"
         for key in ("source", "id_start", "id_end")
