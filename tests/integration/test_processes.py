@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -96,7 +97,7 @@ async def test_six_processes_cover_60k_rows_exactly_once(db_url: str, workers: W
     ledger = await _ledger(db_url, "wide")
     assert all(r["status"] == "succeeded" for r in ledger), "an attempt did not succeed"
     assert ledger[0]["meta_id_start"] == 1 and ledger[-1]["meta_id_end"] == rows
-    for before, after in zip(ledger, ledger[1:], strict=False):
+    for before, after in itertools.pairwise(ledger):
         assert after["meta_id_start"] == int(before["meta_id_end"]) + 1  # type: ignore[call-overload]
     assert sum(int(r["count"]) for r in ledger) == rows  # type: ignore[call-overload]
     reported = sorted(
