@@ -1,0 +1,333 @@
+"""``make bench`` / ``make bench-quick``: pybatchintory against its baselines, interleaved.
+
+Each comparison runs both sides in one invocation, alternating blocks, and reports ratios.
+Output: a markdown table on stdout and in ``benchmarks/results/latest.md``, the numbers in
+``benchmarks/results/latest.json``. Never collected by the test suite.
+
+Usage: ``python -m benchmarks.run [--quick] [--backends sqlite,postgres,mysql]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+import pybatchintory as pbi
+
+from benchmarks._db import Database, create_files, fresh_database
+from benchmarks.floor import Floor
+
+RESULTS = Path(__file__).parent / "results"
+CAPS: dict[str, dict[str, int]] = {
+    "count": {"max_count": 1000},
+    "weight": {"max_weight": 500_000},
+    "both": {"max_count": 1000, "max_weight": 500_000},
+}
+TARGETS = {"postgres": (800, 600), "sqlite": (700, 700), "mysql": (400, 400)}
+
+
+async def _timed(step: Callable[[], Awaitable[None]], n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await step()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def _rate(samples: list[float]) -> float:
+    return len(samples) / sum(samples) if samples else 0.0
+
+
+def _p(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+class LeaseLoop:
+    """acquire + success on one job, one worker."""
+
+    def __init__(self, inv: pbi.Inventory, table: str, caps: dict[str, int], job: str) -> None:
+        self.inv, self.caps, self.job = inv, caps, job
+        self.source = pbi.MetaTable(table, weight="size_in_bytes")
+
+    async def step(self) -> None:
+        batch = await self.inv.acquire(self.job, self.source, **self.caps)
+        assert batch is not None, "the table ran dry: use more rows"
+        await batch.success()
+
+
+async def lease_throughput(backend: str, db: Database, quick: bool) -> list[dict[str, Any]]:
+    """Item 1 and 3: leases/s at the head of a small and a large table; the raw floor."""
+    small, large = 20_000, (200_000 if quick else 2_000_000)
+    await create_files(db.url, backend, small, "files_small")
+    await create_files(db.url, backend, large, "files_large")
+    await create_files(db.url, backend, small, "files")  # for the floor
+    # Blocks of 15 leases of ~1000 rows from the head: the cursor is rewound (untimed) before
+    # each block, so the small table never runs dry and both tables are read at their head.
+    n, block = (60, 15) if quick else (300, 15)
+    out: list[dict[str, Any]] = []
+    async with pbi.Inventory(db.url) as inv:
+        for mode, caps in CAPS.items():
+            loops = {
+                "small": LeaseLoop(inv, "files_small", caps, f"s-{mode}"),
+                "large": LeaseLoop(inv, "files_large", caps, f"l-{mode}"),
+            }
+            samples: dict[str, list[float]] = {"small": [], "large": []}
+            for loop in loops.values():
+                await _timed(loop.step, 3)  # warm up
+            for _ in range(n // block):
+                for key, loop in loops.items():
+                    await inv.set_cursor(loop.job, 0)
+                    samples[key] += await _timed(loop.step, block)
+            row = {
+                "backend": backend,
+                "measure": f"lease, {mode} cap",
+                "rows": f"{small:,} / {large:,}",
+                "ours_per_s": round(_rate(samples["large"]), 1),
+                "small_per_s": round(_rate(samples["small"]), 1),
+                "p50_ms": round(_p(samples["large"], 0.5), 2),
+                "p99_ms": round(_p(samples["large"], 0.99), 2),
+                "large_over_small": round(
+                    statistics.mean(samples["large"]) / statistics.mean(samples["small"]), 2
+                ),
+            }
+            out.append(row)
+        floor = Floor(backend, db.url, 1000)
+        await floor.open()
+        try:
+            ours = LeaseLoop(inv, "files", CAPS["count"], "vs-floor")
+            mine: list[float] = []
+            theirs: list[float] = []
+            await _timed(ours.step, 3)
+            await _timed(floor.lease, 3)
+            for _ in range(n // block):
+                await inv.set_cursor(ours.job, 0)
+                await floor.rewind()
+                mine += await _timed(ours.step, block)
+                theirs += await _timed(floor.lease, block)
+        finally:
+            await floor.close()
+        out.append(
+            {
+                "backend": backend,
+                "measure": "lease vs raw-SQL floor (count cap)",
+                "rows": f"{small:,}",
+                "ours_per_s": round(_rate(mine), 1),
+                "floor_per_s": round(_rate(theirs), 1),
+                "overhead": round(statistics.mean(mine) / statistics.mean(theirs), 2),
+            }
+        )
+    return out
+
+
+async def acquire_many(backend: str, db: Database, quick: bool) -> list[dict[str, Any]]:
+    """Item 5: ``acquire_many(n)`` against ``n`` single acquires (small batches of 10 rows)."""
+    rows = 60_000 if quick else 300_000
+    await create_files(db.url, backend, rows, "files_many")
+    out = []
+    async with pbi.Inventory(db.url) as inv:
+        source = pbi.MetaTable("files_many", weight="size_in_bytes")
+        for size in (10, 100):
+            waves = 3 if quick else 10
+            many: list[float] = []
+            single: list[float] = []
+            for wave in range(waves):
+                start = time.perf_counter()
+                batches = await inv.acquire_many(f"many-{size}", source, size, max_count=10)
+                for b in batches:
+                    await b.success()
+                many.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                for _ in range(size):
+                    b1 = await inv.acquire(f"single-{size}", source, max_count=10)
+                    assert b1 is not None
+                    await b1.success()
+                single.append(time.perf_counter() - start)
+                assert len(batches) == size, f"wave {wave}: {len(batches)}"
+            out.append(
+                {
+                    "backend": backend,
+                    "measure": f"acquire_many({size}) + settles",
+                    "rows": f"{rows:,}",
+                    "ours_per_s": round(size * waves / sum(many), 1),
+                    "single_per_s": round(size * waves / sum(single), 1),
+                    "items_per_s": round(size * 10 * waves / sum(many), 1),
+                }
+            )
+    return out
+
+
+_FILL = {
+    "postgres": (
+        "INSERT INTO inventory (meta_table, job, meta_id_start, meta_id_end, weight, count, "
+        "attempt, status, failures, dead, oversized, owner, token) "
+        "SELECT 'other', 'other', g * 10, g * 10 + 9, 10, 10, 1, 'succeeded', 0, false, false, "
+        "'x', md5(g::text) FROM generate_series(1, {n}) AS g"
+    ),
+    "mysql": (
+        "INSERT INTO inventory (meta_table, job, meta_id_start, meta_id_end, weight, count, "
+        "attempt, status, failures, dead, oversized, owner, token) "
+        "SELECT 'other', 'other', seq * 10, seq * 10 + 9, 10, 10, 1, 'succeeded', 0, 0, 0, "
+        "'x', md5(seq) FROM seq_1_to_{n}"
+    ),
+    "sqlite": (
+        "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {n}) "
+        "INSERT INTO inventory (meta_table, job, meta_id_start, meta_id_end, weight, count, "
+        "attempt, status, failures, dead, oversized, owner, token) "
+        "SELECT 'other', 'other', g * 10, g * 10 + 9, 10, 10, 1, 'succeeded', 0, 0, 0, "
+        "'x', hex(g) FROM s"
+    ),
+}
+
+
+async def ledger_growth(backend: str, quick: bool, workdir: str) -> list[dict[str, Any]]:
+    """Item 6: lease, history and backlog latency with a big ledger against an empty one."""
+    attempts = 100_000 if quick else 1_000_000
+    n = 40 if quick else 200
+    results: dict[str, dict[str, float]] = {}
+    for label, fill in (("empty", 0), ("full", attempts)):
+        db = await fresh_database(backend, workdir)
+        try:
+            await create_files(db.url, backend, 300_000)
+            async with pbi.Inventory(db.url) as inv:
+                source = pbi.MetaTable("files", weight="size_in_bytes")
+                await inv.plan("warm", source, max_count=1)
+                if fill:
+                    async with inv.engine.begin() as conn:
+                        await conn.execute(sa.text(_FILL[backend].format(n=fill)))
+                loop = LeaseLoop(inv, "files", {"max_count": 1000}, "growth")
+                await _timed(loop.step, 3)
+                lease = await _timed(loop.step, n)
+
+                async def history(inv: pbi.Inventory = inv) -> None:
+                    await inv.history("files", 1500)
+
+                async def backlog(inv: pbi.Inventory = inv) -> None:
+                    await inv.backlog("growth")
+
+                results[label] = {
+                    "lease": statistics.mean(lease),
+                    "history": statistics.mean(await _timed(history, n)),
+                    "backlog": statistics.mean(await _timed(backlog, max(5, n // 10))),
+                }
+        finally:
+            await db.drop()
+    return [
+        {
+            "backend": backend,
+            "measure": f"{what} with {attempts:,} ledger rows",
+            "rows": "300,000",
+            "full_ms": round(results["full"][what] * 1000, 2),
+            "empty_ms": round(results["empty"][what] * 1000, 2),
+            "full_over_empty": round(results["full"][what] / results["empty"][what], 2),
+        }
+        for what in ("lease", "history", "backlog")
+    ]
+
+
+_MEMORY_CHILD = """
+import asyncio, resource, sys
+import pybatchintory as pbi
+async def main(url, rows, mode):
+    async with pbi.Inventory(url) as inv:
+        batch = await inv.acquire("memory-" + mode, pbi.MetaTable("files"))
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        seen = 0
+        if mode == "iter":
+            async for _ in batch.iter_items(chunk_size=5000):
+                seen += 1
+        else:
+            seen = len(await batch.items())
+        assert seen == rows, seen
+        await batch.success()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(base, peak)
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
+"""
+
+
+async def memory(backend: str, db: Database, quick: bool) -> list[dict[str, Any]]:
+    """Item 7: peak RSS growth of ``iter_items()`` over one big batch, against ``items()``."""
+    rows = 200_000 if quick else 1_000_000
+    await create_files(db.url, backend, rows, "files")
+    out = {}
+    for mode in ("iter", "list"):
+        proc = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", _MEMORY_CHILD, db.url, str(rows), mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        base, peak = (int(v) for v in proc.stdout.split())
+        out[mode] = (peak - base) / 1024
+    return [
+        {
+            "backend": backend,
+            "measure": f"peak RSS growth over a {rows:,}-row batch",
+            "rows": f"{rows:,}",
+            "iter_items_mib": round(out["iter"], 1),
+            "items_mib": round(out["list"], 1),
+        }
+    ]
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    keys = ["backend", "measure", "rows"]
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    """Run the suite and write the results."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--backends", default="sqlite,postgres,mysql")
+    args = parser.parse_args()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for backend in args.backends.split(","):
+            for bench in (lease_throughput, acquire_many, memory):
+                db = await fresh_database(backend, workdir)
+                try:
+                    rows += await bench(backend, db, args.quick)
+                finally:
+                    await db.drop()
+                print(_markdown(rows[-1:]).splitlines()[-1], flush=True)
+            rows += await ledger_growth(backend, args.quick, workdir)
+    machine = (
+        f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{platform.platform()}"
+    )
+    table = _markdown(rows)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    (RESULTS / "latest.json").write_text(
+        json.dumps({"when": stamp, "machine": machine, "quick": args.quick, "rows": rows},
+                   indent=2)
+    )
+    (RESULTS / "latest.md").write_text(f"{stamp}, {machine}, quick={args.quick}\n\n{table}\n")
+    print(f"\n{stamp} {machine}\n\n{table}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
