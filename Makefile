@@ -28,6 +28,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src adapters tests examples benchmarks
 	$(BIN)/mypy
+	$(BIN)/mypy --strict tests
 	$(BIN)/lint-imports
 
 bench: $(STAMP)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -68,7 +69,7 @@ async def _mysql_execute(statement: str) -> None:
         conn.close()
 
 
-_EXECUTE: dict[str, Callable[[str], Awaitable[None]]] = {
+_EXECUTE: dict[str, Callable[[str], Coroutine[Any, Any, None]]] = {
     "postgres": _pg_execute,
     "mysql": _mysql_execute,
 }

@@ -6,8 +6,10 @@ import importlib.util
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -23,7 +25,7 @@ class PipelineError(Exception):
     pass
 
 
-def catch(func, *args):  # type: ignore[no-untyped-def]
+def catch(func: Callable[..., object], *args: object) -> BaseException:
     try:
         func(*args)
     except BaseException as exc:
@@ -125,13 +127,13 @@ def test_deep_recursion_is_bounded() -> None:
 
 def test_many_distinct_frames_are_bounded() -> None:
     # Distinct source lines defeat traceback's "[Previous line repeated]" compression.
-    namespace: dict[str, object] = {}
+    namespace: dict[str, Any] = {}
     source = (
         "\n".join(f"def f{i}(n):\n    return f{i + 1}(n) + {i}" for i in range(600))
         + "\ndef f600(n):\n    raise ValueError('bottom ' * 50)\n"
     )
     exec(compile(source, "generated_chain.py", "exec"), namespace)
-    failure = describe_failure(catch(namespace["f0"], 1))  # type: ignore[arg-type]
+    failure = describe_failure(catch(namespace["f0"], 1))
     assert len(failure.traceback) <= MAX_TRACEBACK + MARKER
     assert "ValueError" in failure.traceback.splitlines()[-1]
 

@@ -327,7 +327,7 @@ def check_ranges(scenario: Scenario, cuts: list[Cut]) -> None:
     assert covered == wanted
 
     # Caps, exactly, with greedy cuts.
-    following = {r.meta_id_end: None for r in ranges}
+    following: dict[int, tuple[int, int] | None] = {r.meta_id_end: None for r in ranges}
     for k, (i, _) in enumerate(wanted):
         if i in following and k + 1 < len(wanted):
             following[i] = wanted[k + 1]
@@ -340,11 +340,13 @@ def check_ranges(scenario: Scenario, cuts: list[Cut]) -> None:
             assert r.count <= limits.max_count, r
         if limits.max_weight is not None:
             assert r.weight <= limits.max_weight, r
-        nxt = following[r.meta_id_end]
-        if nxt is not None:
+        next_row = following[r.meta_id_end]
+        if next_row is not None:
             breaks_count = limits.max_count is not None and r.count + 1 > limits.max_count
-            breaks_weight = limits.max_weight is not None and r.weight + nxt[1] > limits.max_weight
-            assert breaks_count or breaks_weight, f"{r} stopped before {nxt}, which fits"
+            breaks_weight = (
+                limits.max_weight is not None and r.weight + next_row[1] > limits.max_weight
+            )
+            assert breaks_count or breaks_weight, f"{r} stopped before {next_row}, which fits"
     if limits.max_count is None and limits.max_weight is None:
         assert len(ranges) == 1
 
