@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
 import pytest
-from sqlalchemy import event
 
 import pybatchintory as pbi
 
-from tests.contract.conftest import MakeFiles
+from tests.contract.conftest import MakeFiles, statements
 from tests.helpers import default_size, fetch_all, insert_rows
 
 
@@ -37,21 +34,6 @@ async def _range_now(url: str, start: int, end: int, where: str = "") -> tuple[i
         e=end,
     )
     return int(row["n"]), int(row["w"])
-
-
-@contextmanager
-def _statements(inv: pbi.Inventory) -> Iterator[list[str]]:
-    """Collect every statement the inventory's engine sends while the block runs."""
-    seen: list[str] = []
-
-    def record(*args: Any) -> None:
-        seen.append(args[2])
-
-    event.listen(inv.engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(inv.engine.sync_engine, "before_cursor_execute", record)
 
 
 # -- settle -----------------------------------------------------------------------------------
@@ -212,7 +194,7 @@ async def test_audit_recounts_with_one_grouped_query_per_chunk(
             pass
     await fetch_all(db_url, "DELETE FROM files WHERE id IN (3, 298)")
 
-    with _statements(inventory) as seen:
+    with statements(inventory) as seen:
         findings = await inventory.audit("chunky")
     assert [f.attempt.meta_id_start for f in findings] == [1, 296]
     on_files = [s for s in seen if "files" in s and "inventory" not in s]
