@@ -163,6 +163,10 @@ class Batch:
     # -- settling -------------------------------------------------------------------------
 
     def _claim_settle(self, status: Status) -> None:
+        self._check_unsettled(status)
+        self._status = status
+
+    def _check_unsettled(self, status: Status) -> None:
         if self._status is not None:
             raise AlreadySettled(
                 f"attempt {self.id} of job {self.job!r} was already settled as {self._status}"
@@ -173,7 +177,6 @@ class Batch:
                 f"the lease of attempt {self.id} of job {self.job!r} was lost; "
                 f"its {status} was not recorded"
             )
-        self._status = status
 
     async def success(self, result: Any = None) -> None:
         """Record the attempt as succeeded, with ``result`` (or ``self.result``) as JSON.
@@ -220,7 +223,12 @@ class Batch:
 
         An async ``func`` is awaited; a plain one runs in a worker thread so heartbeats keep
         going. Its return value is stored as the result when it is JSON-serialisable.
+
+        Raises:
+            AlreadySettled: This handle was settled before (``func`` is not called).
+            LeaseLost: The lease is gone (``func`` is not called).
         """
+        self._check_unsettled(Status.SUCCEEDED)
         items = await self.items()
         try:
             if inspect.iscoroutinefunction(func):

@@ -226,9 +226,17 @@ class Operations:
         id_end: int | None = None,
         n: int = 5,
     ) -> list[PlannedRange]:
-        """Dry run: the next ``n`` new ranges the job would get. Writes nothing."""
+        """Dry run: the next ``n`` new ranges the job would get. Writes nothing.
+
+        Raises:
+            JobConflict: The job is recorded with another source, window or filter.
+        """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidArgument(f"n must be a positive integer, got {n!r}")
+        await self.open()
+        record = await self.store.get_job(job)
+        # An existing job is compared with the call (JobConflict, never a write); a new one
+        # is not recorded: a dry run leaves no trace.
         bound, limits = await self._prepare(
             job,
             source,
@@ -236,9 +244,8 @@ class Operations:
             max_weight=max_weight,
             id_start=id_start,
             id_end=id_end,
-            record=False,
+            record=record is not None,
         )
-        record = await self.store.get_job(job)
         cursor = record.cursor if record else (None if id_start is None else id_start - 1)
         end = record.id_end if record else id_end
         horizon = await bound.horizon(None)
@@ -256,22 +263,43 @@ class Operations:
             cursor = cut.meta_id_end
         return planned
 
+    async def _adopt(self, job: str, source: MetadataSource | str | None) -> JobRecord:
+        """``job``'s record; a job not recorded yet is created from ``source``.
+
+        A given ``source`` of an existing job must agree with the record (``JobConflict``
+        otherwise); its recorded window stays as it is.
+        """
+        await self.open()
+        record = await self.store.get_job(job)
+        if record is None and source is None:
+            raise UnknownJob(
+                f"job {job!r} is not recorded in the inventory; pass source= to create it"
+            )
+        if source is not None:
+            window = (None, None) if record is None else (record.id_start, record.id_end)
+            await self._prepare(
+                job,
+                source,
+                max_count=None,
+                max_weight=None,
+                id_start=window[0],
+                id_end=window[1],
+            )
+        return await self._job(job)
+
     async def set_cursor(
         self, job: str, meta_id: int, *, source: MetadataSource | str | None = None
     ) -> None:
         """Move ``job``'s cursor: new ranges start after ``meta_id``.
 
         ``source`` is needed only to create a job that does not exist yet.
+
+        Raises:
+            UnknownJob: The job is not recorded and no ``source`` was given.
         """
         if isinstance(meta_id, bool) or not isinstance(meta_id, int):
             raise InvalidArgument(f"meta_id must be an integer, got {meta_id!r}")
-        await self.open()
-        if source is not None:
-            await self._prepare(
-                job, source, max_count=None, max_weight=None, id_start=None, id_end=None
-            )
-        else:
-            await self._job(job)
+        await self._adopt(job, source)
         await self.store.set_cursor(job, meta_id)
 
     async def mark_done(
@@ -284,18 +312,38 @@ class Operations:
     ) -> int:
         """Record ``[start, end]`` as processed elsewhere; the cursor moves past it.
 
+        ``source`` is needed only to create a job that does not exist yet.
+
         Returns the id of the recorded attempt.
+
+        Raises:
+            UnknownJob: The job is not recorded and no ``source`` was given.
+            InvalidArgument: The range leaves the job's window, or rows between the cursor
+                and ``start`` would never be handed out.
         """
         validate_window(start, end)
         if start is None or end is None:
             raise InvalidArgument("mark_done needs both start and end")
-        await self.open()
-        if source is not None:
-            await self._prepare(
-                job, source, max_count=None, max_weight=None, id_start=None, id_end=None
+        record = await self._adopt(job, source)
+        if (record.id_start is not None and start < record.id_start) or (
+            record.id_end is not None and end > record.id_end
+        ):
+            raise InvalidArgument(
+                f"[{start}, {end}] is outside the window [{record.id_start}, "
+                f"{record.id_end}] of job {job!r}"
             )
-        record = await self._job(job)
         bound = await self._source_of(record, source if not isinstance(source, str) else None)
+        if record.cursor is None or start - 1 > record.cursor:
+            skipped = await bound.summarize(
+                PageRequest(after=record.cursor, end=start - 1, limit=None, max_weight=None),
+                None,
+            )
+            if skipped.rows:
+                raise InvalidArgument(
+                    f"marking [{start}, {end}] done would skip {skipped.rows} rows of job "
+                    f"{job!r} between its cursor ({record.cursor}) and {start}; mark them "
+                    "done too, or move the cursor with set_cursor() first"
+                )
         (current,) = await bound.recount([(start, end)])
         return await self.store.record_done(
             job, start, end, current.count, current.weight, self.owner

@@ -8,6 +8,7 @@ for a retry, or dead, so a downstream cursor never passes a range that may still
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from pybatchintory.protocols import (
 __all__ = ("InventorySource",)
 
 _PAGE = 1000
+_RECOUNT_CHUNK = 100
 
 
 class InventorySource:
@@ -135,9 +137,18 @@ class BoundInventorySource:
             after = rows[-1].meta_id_start
 
     async def recount(self, ranges: Sequence[tuple[int, int]]) -> list[RangeCount]:
-        """Current number and weight of upstream successes in each range."""
+        """Current number and weight of upstream successes in each range.
+
+        One read per chunk of ranges (the successes spanning the chunk), not one per range.
+        """
         out: list[RangeCount] = []
-        for start, end in ranges:
-            rows = await self._read(start - 1, end, None)
-            out.append(RangeCount(start, end, len(rows), sum(_weight(r) for r in rows)))
+        for offset in range(0, len(ranges), _RECOUNT_CHUNK):
+            chunk = ranges[offset : offset + _RECOUNT_CHUNK]
+            low = min(start for start, _ in chunk)
+            high = max(end for _, end in chunk)
+            rows = await self._read(low - 1, high, None)
+            starts = [row.meta_id_start for row in rows]  # in id order
+            for start, end in chunk:
+                inside = rows[bisect_left(starts, start) : bisect_right(starts, end)]
+                out.append(RangeCount(start, end, len(inside), sum(_weight(r) for r in inside)))
         return out

@@ -7,10 +7,12 @@ tests/contract`` runs one backend. Each test gets a fresh database of its own.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 import pybatchintory as pbi
 
@@ -53,3 +55,19 @@ def make_files(db_url: str) -> MakeFiles:
         return pbi.MetaTable(name, **options)
 
     return make
+
+
+@contextmanager
+def statements(inventory: pbi.Inventory) -> Iterator[list[str]]:
+    """Collect the SQL of every statement the inventory's engine runs inside the block."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        seen.append(statement)
+
+    engine = inventory.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
