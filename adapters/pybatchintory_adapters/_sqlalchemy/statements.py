@@ -60,14 +60,16 @@ class Statements:
         self.expire = (
             sa.update(inv)
             .where(inv.c.job == _p("job"), inv.c.status == _RUNNING, inv.c.expires_at <= now)
-            .values(
-                status=str(Status.EXPIRED),
-                processing_end=now,
-                failures=inv.c.failures + 1,
-                dead=sa.case((exhausted, True), else_=False),
-                retry_after=sa.case((exhausted, sa.null()), else_=now),
-                error_type="LeaseExpired",
-                error_message="the lease ran out before the attempt was settled",
+            # MySQL/MariaDB evaluate SET assignments left to right and let later ones see
+            # earlier ones, so ``failures`` must be assigned after everything that reads it.
+            .ordered_values(
+                (inv.c.status, str(Status.EXPIRED)),
+                (inv.c.processing_end, now),
+                (inv.c.dead, sa.case((exhausted, True), else_=False)),
+                (inv.c.retry_after, sa.case((exhausted, sa.null()), else_=now)),
+                (inv.c.error_type, "LeaseExpired"),
+                (inv.c.error_message, "the lease ran out before the attempt was settled"),
+                (inv.c.failures, inv.c.failures + 1),
             )
         )
         self.due_retries = (

@@ -1,0 +1,192 @@
+"""Leases: heartbeats renew them, every settle is fenced, a lost lease stops the body.
+
+Expiry is forced with plain SQL (the lease's expiry moved into the past) rather than by
+waiting, so nothing here depends on how fast a loaded machine runs; only the heartbeat
+test waits, with a short TTL and a generous margin.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+import pybatchintory as pbi
+
+from tests.contract._ledger import attempt_row, attempts_of, expire_lease, wait_until
+from tests.contract.conftest import MakeFiles
+
+_TTL = 1.5
+
+
+async def test_heartbeats_keep_a_long_body_alive(db_url: str, make_files: MakeFiles) -> None:
+    files = await make_files(rows=20)
+    async with pbi.Inventory(db_url, lease_ttl=_TTL) as inv:
+        async with inv.lease("beat", files, max_count=10) as batch:
+            first = await attempt_row(db_url, batch.id)
+
+            async def renewed() -> bool:
+                row = await attempt_row(db_url, batch.id)
+                return bool(row["expires_at"] > first["expires_at"])
+
+            await wait_until(renewed, deadline=8)
+            await anyio.sleep(3 * _TTL)  # well past the original expiry
+            now = await attempt_row(db_url, batch.id)
+            assert now["status"] == "running"
+            assert now["expires_at"] > first["expires_at"]
+            assert now["heartbeat_at"] > first["heartbeat_at"]
+            assert not batch.lost
+        assert batch.status == pbi.Status.SUCCEEDED
+    row = await attempt_row(db_url, batch.id)
+    assert row["status"] == "succeeded" and row["attempt"] == 1 and row["failures"] == 0
+
+
+async def test_a_settle_after_a_takeover_raises_lease_lost_and_changes_nothing(
+    db_url: str, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=20)
+    async with (
+        pbi.Inventory(db_url, owner="first") as first,
+        pbi.Inventory(db_url, owner="second") as second,
+    ):
+        old = await first.acquire("fence", files, max_count=10)
+        assert old is not None
+        await expire_lease(db_url, old.id)
+        new = await second.acquire("fence", files, max_count=10)
+        assert new is not None
+        assert (new.meta_id_start, new.meta_id_end, new.attempt) == (1, 10, 2)
+        expired = await attempt_row(db_url, old.id)
+        assert (expired["status"], expired["failures"]) == ("expired", 1)
+        before = await attempts_of(db_url, "fence")
+
+        for settle in (old.success({"late": True}), old.error(ValueError("late")), old.release()):
+            with pytest.raises(pbi.LeaseLost):
+                await settle
+            assert await attempts_of(db_url, "fence") == before
+
+        await new.success({"by": "second"})
+    rows = await attempts_of(db_url, "fence")
+    assert [(r["owner"], r["attempt"], r["status"], r["job_result"]) for r in rows] == [
+        ("first", 1, "expired", None),
+        ("second", 2, "succeeded", {"by": "second"}),
+    ]
+
+
+async def test_a_settle_after_the_lease_ran_out_is_lost_even_without_a_takeover(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=20)
+    batch = await inventory.acquire("fence", files, max_count=10)
+    assert batch is not None
+    await expire_lease(db_url, batch.id)
+    before = await attempt_row(db_url, batch.id)
+    with pytest.raises(pbi.LeaseLost):
+        await batch.success()
+    assert await attempt_row(db_url, batch.id) == before
+    assert before["status"] == "running"  # nobody has expired it yet; the clock decides
+
+
+async def test_an_async_with_whose_lease_was_taken_over_raises_lease_lost(
+    db_url: str, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=20)
+    async with (
+        pbi.Inventory(db_url, owner="first") as first,
+        pbi.Inventory(db_url, owner="second") as second,
+    ):
+        taken: pbi.Batch | None = None
+        with pytest.raises(pbi.LeaseLost):
+            async with first.lease("fence", files, max_count=10) as batch:
+                await expire_lease(db_url, batch.id)
+                taken = await second.acquire("fence", files, max_count=10)
+                assert taken is not None and taken.attempt == 2
+                # The body finishes without noticing; the exit's settle is fenced.
+        assert taken is not None
+        assert (await attempt_row(db_url, batch.id))["status"] == "expired"
+        assert (await attempt_row(db_url, taken.id))["status"] == "running"
+        await taken.success()
+
+
+async def test_a_heartbeat_that_finds_the_lease_gone_cancels_the_body(
+    db_url: str, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=20)
+    reached_the_end = False
+    async with pbi.Inventory(db_url, lease_ttl=_TTL, owner="frozen") as inv:
+        with anyio.fail_after(10):
+            with pytest.raises(pbi.LeaseLost):
+                async with inv.lease("lost", files, max_count=10) as batch:
+                    await expire_lease(db_url, batch.id)
+                    await anyio.sleep(30)  # cancelled by the heartbeat, long before this ends
+                    reached_the_end = True
+        assert not reached_the_end
+        assert batch.lost
+        row = await attempt_row(db_url, batch.id)
+        assert row["status"] == "running"  # nothing written by the loser
+    async with pbi.Inventory(db_url, owner="rescuer") as rescuer:
+        again = await rescuer.acquire("lost", files, max_count=10)
+        assert again is not None
+        assert (again.meta_id_start, again.meta_id_end, again.attempt) == (1, 10, 2)
+        await again.success()
+    rows = await attempts_of(db_url, "lost")
+    assert [(r["owner"], r["status"]) for r in rows] == [
+        ("frozen", "expired"),
+        ("rescuer", "succeeded"),
+    ]
+
+
+async def test_a_heartbeat_that_finds_the_lease_gone_cancels_a_body_in_a_task_group(
+    db_url: str, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=20)
+    outcome: list[BaseException] = []
+
+    async def worker(inv: pbi.Inventory) -> None:
+        try:
+            async with inv.lease("lost", files, max_count=10) as batch:
+                await expire_lease(db_url, batch.id)
+                await anyio.sleep(30)
+        except pbi.LeaseLost as exc:
+            outcome.append(exc)
+
+    async with pbi.Inventory(db_url, lease_ttl=_TTL) as inv:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(worker, inv)
+    assert len(outcome) == 1 and isinstance(outcome[0], pbi.LeaseLost)
+
+
+async def test_a_second_settle_raises_already_settled(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=20)
+    batch = await inventory.acquire("twice", files, max_count=10)
+    assert batch is not None
+    await batch.success({"first": True})
+    before = await attempt_row(db_url, batch.id)
+    for settle in (
+        batch.success({"second": True}),
+        batch.error(ValueError("second")),
+        batch.release(),
+    ):
+        with pytest.raises(pbi.AlreadySettled, match="already settled"):
+            await settle
+    assert await attempt_row(db_url, batch.id) == before
+    assert before["job_result"] == {"first": True}
+
+
+async def test_settling_inside_the_body_is_not_overridden_by_the_exit(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=30)
+    async with inventory.lease("inside", files, max_count=10) as released:
+        await released.release()
+    with pytest.raises(ValueError, match="after the error"):
+        async with inventory.lease("inside", files, max_count=10) as failed:
+            await failed.error(KeyError("recorded"))
+            raise ValueError("after the error")
+    rows = await attempts_of(db_url, "inside")
+    assert [(r["id"], r["status"]) for r in rows] == [
+        (released.id, "released"),
+        (failed.id, "failed"),
+    ]
+    assert rows[1]["error_type"] == "KeyError"

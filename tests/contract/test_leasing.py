@@ -1,0 +1,427 @@
+"""What ranges a job is handed: incremental order, caps, windows, filters, the handle API.
+
+Every range is checked against the metadata table and the ledger with plain SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+import sqlalchemy as sa
+
+import pybatchintory as pbi
+from pybatchintory.sources import Filter
+
+from tests.contract._ledger import attempts_of, job_row, table_totals
+from tests.contract.conftest import MakeFiles
+from tests.helpers import default_size, fetch_all, insert_rows
+
+
+def _new_rows(start: int, end: int) -> list[dict[str, object]]:
+    imported = datetime.now(UTC).replace(tzinfo=None)
+    return [
+        {"id": i, "size_in_bytes": default_size(i), "kind": "csv", "imported": imported}
+        for i in range(start, end + 1)
+    ]
+
+
+async def _drain(
+    inv: pbi.Inventory, job: str, files: pbi.MetaTable, **limits: Any
+) -> list[pbi.Batch]:
+    """Lease and settle every range of ``job`` that is available now."""
+    taken: list[pbi.Batch] = []
+    while True:
+        try:
+            async with inv.lease(job, files, **limits) as batch:
+                taken.append(batch)
+        except pbi.NoBatchAvailable:
+            return taken
+
+
+# -- incremental -----------------------------------------------------------------------
+
+
+async def test_successive_leases_are_contiguous_and_chronological(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=100)
+    batches = await _drain(inventory, "daily", files, max_count=30)
+    assert [(b.meta_id_start, b.meta_id_end, b.count) for b in batches] == [
+        (1, 30, 30),
+        (31, 60, 30),
+        (61, 90, 30),
+        (91, 100, 10),
+    ]
+    rows = await attempts_of(db_url, "daily")
+    assert [(r["meta_id_start"], r["meta_id_end"]) for r in rows] == [
+        (b.meta_id_start, b.meta_id_end) for b in batches
+    ]
+    assert all(r["status"] == "succeeded" and r["attempt"] == 1 for r in rows)
+    starts = [r["processing_start"] for r in rows]
+    assert starts == sorted(starts)
+    job = await job_row(db_url, "daily")
+    assert job is not None and job["cursor"] == 100
+
+
+async def test_rows_inserted_later_go_to_later_leases(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=50)
+    async with inventory.lease("daily", files) as first:
+        assert (first.meta_id_start, first.meta_id_end, first.count) == (1, 50, 50)
+    with pytest.raises(pbi.NoBatchAvailable, match="daily"):
+        async with inventory.lease("daily", files):
+            pytest.fail("nothing is left, the body must not run")
+    await insert_rows(db_url, "files", _new_rows(51, 75))
+    async with inventory.lease("daily", files) as second:
+        assert (second.meta_id_start, second.meta_id_end, second.count) == (51, 75, 25)
+        assert [row["id"] for row in await second.items()] == list(range(51, 76))
+    assert await inventory.acquire("daily", files) is None
+    assert len(await attempts_of(db_url, "daily")) == 2
+
+
+async def test_an_empty_table_has_nothing_to_hand_out(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=0)
+    with pytest.raises(pbi.NoBatchAvailable):
+        async with inventory.lease("daily", files, max_count=10):
+            pytest.fail("the body must not run")
+    assert await attempts_of(db_url, "daily") == []
+
+
+async def test_wait_picks_up_rows_inserted_while_waiting(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=10)
+    await _drain(inventory, "daily", files)
+    got: list[tuple[int, int, int]] = []
+
+    async def consumer() -> None:
+        async with inventory.lease("daily", files, wait=True, poll_interval=0.05) as batch:
+            got.append((batch.meta_id_start, batch.meta_id_end, batch.count))
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consumer)
+            await anyio.sleep(0.3)
+            assert got == []  # still waiting: nothing new yet
+            await insert_rows(db_url, "files", _new_rows(11, 14))
+    assert got == [(11, 14, 4)]
+
+
+# -- caps ------------------------------------------------------------------------------
+
+
+async def test_max_count_caps_every_batch(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=25)
+    batches = await _drain(inventory, "daily", files, max_count=7)
+    assert [b.count for b in batches] == [7, 7, 7, 4]
+    for batch in batches:
+        assert (batch.count, batch.weight) == await table_totals(
+            db_url, batch.meta_id_start, batch.meta_id_end
+        )
+
+
+async def test_max_weight_cuts_greedily(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    weights = [30, 50, 20, 40, 40, 10, 90, 5, 5, 60, 70, 25]
+    files = await make_files(rows=len(weights), weights=weights)
+    batches = await _drain(inventory, "daily", files, max_weight=100)
+    # Greedy: 30+50+20 | 40+40+10 | 90+5+5 | 60 | 70+25.
+    assert [(b.meta_id_start, b.meta_id_end) for b in batches] == [
+        (1, 3),
+        (4, 6),
+        (7, 9),
+        (10, 10),
+        (11, 12),
+    ]
+    for batch in batches:
+        count, weight = await table_totals(db_url, batch.meta_id_start, batch.meta_id_end)
+        assert (batch.count, batch.weight) == (count, weight)
+        assert weight <= 100 and not batch.oversized
+        if batch.meta_id_end < len(weights):
+            # The next row would have broken the cap.
+            assert weight + weights[batch.meta_id_end] > 100
+    ledger = await attempts_of(db_url, "daily")
+    assert [(r["count"], r["weight"]) for r in ledger] == [(b.count, b.weight) for b in batches]
+
+
+async def test_with_both_caps_the_first_hit_ends_the_batch(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    # Light rows first (the count cap is hit), then heavy rows (the weight cap is hit).
+    weights = [1] * 10 + [40] * 10
+    files = await make_files(rows=len(weights), weights=weights)
+    batches = await _drain(inventory, "daily", files, max_count=4, max_weight=100)
+    assert [(b.meta_id_start, b.meta_id_end, b.count, b.weight) for b in batches] == [
+        (1, 4, 4, 4),
+        (5, 8, 4, 4),
+        (9, 12, 4, 82),
+        (13, 14, 2, 80),
+        (15, 16, 2, 80),
+        (17, 18, 2, 80),
+        (19, 20, 2, 80),
+    ]
+    for batch in batches:
+        assert (batch.count, batch.weight) == await table_totals(
+            db_url, batch.meta_id_start, batch.meta_id_end
+        )
+
+
+async def test_a_row_heavier_than_max_weight_goes_out_alone_flagged(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=5, weights=[10, 20, 500, 30, 40])
+    batches = await _drain(inventory, "daily", files, max_weight=100)
+    assert [(b.meta_id_start, b.meta_id_end, b.count, b.weight, b.oversized) for b in batches] == [
+        (1, 2, 2, 30, False),
+        (3, 3, 1, 500, True),
+        (4, 5, 2, 70, False),
+    ]
+    ledger = await attempts_of(db_url, "daily")
+    assert [r["oversized"] for r in ledger] == [False, True, False]
+    assert [r["weight"] for r in ledger] == [30, 500, 70]
+
+
+async def test_without_caps_a_batch_takes_everything_available(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=1200)
+    async with inventory.lease("daily", files) as batch:
+        assert (batch.meta_id_start, batch.meta_id_end) == (1, 1200)
+        assert (batch.count, batch.weight) == await table_totals(db_url, 1, 1200)
+        assert len(await batch.items()) == 1200
+
+
+async def test_limits_may_change_from_call_to_call(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=100)
+    sizes = []
+    options: list[dict[str, Any]] = [{"max_count": 10}, {"max_count": 25}, {"max_weight": 2000}, {}]
+    for limits in options:
+        async with inventory.lease("daily", files, **limits) as batch:
+            sizes.append((batch.meta_id_start, batch.meta_id_end))
+            assert (batch.count, batch.weight) == await table_totals(
+                db_url, batch.meta_id_start, batch.meta_id_end
+            )
+    assert sizes[:2] == [(1, 10), (11, 35)]
+    assert sizes[2][0] == 36 and sizes[3] == (sizes[2][1] + 1, 100)
+    ledger = await attempts_of(db_url, "daily")
+    assert [r["config"]["max_count"] for r in ledger] == [10, 25, None, None]
+    assert [r["config"]["max_weight"] for r in ledger] == [None, None, 2000, None]
+
+
+# -- backfill windows --------------------------------------------------------------------
+
+
+async def test_a_backfill_stays_in_its_window_and_ends(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=100)
+    window: dict[str, Any] = {"id_start": 10, "id_end": 50}
+    batches = await _drain(inventory, "backfill", files, max_count=15, **window)
+    assert [(b.meta_id_start, b.meta_id_end) for b in batches] == [(10, 24), (25, 39), (40, 50)]
+    assert sum(b.count for b in batches) == 41
+    with pytest.raises(pbi.NoBatchAvailable):
+        async with inventory.lease("backfill", files, max_count=15, **window):
+            pytest.fail("the window is done")
+    job = await job_row(db_url, "backfill")
+    assert job is not None
+    assert (job["id_start"], job["id_end"], job["cursor"]) == (10, 50, 50)
+
+
+async def test_a_backfill_resumes_in_a_new_inventory(db_url: str, make_files: MakeFiles) -> None:
+    files = await make_files(rows=100)
+    window: dict[str, Any] = {"id_start": 20, "id_end": 59, "max_count": 10}
+    async with pbi.Inventory(db_url) as first:
+        async with first.lease("backfill", files, **window) as batch:
+            assert (batch.meta_id_start, batch.meta_id_end) == (20, 29)
+        async with first.lease("backfill", files, **window) as batch:
+            assert (batch.meta_id_start, batch.meta_id_end) == (30, 39)
+    async with pbi.Inventory(db_url) as second:
+        rest = await _drain(second, "backfill", files, **window)
+    assert [(b.meta_id_start, b.meta_id_end) for b in rest] == [(40, 49), (50, 59)]
+    ledger = await attempts_of(db_url, "backfill")
+    assert [(r["meta_id_start"], r["meta_id_end"], r["status"]) for r in ledger] == [
+        (20, 29, "succeeded"),
+        (30, 39, "succeeded"),
+        (40, 49, "succeeded"),
+        (50, 59, "succeeded"),
+    ]
+    assert len({r["owner"] for r in ledger}) == 2
+
+
+async def test_a_backfill_and_an_incremental_job_do_not_interfere(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=60)
+    window: dict[str, Any] = {"id_start": 1, "id_end": 30, "max_count": 20}
+    seen: dict[str, list[tuple[int, int]]] = {"daily": [], "backfill": []}
+    for _ in range(2):
+        async with inventory.lease("daily", files, max_count=25) as batch:
+            seen["daily"].append((batch.meta_id_start, batch.meta_id_end))
+        async with inventory.lease("backfill", files, **window) as batch:
+            seen["backfill"].append((batch.meta_id_start, batch.meta_id_end))
+    assert seen == {"daily": [(1, 25), (26, 50)], "backfill": [(1, 20), (21, 30)]}
+    with pytest.raises(pbi.NoBatchAvailable):
+        async with inventory.lease("backfill", files, **window):
+            pytest.fail("the backfill is done")
+    async with inventory.lease("daily", files, max_count=25) as batch:
+        assert (batch.meta_id_start, batch.meta_id_end) == (51, 60)
+    daily, backfill = await job_row(db_url, "daily"), await job_row(db_url, "backfill")
+    assert daily is not None and backfill is not None
+    assert (daily["cursor"], backfill["cursor"]) == (60, 30)
+
+
+# -- filters ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "sql"),
+    [
+        pytest.param({"kind": "csv"}, "kind = 'csv'", id="mapping-value"),
+        pytest.param({"kind": ["csv", "parquet"]}, "kind IN ('csv', 'parquet')", id="mapping-list"),
+        pytest.param(
+            lambda table: table.c.size_in_bytes > 500, "size_in_bytes > 500", id="callable"
+        ),
+        pytest.param(
+            sa.and_(sa.column("kind") != "json", sa.column("size_in_bytes") < 800),
+            "kind <> 'json' AND size_in_bytes < 800",
+            id="expression",
+        ),
+    ],
+)
+async def test_a_filter_excludes_rows_from_counts_weights_and_items(
+    inventory: pbi.Inventory,
+    make_files: MakeFiles,
+    db_url: str,
+    where: Filter,
+    sql: str,
+) -> None:
+    files = await make_files(rows=90, kinds=("csv", "json", "parquet"), where=where)
+    batches = await _drain(inventory, "filtered", files, max_count=10)
+    wanted = [
+        row["id"]
+        for row in await fetch_all(db_url, f"SELECT id FROM files WHERE {sql} ORDER BY id")
+    ]
+    assert 0 < len(wanted) < 90
+    assert sum(b.count for b in batches) == len(wanted)
+    assert sum(b.weight for b in batches) == (await table_totals(db_url, 1, 90, where=sql))[1]
+    assert all(b.count == 10 for b in batches[:-1]) and 0 < batches[-1].count <= 10
+    handed: list[int] = []
+    previous_end = wanted[0] - 1  # the first range starts at the first row that passes
+    for batch in batches:
+        assert batch.meta_id_start == previous_end + 1  # contiguous across filtered-out rows
+        previous_end = batch.meta_id_end
+        assert (batch.count, batch.weight) == await table_totals(
+            db_url, batch.meta_id_start, batch.meta_id_end, where=sql
+        )
+        items = await batch.items()
+        assert len(items) == batch.count
+        handed.extend(int(row["id"]) for row in items)
+    assert handed == wanted
+    ledger = await attempts_of(db_url, "filtered")
+    assert [(r["count"], r["weight"]) for r in ledger] == [(b.count, b.weight) for b in batches]
+
+
+async def test_iter_items_reads_the_filtered_range_in_chunks(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=40, where={"kind": "csv"})
+    async with inventory.lease("chunks", files, max_count=15) as batch:
+        streamed = [int(row["id"]) async for row in batch.iter_items(chunk_size=4)]
+        assert streamed == [int(row["id"]) for row in await batch.items()]
+        assert streamed == list(range(1, 30, 2))
+        assert all(row["kind"] == "csv" for row in await batch.items())
+
+
+# -- acquire, acquire_many, leases -------------------------------------------------------
+
+
+async def test_acquire_hands_out_a_batch_or_none(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=12)
+    batch = await inventory.acquire("handles", files, max_count=8)
+    assert batch is not None
+    assert (batch.meta_id_start, batch.meta_id_end, batch.attempt) == (1, 8, 1)
+    assert batch.status == pbi.Status.RUNNING
+    (row,) = await attempts_of(db_url, "handles")
+    assert (row["id"], row["status"], row["token"]) == (batch.id, "running", batch.token)
+    assert row["owner"] == inventory.owner
+    assert row["expires_at"] > row["processing_start"]
+    other = await inventory.acquire("handles", files, max_count=8)
+    assert other is not None and (other.meta_id_start, other.meta_id_end) == (9, 12)
+    assert await inventory.acquire("handles", files, max_count=8) is None
+    await batch.success({"n": 8})
+    await other.success()
+    rows = await attempts_of(db_url, "handles")
+    assert [(r["status"], r["job_result"]) for r in rows] == [
+        ("succeeded", {"n": 8}),
+        ("succeeded", None),
+    ]
+
+
+async def test_acquire_many_hands_out_disjoint_ranges_in_order(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=45)
+    batches = await inventory.acquire_many("many", files, 4, max_count=10)
+    assert [(b.meta_id_start, b.meta_id_end) for b in batches] == [
+        (1, 10),
+        (11, 20),
+        (21, 30),
+        (31, 40),
+    ]
+    assert len({b.token for b in batches}) == 4
+    rest = await inventory.acquire_many("many", files, 4, max_count=10)
+    assert [(b.meta_id_start, b.meta_id_end) for b in rest] == [(41, 45)]
+    assert await inventory.acquire_many("many", files, 4, max_count=10) == []
+    for batch in (*batches, *rest):
+        await batch.success()
+    rows = await attempts_of(db_url, "many")
+    assert [(r["meta_id_start"], r["meta_id_end"], r["status"]) for r in rows] == [
+        (b.meta_id_start, b.meta_id_end, "succeeded") for b in (*batches, *rest)
+    ]
+
+
+async def test_acquire_many_takes_retries_first_then_new_ranges(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=50)
+    first, second = await inventory.acquire_many("many", files, 2, max_count=10)
+    await first.error(RuntimeError("boom"))
+    await second.release()
+    batches = await inventory.acquire_many("many", files, 3, max_count=10)
+    assert [(b.meta_id_start, b.meta_id_end, b.attempt) for b in batches] == [
+        (1, 10, 2),
+        (11, 20, 2),
+        (21, 30, 1),
+    ]
+    for batch in batches:
+        await batch.release()
+
+
+async def test_leases_yields_up_to_iterations_batches(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=100)
+    ranges = []
+    async for batch in inventory.leases("loop", files, max_count=15, iterations=3):
+        async with batch:
+            ranges.append((batch.meta_id_start, batch.meta_id_end))
+    assert ranges == [(1, 15), (16, 30), (31, 45)]
+    async for batch in inventory.leases("loop", files, max_count=15):
+        async with batch:
+            ranges.append((batch.meta_id_start, batch.meta_id_end))
+    assert ranges[3:] == [(46, 60), (61, 75), (76, 90), (91, 100)]
+    rows = await attempts_of(db_url, "loop")
+    assert [r["status"] for r in rows] == ["succeeded"] * 7
