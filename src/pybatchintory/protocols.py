@@ -255,9 +255,20 @@ class InventoryStore(Protocol):
         ...
 
     async def succeeded_ranges(
-        self, job: str, *, after: int | None, end: int | None, limit: int | None
+        self,
+        job: str,
+        *,
+        after: int | None,
+        end: int | None,
+        limit: int | None,
+        before_open: bool = False,
     ) -> list[Attempt]:
-        """Succeeded attempts of ``job`` in id order (for ``InventorySource`` and audit)."""
+        """Succeeded attempts of ``job`` in id order (for ``InventorySource`` and audit).
+
+        With ``before_open``, only those before the oldest range of ``job`` that is still
+        running, waiting for a retry or dead, decided in the same read (one snapshot), so
+        a range leased and settled meanwhile cannot let a later success slip past it.
+        """
         ...
 
     async def oldest_running_start(self, job: str) -> int | None:

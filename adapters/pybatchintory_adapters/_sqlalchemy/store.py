@@ -507,12 +507,18 @@ class SQLAlchemyStore:
         return await self._read(lambda c: queries.error_groups(c, self.tables, job))
 
     async def succeeded_ranges(
-        self, job: str, *, after: int | None, end: int | None, limit: int | None
+        self,
+        job: str,
+        *,
+        after: int | None,
+        end: int | None,
+        limit: int | None,
+        before_open: bool = False,
     ) -> list[Attempt]:
-        """Succeeded attempts of ``job`` in id order."""
+        """Succeeded attempts of ``job`` in id order (optionally before its oldest open range)."""
         return await self._read(
             lambda c: queries.succeeded_ranges(
-                c, self.tables, job, after=after, end=end, limit=limit
+                c, self.tables, job, after=after, end=end, limit=limit, before_open=before_open
             )
         )
 
