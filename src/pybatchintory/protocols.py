@@ -241,7 +241,10 @@ class InventoryStore(Protocol):
     async def revive(
         self, job: str, *, fingerprint: str | None, batch_ids: Collection[int] | None
     ) -> int:
-        """Make dead ranges due again with a fresh attempt budget; return how many."""
+        """Make dead ranges due again with a fresh attempt budget; return how many.
+
+        ``batch_ids`` are attempt ids, each naming its range (any attempt of it).
+        """
         ...
 
     async def set_cursor(self, job: str, meta_id: int) -> None:
