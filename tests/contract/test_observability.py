@@ -403,3 +403,32 @@ async def test_backlog_of_a_filtered_job_from_another_inventory(
     async with pbi.Inventory(db_url) as operator:
         backlog = await operator.backlog("csv_only")
         assert (backlog.count, backlog.weight) == expected
+
+
+async def test_retry_by_the_id_of_any_attempt_of_a_dead_range(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    """An id from ``history`` or ``batches`` names its range, whichever attempt it is."""
+    files = await make_files(rows=100)
+    await _fail_until_dead(inventory, "any", files, _parse)  # 1..10
+    await _fail_until_dead(inventory, "any", files, _parse)  # 11..20
+    await _fail_until_dead(inventory, "other", files, _parse)  # another job's 1..10
+    (first_try,) = [a for a in await inventory.history(files, 5) if a.job == "any"][:1]
+    assert (first_try.attempt, first_try.dead) == (1, False)
+    foreign = [a.id for a in await inventory.batches("other")]
+
+    assert await inventory.retry("any", batch_ids=[first_try.id, *foreign]) == 1
+    assert (await inventory.backlog("any")).dead == 1
+    assert (await inventory.backlog("other")).dead == 1
+    revived = await inventory.acquire("any", files, max_count=10)
+    assert revived is not None and (revived.meta_id_start, revived.attempt) == (1, 4)
+    await revived.success()
+
+
+async def test_batches_with_an_unknown_status_is_a_clear_error(
+    inventory: pbi.Inventory,
+) -> None:
+    with pytest.raises(pbi.InvalidArgument, match=r"'finished'.*succeeded"):
+        await inventory.batches("x", status="finished")
+    with pytest.raises(pbi.InvalidArgument, match="'done'"):
+        await inventory.batches("x", status=["running", "done"])
