@@ -266,3 +266,27 @@ async def test_process_of_a_settled_batch_does_not_run_the_function(
     assert calls == []
     (attempt,) = await inventory.batches("twice")
     assert attempt.status is pbi.Status.SUCCEEDED
+
+
+async def test_process_awaits_an_async_callable_object(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    """An object whose ``__call__`` is a coroutine function is awaited, not run in a thread."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.threads: list[int] = []
+
+        async def __call__(self, rows: list[Mapping[str, Any]]) -> int:
+            self.threads.append(threading.get_ident())
+            await anyio.lowlevel.checkpoint()
+            return len(rows)
+
+    files = await make_files(rows=10)
+    sink = Sink()
+    batch = await inventory.acquire("callable", files)
+    assert batch is not None
+    assert await batch.process(sink) == 10
+    assert sink.threads == [threading.get_ident()]
+    (attempt,) = await inventory.batches("callable")
+    assert (attempt.status, attempt.result) == (pbi.Status.SUCCEEDED, 10)
