@@ -14,7 +14,7 @@ import pytest
 import pybatchintory as pbi
 
 from tests.contract.conftest import MakeFiles
-from tests.helpers import fetch_all, insert_rows
+from tests.helpers import create_meta_table, fetch_all, insert_rows
 
 
 class ParseError(Exception):
@@ -432,3 +432,37 @@ async def test_batches_with_an_unknown_status_is_a_clear_error(
         await inventory.batches("x", status="finished")
     with pytest.raises(pbi.InvalidArgument, match="'done'"):
         await inventory.batches("x", status=["running", "done"])
+
+
+async def test_status_lists_a_job_that_has_no_attempt_yet(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=20)
+    await inventory.set_cursor("idle", 7, source=files)
+    (line,) = await inventory.status()
+    assert (line.job, line.meta_table, line.cursor, line.last_success) == (
+        "idle",
+        "files",
+        7,
+        None,
+    )
+    assert dict(line.counts) == {"running": 0, "retry": 0, "dead": 0}
+    backlog = await inventory.backlog("idle")
+    assert (backlog.count, backlog.eta) == (13, None)
+
+
+async def test_backlog_of_a_job_reading_another_database_needs_its_source(
+    inventory: pbi.Inventory, db_url: str, meta_db_url: str
+) -> None:
+    await create_meta_table(meta_db_url, "files", rows=60)
+    remote = pbi.MetaTable("files", weight="size_in_bytes", url=meta_db_url)
+    async with inventory.lease("remote", remote, max_count=25):
+        pass
+    async with pbi.Inventory(db_url) as operator:
+        with pytest.raises(pbi.InvalidArgument, match="source="):
+            await operator.backlog("remote")
+        backlog = await operator.backlog("remote", source=remote)
+    (row,) = await fetch_all(
+        meta_db_url, "SELECT COUNT(*) AS n, SUM(size_in_bytes) AS w FROM files WHERE id > 25"
+    )
+    assert (backlog.count, backlog.weight) == (int(row["n"]), int(row["w"]))
