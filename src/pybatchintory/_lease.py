@@ -40,6 +40,13 @@ def _only_cancellations(exc: BaseException) -> bool:
     return isinstance(exc, _RELEASE_ON)
 
 
+def _is_async(func: Callable[..., Any]) -> bool:
+    """A coroutine function, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(func, "__call__", None)  # noqa: B004 - inspects the method, not callability
+    )
+
+
 def _check_json(result: Any) -> None:
     try:
         json.dumps(result)
@@ -221,8 +228,9 @@ class Batch:
     async def process(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``func(items, *args, **kwargs)`` and settle: success, failure or release.
 
-        An async ``func`` is awaited; a plain one runs in a worker thread so heartbeats keep
-        going. Its return value is stored as the result when it is JSON-serialisable.
+        An async ``func`` (or an object with an async ``__call__``) is awaited; a plain one
+        runs in a worker thread so heartbeats keep going. Its return value is stored as the
+        result when it is JSON-serialisable.
 
         Raises:
             AlreadySettled: This handle was settled before (``func`` is not called).
@@ -231,7 +239,7 @@ class Batch:
         self._check_unsettled(Status.SUCCEEDED)
         items = await self.items()
         try:
-            if inspect.iscoroutinefunction(func):
+            if _is_async(func):
                 value = await func(items, *args, **kwargs)
             else:
                 value = await anyio.to_thread.run_sync(

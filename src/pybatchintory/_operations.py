@@ -38,6 +38,14 @@ _ETA_SAMPLE = 50
 _AUDIT_CHUNK = 1000
 
 
+def _status(value: Status | str) -> Status:
+    try:
+        return Status(value)
+    except ValueError:
+        known = ", ".join(s.value for s in Status)
+        raise InvalidArgument(f"unknown status {value!r}; one of: {known}") from None
+
+
 class AuditFinding:
     """A succeeded range whose rows changed after it was handed out."""
 
@@ -162,9 +170,9 @@ class Operations:
         if status is None:
             wanted = None
         elif isinstance(status, str):
-            wanted = [Status(status)]
+            wanted = [_status(status)]
         else:
-            wanted = [Status(s) for s in status]
+            wanted = [_status(s) for s in status]
         return await self.store.attempts(job, status=wanted, limit=limit)
 
     async def history(self, source: MetadataSource | str, meta_id: int) -> list[Attempt]:
@@ -211,7 +219,11 @@ class Operations:
         fingerprint: str | None = None,
         batch_ids: Collection[int] | None = None,
     ) -> int:
-        """Revive dead ranges of ``job`` (all, one fingerprint, or some attempt ids)."""
+        """Revive dead ranges of ``job`` (all, one fingerprint, or some attempt ids).
+
+        An attempt id names its range: any attempt of a dead range revives it.
+        Returns how many ranges were revived.
+        """
         await self._job(job)
         return await self.store.revive(job, fingerprint=fingerprint, batch_ids=batch_ids)
 

@@ -241,7 +241,10 @@ class InventoryStore(Protocol):
     async def revive(
         self, job: str, *, fingerprint: str | None, batch_ids: Collection[int] | None
     ) -> int:
-        """Make dead ranges due again with a fresh attempt budget; return how many."""
+        """Make dead ranges due again with a fresh attempt budget; return how many.
+
+        ``batch_ids`` are attempt ids, each naming its range (any attempt of it).
+        """
         ...
 
     async def set_cursor(self, job: str, meta_id: int) -> None:
@@ -255,9 +258,20 @@ class InventoryStore(Protocol):
         ...
 
     async def succeeded_ranges(
-        self, job: str, *, after: int | None, end: int | None, limit: int | None
+        self,
+        job: str,
+        *,
+        after: int | None,
+        end: int | None,
+        limit: int | None,
+        before_open: bool = False,
     ) -> list[Attempt]:
-        """Succeeded attempts of ``job`` in id order (for ``InventorySource`` and audit)."""
+        """Succeeded attempts of ``job`` in id order (for ``InventorySource`` and audit).
+
+        With ``before_open``, only those before the oldest range of ``job`` that is still
+        running, waiting for a retry or dead, decided in the same read (one snapshot), so
+        a range leased and settled meanwhile cannot let a later success slip past it.
+        """
         ...
 
     async def oldest_running_start(self, job: str) -> int | None:

@@ -92,12 +92,21 @@ class BoundInventorySource:
         oldest = await self.store.oldest_running_start(self.job)
         return None if oldest is None else oldest - 1
 
-    async def _read(self, after: int | None, end: int | None, limit: int | None) -> list[Attempt]:
-        return await self.store.succeeded_ranges(self.job, after=after, end=end, limit=limit)
+    async def _read(
+        self, after: int | None, end: int | None, limit: int | None, *, planning: bool = False
+    ) -> list[Attempt]:
+        return await self.store.succeeded_ranges(
+            self.job, after=after, end=end, limit=limit, before_open=planning
+        )
 
     async def summarize(self, request: PageRequest, link: object | None) -> PageSummary:
         """Aggregate up to ``request.limit`` upstream successes after ``request.after``."""
-        rows = await self._read(request.after, request.end, request.limit)
+        # Inside an acquire (``link`` given) the horizon bounds ``request.end`` already, but
+        # it was read before this page: the page re-applies it in its own statement, so both
+        # come from one snapshot. Outside one (backlog, dry runs) every success counts.
+        rows = await self._read(
+            request.after, request.end, request.limit, planning=link is not None
+        )
         if not rows:
             return PageSummary(0, None, 0, None, 0, 0, None, 0)
         total = fit_weight = fit_rows = 0

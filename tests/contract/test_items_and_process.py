@@ -99,17 +99,16 @@ async def test_items_pass_the_job_filter(
 # -- iter_items -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunk_size", [1, 2, 7, 50, 51, 1000])
 async def test_iter_items_yields_the_same_rows_for_any_chunk_size(
-    inventory: pbi.Inventory, make_files: MakeFiles, chunk_size: int
+    inventory: pbi.Inventory, make_files: MakeFiles
 ) -> None:
     files = await make_files(rows=120, where={"kind": "csv"})  # odd ids: gaps between rows
     async with inventory.lease("iter", files, max_count=50) as batch:
         assert batch.count == 50
         listed = await batch.items()
-        streamed = await _collect(batch, chunk_size)
-    assert streamed == listed
-    assert [r["id"] for r in streamed] == list(range(1, 100, 2))
+        assert [r["id"] for r in listed] == list(range(1, 100, 2))
+        for chunk_size in (1, 2, 7, 49, 50, 51, 1000):
+            assert await _collect(batch, chunk_size) == listed, chunk_size
 
 
 async def test_iter_items_reads_chunk_by_chunk(
@@ -267,3 +266,27 @@ async def test_process_of_a_settled_batch_does_not_run_the_function(
     assert calls == []
     (attempt,) = await inventory.batches("twice")
     assert attempt.status is pbi.Status.SUCCEEDED
+
+
+async def test_process_awaits_an_async_callable_object(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    """An object whose ``__call__`` is a coroutine function is awaited, not run in a thread."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.threads: list[int] = []
+
+        async def __call__(self, rows: list[Mapping[str, Any]]) -> int:
+            self.threads.append(threading.get_ident())
+            await anyio.lowlevel.checkpoint()
+            return len(rows)
+
+    files = await make_files(rows=10)
+    sink = Sink()
+    batch = await inventory.acquire("callable", files)
+    assert batch is not None
+    assert await batch.process(sink) == 10
+    assert sink.threads == [threading.get_ident()]
+    (attempt,) = await inventory.batches("callable")
+    assert (attempt.status, attempt.result) == (pbi.Status.SUCCEEDED, 10)

@@ -14,7 +14,7 @@ import pytest
 import pybatchintory as pbi
 
 from tests.contract.conftest import MakeFiles
-from tests.helpers import fetch_all, insert_rows
+from tests.helpers import create_meta_table, fetch_all, insert_rows
 
 
 class ParseError(Exception):
@@ -403,3 +403,66 @@ async def test_backlog_of_a_filtered_job_from_another_inventory(
     async with pbi.Inventory(db_url) as operator:
         backlog = await operator.backlog("csv_only")
         assert (backlog.count, backlog.weight) == expected
+
+
+async def test_retry_by_the_id_of_any_attempt_of_a_dead_range(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    """An id from ``history`` or ``batches`` names its range, whichever attempt it is."""
+    files = await make_files(rows=100)
+    await _fail_until_dead(inventory, "any", files, _parse)  # 1..10
+    await _fail_until_dead(inventory, "any", files, _parse)  # 11..20
+    await _fail_until_dead(inventory, "other", files, _parse)  # another job's 1..10
+    (first_try,) = [a for a in await inventory.history(files, 5) if a.job == "any"][:1]
+    assert (first_try.attempt, first_try.dead) == (1, False)
+    foreign = [a.id for a in await inventory.batches("other")]
+
+    assert await inventory.retry("any", batch_ids=[first_try.id, *foreign]) == 1
+    assert (await inventory.backlog("any")).dead == 1
+    assert (await inventory.backlog("other")).dead == 1
+    revived = await inventory.acquire("any", files, max_count=10)
+    assert revived is not None and (revived.meta_id_start, revived.attempt) == (1, 4)
+    await revived.success()
+
+
+async def test_batches_with_an_unknown_status_is_a_clear_error(
+    inventory: pbi.Inventory,
+) -> None:
+    with pytest.raises(pbi.InvalidArgument, match=r"'finished'.*succeeded"):
+        await inventory.batches("x", status="finished")
+    with pytest.raises(pbi.InvalidArgument, match="'done'"):
+        await inventory.batches("x", status=["running", "done"])
+
+
+async def test_status_lists_a_job_that_has_no_attempt_yet(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=20)
+    await inventory.set_cursor("idle", 7, source=files)
+    (line,) = await inventory.status()
+    assert (line.job, line.meta_table, line.cursor, line.last_success) == (
+        "idle",
+        "files",
+        7,
+        None,
+    )
+    assert dict(line.counts) == {"running": 0, "retry": 0, "dead": 0}
+    backlog = await inventory.backlog("idle")
+    assert (backlog.count, backlog.eta) == (13, None)
+
+
+async def test_backlog_of_a_job_reading_another_database_needs_its_source(
+    inventory: pbi.Inventory, db_url: str, meta_db_url: str
+) -> None:
+    await create_meta_table(meta_db_url, "files", rows=60)
+    remote = pbi.MetaTable("files", weight="size_in_bytes", url=meta_db_url)
+    async with inventory.lease("remote", remote, max_count=25):
+        pass
+    async with pbi.Inventory(db_url) as operator:
+        with pytest.raises(pbi.InvalidArgument, match="source="):
+            await operator.backlog("remote")
+        backlog = await operator.backlog("remote", source=remote)
+    (row,) = await fetch_all(
+        meta_db_url, "SELECT COUNT(*) AS n, SUM(size_in_bytes) AS w FROM files WHERE id > 25"
+    )
+    assert (backlog.count, backlog.weight) == (int(row["n"]), int(row["w"]))

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections import Counter
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import pytest
+from sqlalchemy import event
 
 import pybatchintory as pbi
 
@@ -103,6 +108,9 @@ async def test_the_horizon_stops_before_the_oldest_running_upstream_attempt(
         assert [item["id"] for item in await early.items()] == [1]
     assert await inventory.acquire("transform", ingest) is None
     assert await inventory.plan("transform", ingest) == []
+    # The backlog counts every upstream success after the cursor, held back or not.
+    backlog = await inventory.backlog("transform")
+    assert (backlog.count, backlog.weight) == (1, third.weight)
 
     await second.success()
     async with inventory.lease("transform", ingest) as late:
@@ -235,3 +243,59 @@ async def test_audit_of_a_downstream_job_reads_upstream_once_per_chunk(
     # One read of the succeeded transform ranges, one of the ingest successes under them,
     # and the read that finds no further transform range: not one per range.
     assert len(upstream_reads) <= 4, upstream_reads
+
+
+async def test_an_upstream_success_behind_a_range_leased_while_planning_is_not_skipped(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    """The horizon and the upstream successes must come from one consistent read.
+
+    While the downstream job plans (between its horizon and its read of upstream
+    successes), another worker leases upstream 101..200 and 201..300 and finishes only the
+    second. The downstream must not take 201 and pass 101, which would then never come.
+    Where the store serialises all writers (SQLite), the worker waits until the downstream
+    acquire commits: the same invariant holds, the interleaving just cannot happen.
+    """
+    files = await make_files(rows=300)
+    ingest = pbi.InventorySource("ingest")
+    await _run(inventory, "ingest", files, 1, max_count=100)
+
+    go, done = threading.Event(), threading.Event()
+
+    async def other_worker() -> None:
+        async with pbi.Inventory(db_url, owner="other") as other:
+            same = pbi.MetaTable("files", weight="size_in_bytes", timestamp="imported")
+            await other.plan("ingest", same, max_count=100)  # bound and warm: no writes
+            await anyio.to_thread.run_sync(go.wait)
+            first = await other.acquire("ingest", same, max_count=100)
+            second = await other.acquire("ingest", same, max_count=100)
+            assert first is not None and second is not None
+            await second.success()
+            done.set()
+            await first.release()  # 101..200 comes back as a retry
+
+    worker = threading.Thread(target=lambda: asyncio.run(other_worker()))
+    worker.start()
+    armed = [True]
+
+    def interleave(conn: Any, cursor: Any, statement: str, parameters: Any, *rest: Any) -> None:
+        values = list(parameters.values()) if isinstance(parameters, dict) else parameters
+        if armed[0] and "succeeded" in values and "ingest" in values:
+            armed[0] = False
+            go.set()
+            done.wait(timeout=2)
+
+    event.listen(inventory.engine.sync_engine, "before_cursor_execute", interleave)
+    try:
+        async with inventory.lease("transform", ingest) as first_down:
+            first_ids = [item["id"] for item in await first_down.items()]
+    finally:
+        event.remove(inventory.engine.sync_engine, "before_cursor_execute", interleave)
+        go.set()
+        await anyio.to_thread.run_sync(worker.join)
+    assert not armed[0]
+
+    await _run(inventory, "ingest", files, 5, max_count=100)  # the retry of 101..200
+    later = await _run(inventory, "transform", ingest, 5)
+    later_ids = [item["id"] for batch in later for item in await batch.items()]
+    assert sorted(first_ids + later_ids) == [1, 101, 201]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -172,14 +173,24 @@ async def succeeded_ranges(
     after: int | None,
     end: int | None,
     limit: int | None,
+    before_open: bool = False,
 ) -> list[Attempt]:
-    """Succeeded attempts of ``job`` starting in ``(after, end]``, in id order."""
+    """Succeeded attempts of ``job`` starting in ``(after, end]``, in id order.
+
+    ``before_open`` keeps only those before the oldest range that is running, waiting for
+    a retry, or dead. The bound is part of the same statement, so it and the successes come
+    from one snapshot: two separate reads could see a range still unleased in the first and
+    a later range already succeeded in the second, and let a reader pass the earlier one.
+    """
     inv = t.inventory
     query = (
         sa.select(inv)
         .where(inv.c.job == job, inv.c.status == str(Status.SUCCEEDED))
         .order_by(inv.c.meta_id_start)
     )
+    if before_open:
+        for oldest in _oldest_open(t, job):
+            query = query.where(sa.or_(oldest.is_(None), inv.c.meta_id_start < oldest))
     if after is not None:
         query = query.where(inv.c.meta_id_start > after)
     if end is not None:
@@ -189,22 +200,24 @@ async def succeeded_ranges(
     return [to_attempt(row) for row in (await conn.execute(query)).mappings()]
 
 
-async def oldest_open_start(conn: AsyncConnection, t: Tables, job: str) -> int | None:
-    """Smallest start of a range of ``job`` that is running or waiting for a retry."""
+def _oldest_open(t: Tables, job: str) -> tuple[sa.ScalarSelect[Any], sa.ScalarSelect[Any]]:
+    """Smallest start of a running range, and of one waiting for a retry or dead.
+
+    Two subqueries rather than one ``OR``: each reads its own index.
+    """
     inv = t.inventory
-    running = (
-        await conn.execute(
-            sa.select(sa.func.min(inv.c.meta_id_start)).where(
-                inv.c.job == job, inv.c.status == str(Status.RUNNING)
-            )
-        )
-    ).scalar()
-    pending = (
-        await conn.execute(
-            sa.select(sa.func.min(inv.c.meta_id_start)).where(
-                inv.c.job == job, sa.or_(inv.c.retry_after.is_not(None), inv.c.dead.is_(True))
-            )
-        )
-    ).scalar()
-    starts = [int(s) for s in (running, pending) if s is not None]
+    running = sa.select(sa.func.min(inv.c.meta_id_start)).where(
+        inv.c.job == job, inv.c.status == str(Status.RUNNING)
+    )
+    pending = sa.select(sa.func.min(inv.c.meta_id_start)).where(
+        inv.c.job == job, sa.or_(inv.c.retry_after.is_not(None), inv.c.dead.is_(True))
+    )
+    return running.scalar_subquery(), pending.scalar_subquery()
+
+
+async def oldest_open_start(conn: AsyncConnection, t: Tables, job: str) -> int | None:
+    """Smallest start of a range of ``job`` that is running, waiting for a retry, or dead."""
+    running, pending = _oldest_open(t, job)
+    row = (await conn.execute(sa.select(running, pending))).one()
+    starts = [int(s) for s in row if s is not None]
     return min(starts) if starts else None

@@ -397,16 +397,32 @@ class SQLAlchemyStore:
     async def revive(
         self, job: str, *, fingerprint: str | None, batch_ids: Collection[int] | None
     ) -> int:
-        """Give dead ranges a fresh attempt budget and make them due now."""
+        """Give dead ranges a fresh attempt budget and make them due now.
+
+        ``batch_ids`` are attempt ids; each names its range, whichever attempt it is (only
+        the range's newest attempt carries the dead flag).
+        """
         inv = self.tables.inventory
         query = sa.update(inv).where(inv.c.job == job, inv.c.dead.is_(True))
         if fingerprint is not None:
             query = query.where(inv.c.fingerprint == fingerprint)
-        if batch_ids is not None:
-            query = query.where(inv.c.id.in_(list(batch_ids)))
+        wanted = None if batch_ids is None else list(batch_ids)
 
         async def work(conn: AsyncConnection) -> int:
-            result = await conn.execute(query.values(dead=False, failures=0, retry_after=db_now()))
+            chosen = query
+            if wanted is not None:
+                # Two statements: MySQL cannot update a table it reads in a subquery.
+                starts = (
+                    await conn.execute(
+                        sa.select(inv.c.meta_id_start)
+                        .where(inv.c.job == job, inv.c.id.in_(wanted))
+                        .distinct()
+                    )
+                ).scalars().all()
+                if not starts:
+                    return 0
+                chosen = query.where(inv.c.meta_id_start.in_(list(starts)))
+            result = await conn.execute(chosen.values(dead=False, failures=0, retry_after=db_now()))
             return int(result.rowcount)
 
         return await self._transact(work)
@@ -507,12 +523,18 @@ class SQLAlchemyStore:
         return await self._read(lambda c: queries.error_groups(c, self.tables, job))
 
     async def succeeded_ranges(
-        self, job: str, *, after: int | None, end: int | None, limit: int | None
+        self,
+        job: str,
+        *,
+        after: int | None,
+        end: int | None,
+        limit: int | None,
+        before_open: bool = False,
     ) -> list[Attempt]:
-        """Succeeded attempts of ``job`` in id order."""
+        """Succeeded attempts of ``job`` in id order (optionally before its oldest open range)."""
         return await self._read(
             lambda c: queries.succeeded_ranges(
-                c, self.tables, job, after=after, end=end, limit=limit
+                c, self.tables, job, after=after, end=end, limit=limit, before_open=before_open
             )
         )
 
