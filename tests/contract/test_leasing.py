@@ -6,6 +6,7 @@ Every range is checked against the metadata table and the ledger with plain SQL.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 import anyio
@@ -425,3 +426,42 @@ async def test_leases_yields_up_to_iterations_batches(
     assert ranges[3:] == [(46, 60), (61, 75), (76, 90), (91, 100)]
     rows = await attempts_of(db_url, "loop")
     assert [r["status"] for r in rows] == ["succeeded"] * 7
+
+
+# -- tasks of one process ----------------------------------------------------------------
+
+
+async def test_concurrent_tasks_of_two_inventories_get_disjoint_gap_free_ranges(
+    db_url: str, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=300)
+    taken: list[tuple[str, int, int]] = []
+
+    async def worker(inv: pbi.Inventory) -> None:
+        while True:
+            try:
+                async with inv.lease("shared", files, max_count=7, max_weight=3000) as batch:
+                    taken.append((inv.owner, batch.meta_id_start, batch.meta_id_end))
+                    await anyio.sleep(0.01)
+            except pbi.NoBatchAvailable:
+                return
+
+    async with (
+        pbi.Inventory(db_url, owner="left") as left,
+        pbi.Inventory(db_url, owner="right") as right,
+    ):
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for inv in (left, right) * 4:
+                    tg.start_soon(worker, inv)
+    ranges = sorted((start, end) for _, start, end in taken)
+    assert ranges[0][0] == 1 and ranges[-1][1] == 300
+    for (_, end), (start, _) in pairwise(ranges):
+        assert start == end + 1  # no overlap, no gap
+    assert {owner for owner, _, _ in taken} == {"left", "right"}
+    rows = await attempts_of(db_url, "shared")
+    assert sorted((r["meta_id_start"], r["meta_id_end"]) for r in rows) == ranges
+    assert all(r["status"] == "succeeded" and r["attempt"] == 1 for r in rows)
+    for start, end in ranges:
+        count, weight = await table_totals(db_url, start, end)
+        assert count <= 7 and (weight <= 3000 or count == 1)
