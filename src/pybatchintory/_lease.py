@@ -220,15 +220,19 @@ class Batch:
 
         An async ``func`` is awaited; a plain one runs in a worker thread so heartbeats keep
         going. Its return value is stored as the result when it is JSON-serialisable.
+        The ``timeout=`` the batch was acquired with bounds reading the items and ``func``,
+        as it bounds the body of ``async with batch`` (a plain ``func`` cannot be stopped: its
+        thread runs on, and its result is discarded).
         """
-        items = await self.items()
         try:
-            if inspect.iscoroutinefunction(func):
-                value = await func(items, *args, **kwargs)
-            else:
-                value = await anyio.to_thread.run_sync(
-                    functools.partial(func, items, *args, **kwargs)
-                )
+            async with asyncio.timeout(self._timeout):
+                items = await self.items()
+                if inspect.iscoroutinefunction(func):
+                    value = await func(items, *args, **kwargs)
+                else:
+                    value = await anyio.to_thread.run_sync(
+                        functools.partial(func, items, *args, **kwargs)
+                    )
         except BaseException as exc:
             await self._settle_on_exit(exc)
             raise
