@@ -351,3 +351,29 @@ async def test_process_settles_by_the_function_s_outcome(
         ("failed", None),
     ]
     assert rows[1]["error_message"] == "10 rows"
+
+
+async def test_a_timeout_given_to_acquire_bounds_process(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=20)
+
+    async def slow(items: list[dict[str, object]]) -> int:
+        await anyio.sleep(30)
+        return len(items)
+
+    batch = await inventory.acquire("exit", files, max_count=10, timeout=0.3)
+    assert batch is not None
+    with anyio.fail_after(10):
+        with pytest.raises(TimeoutError):
+            await batch.process(slow)
+    row = await attempt_row(db_url, batch.id)
+    assert (row["status"], row["error_type"]) == ("failed", "TimeoutError")
+    # The same bound through `async with batch`.
+    again = await inventory.acquire("exit", files, max_count=10, timeout=0.3)
+    assert again is not None and again.attempt == 2
+    with anyio.fail_after(10):
+        with pytest.raises(TimeoutError):
+            async with again:
+                await anyio.sleep(30)
+    assert (await attempt_row(db_url, again.id))["error_type"] == "TimeoutError"
