@@ -230,21 +230,24 @@ class Batch:
 
         An async ``func`` (or an object with an async ``__call__``) is awaited; a plain one
         runs in a worker thread so heartbeats keep going. Its return value is stored as the
-        result when it is JSON-serialisable.
+        result when it is JSON-serialisable. The ``timeout=`` the batch was acquired with
+        bounds reading the items and ``func``, as it bounds the body of ``async with batch``
+        (a plain ``func`` cannot be stopped: its thread runs on, and its result is discarded).
 
         Raises:
             AlreadySettled: This handle was settled before (``func`` is not called).
             LeaseLost: The lease is gone (``func`` is not called).
         """
         self._check_unsettled(Status.SUCCEEDED)
-        items = await self.items()
         try:
-            if _is_async(func):
-                value = await func(items, *args, **kwargs)
-            else:
-                value = await anyio.to_thread.run_sync(
-                    functools.partial(func, items, *args, **kwargs)
-                )
+            async with asyncio.timeout(self._timeout):
+                items = await self.items()
+                if _is_async(func):
+                    value = await func(items, *args, **kwargs)
+                else:
+                    value = await anyio.to_thread.run_sync(
+                        functools.partial(func, items, *args, **kwargs)
+                    )
         except BaseException as exc:
             await self._settle_on_exit(exc)
             raise

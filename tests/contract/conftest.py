@@ -47,9 +47,7 @@ def make_files(db_url: str) -> MakeFiles:
         start_id: int = 1,
         **meta_table: Any,
     ) -> pbi.MetaTable:
-        await create_meta_table(
-            db_url, name, rows, weights=weights, kinds=kinds, start_id=start_id
-        )
+        await create_meta_table(db_url, name, rows, weights=weights, kinds=kinds, start_id=start_id)
         options: dict[str, Any] = {"weight": "size_in_bytes", "timestamp": "imported"}
         options.update(meta_table)
         return pbi.MetaTable(name, **options)

@@ -297,3 +297,83 @@ async def test_a_release_does_not_count_toward_max_attempts(
     ]
     assert rows[4]["dead"] and rows[4]["failures"] == 1
     assert all(r["failures"] == 0 for r in rows[:4])
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+async def test_keyboard_interrupt_and_system_exit_release_and_are_reraised(
+    inventory: pbi.Inventory,
+    make_files: MakeFiles,
+    db_url: str,
+    exc_type: type[BaseException],
+) -> None:
+    files = await make_files(rows=20)
+    with pytest.raises(exc_type):
+        async with inventory.lease("exit", files, max_count=10) as batch:
+            raise exc_type()
+    row = await attempt_row(db_url, batch.id)
+    assert (row["status"], row["failures"], row["error_type"]) == ("released", 0, None)
+
+
+async def test_a_result_that_is_not_json_fails_the_attempt(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=20)
+    with pytest.raises(pbi.InvalidArgument, match="JSON"):
+        async with inventory.lease("exit", files, max_count=10) as batch:
+            batch.result = {"when": object()}
+    row = await attempt_row(db_url, batch.id)
+    assert row["status"] == "failed"
+    assert row["error_type"] == "pybatchintory.errors.InvalidArgument"
+    assert row["job_result"] is None
+
+
+async def test_process_settles_by_the_function_s_outcome(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=30)
+
+    def count_csv(items: list[dict[str, object]], kind: str) -> dict[str, int]:
+        return {"rows": len(items), kind: sum(1 for row in items if row["kind"] == kind)}
+
+    async def broken(items: list[dict[str, object]]) -> None:
+        raise ExtractFailed(f"{len(items)} rows")
+
+    first = await inventory.acquire("exit", files, max_count=10)
+    assert first is not None
+    assert await first.process(count_csv, "csv") == {"rows": 10, "csv": 5}
+    second = await inventory.acquire("exit", files, max_count=10)
+    assert second is not None
+    with pytest.raises(ExtractFailed, match="10 rows"):
+        await second.process(broken)
+    rows = await attempts_of(db_url, "exit")
+    assert [(r["status"], r["job_result"]) for r in rows] == [
+        ("succeeded", {"rows": 10, "csv": 5}),
+        ("failed", None),
+    ]
+    assert rows[1]["error_message"] == "10 rows"
+
+
+async def test_a_timeout_given_to_acquire_bounds_process(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=20)
+
+    async def slow(items: list[dict[str, object]]) -> int:
+        await anyio.sleep(30)
+        return len(items)
+
+    batch = await inventory.acquire("exit", files, max_count=10, timeout=0.3)
+    assert batch is not None
+    with anyio.fail_after(10):
+        with pytest.raises(TimeoutError):
+            await batch.process(slow)
+    row = await attempt_row(db_url, batch.id)
+    assert (row["status"], row["error_type"]) == ("failed", "TimeoutError")
+    # The same bound through `async with batch`.
+    again = await inventory.acquire("exit", files, max_count=10, timeout=0.3)
+    assert again is not None and again.attempt == 2
+    with anyio.fail_after(10):
+        with pytest.raises(TimeoutError):
+            async with again:
+                await anyio.sleep(30)
+    assert (await attempt_row(db_url, again.id))["error_type"] == "TimeoutError"

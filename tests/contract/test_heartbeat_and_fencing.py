@@ -190,3 +190,85 @@ async def test_settling_inside_the_body_is_not_overridden_by_the_exit(
         (failed.id, "failed"),
     ]
     assert rows[1]["error_type"] == "KeyError"
+
+
+async def test_one_heartbeat_renews_every_held_lease(db_url: str, make_files: MakeFiles) -> None:
+    files = await make_files(rows=40)
+    async with pbi.Inventory(db_url, lease_ttl=_TTL) as inv:
+        batches = await inv.acquire_many("beat", files, 3, max_count=10)
+        other_job = await inv.acquire("other", files, max_count=5)
+        assert other_job is not None and len(batches) == 3
+        held = [*batches, other_job]
+        first = {b.id: (await attempt_row(db_url, b.id))["expires_at"] for b in held}
+
+        async def all_renewed() -> bool:
+            for b in held:
+                if (await attempt_row(db_url, b.id))["expires_at"] <= first[b.id]:
+                    return False
+            return True
+
+        await wait_until(all_renewed, deadline=8)
+        await anyio.sleep(2 * _TTL)  # past every original expiry
+        for batch in held:
+            assert not batch.lost
+            await batch.success()
+    rows = [await attempt_row(db_url, b.id) for b in held]
+    assert [r["status"] for r in rows] == ["succeeded"] * 4
+
+
+async def test_a_handle_whose_lease_the_heartbeat_found_gone_cannot_settle(
+    db_url: str, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=20)
+    async with pbi.Inventory(db_url, lease_ttl=_TTL) as inv:
+        batch = await inv.acquire("lost", files, max_count=10)
+        keep = await inv.acquire("lost", files, max_count=10)
+        assert batch is not None and keep is not None
+        await expire_lease(db_url, batch.id)
+
+        async def noticed() -> bool:
+            return batch.lost
+
+        await wait_until(noticed, deadline=8)
+        assert not keep.lost  # only the lease that is gone is reported
+        before = await attempt_row(db_url, batch.id)
+        with pytest.raises(pbi.LeaseLost, match="lost"):
+            await batch.success({"too": "late"})
+        assert await attempt_row(db_url, batch.id) == before
+        await keep.success()
+    assert (await attempt_row(db_url, keep.id))["status"] == "succeeded"
+
+
+async def test_a_lost_lease_cancels_a_task_group_inside_the_body(
+    db_url: str, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=20)
+    finished: list[str] = []
+
+    async def shard(name: str) -> None:
+        await anyio.sleep(30)
+        finished.append(name)
+
+    async with pbi.Inventory(db_url, lease_ttl=_TTL) as inv:
+        with anyio.fail_after(10):
+            with pytest.raises(pbi.LeaseLost):
+                async with inv.lease("lost", files, max_count=10) as batch:
+                    await expire_lease(db_url, batch.id)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(shard, "a")
+                        tg.start_soon(shard, "b")
+    assert finished == []
+    assert (await attempt_row(db_url, batch.id))["status"] == "running"
+
+
+async def test_a_lost_lease_with_a_timeout_raises_lease_lost_not_timeout(
+    db_url: str, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=20)
+    async with pbi.Inventory(db_url, lease_ttl=_TTL) as inv:
+        with anyio.fail_after(10):
+            with pytest.raises(pbi.LeaseLost):
+                async with inv.lease("lost", files, max_count=10, timeout=60) as batch:
+                    await expire_lease(db_url, batch.id)
+                    await anyio.sleep(30)
+    assert (await attempt_row(db_url, batch.id))["status"] == "running"

@@ -5,7 +5,8 @@ Every range is checked against the metadata table and the ledger with plain SQL.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import anyio
@@ -425,3 +426,168 @@ async def test_leases_yields_up_to_iterations_batches(
     assert ranges[3:] == [(46, 60), (61, 75), (76, 90), (91, 100)]
     rows = await attempts_of(db_url, "loop")
     assert [r["status"] for r in rows] == ["succeeded"] * 7
+
+
+# -- tasks of one process ----------------------------------------------------------------
+
+
+async def test_concurrent_tasks_of_two_inventories_get_disjoint_gap_free_ranges(
+    db_url: str, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=300)
+    taken: list[tuple[str, int, int]] = []
+
+    async def worker(inv: pbi.Inventory) -> None:
+        while True:
+            try:
+                async with inv.lease("shared", files, max_count=7, max_weight=3000) as batch:
+                    taken.append((inv.owner, batch.meta_id_start, batch.meta_id_end))
+                    await anyio.sleep(0.01)
+            except pbi.NoBatchAvailable:
+                return
+
+    async with (
+        pbi.Inventory(db_url, owner="left") as left,
+        pbi.Inventory(db_url, owner="right") as right,
+    ):
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for inv in (left, right) * 4:
+                    tg.start_soon(worker, inv)
+    ranges = sorted((start, end) for _, start, end in taken)
+    assert ranges[0][0] == 1 and ranges[-1][1] == 300
+    for (_, end), (start, _) in pairwise(ranges):
+        assert start == end + 1  # no overlap, no gap
+    assert {owner for owner, _, _ in taken} == {"left", "right"}
+    rows = await attempts_of(db_url, "shared")
+    assert sorted((r["meta_id_start"], r["meta_id_end"]) for r in rows) == ranges
+    assert all(r["status"] == "succeeded" and r["attempt"] == 1 for r in rows)
+    for start, end in ranges:
+        count, weight = await table_totals(db_url, start, end)
+        assert count <= 7 and (weight <= 3000 or count == 1)
+
+
+def _greedy(
+    weights: list[int], start: int, max_count: int | None, max_weight: int | None
+) -> tuple[int, int, bool]:
+    """The expected cut from index ``start``: (rows, weight, oversized), computed naively."""
+    count = weight = 0
+    for w in weights[start:]:
+        if max_count is not None and count == max_count:
+            break
+        if max_weight is not None and weight + w > max_weight:
+            if count == 0:
+                return 1, w, True
+            break
+        count, weight = count + 1, weight + w
+    return count, weight, False
+
+
+async def test_every_cut_is_the_greedy_cut_whatever_the_limits_of_each_call(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    # Light and heavy stretches, zero weights, and rows heavier than some caps.
+    weights = [
+        0 if i % 17 == 0 else (i * 7919) % 97 + (900 if 150 <= i < 170 else 1) for i in range(600)
+    ]
+    files = await make_files(rows=len(weights), weights=weights)
+    calls: list[dict[str, Any]] = [
+        {"max_weight": 500},
+        {"max_count": 40},
+        {"max_weight": 800, "max_count": 25},
+        {"max_weight": 300},
+        {"max_weight": 5000, "max_count": 90},
+        {"max_weight": 950},
+    ]
+    position = 0
+    turn = 0
+    while position < len(weights):
+        limits = calls[turn % len(calls)]
+        turn += 1
+        count, weight, oversized = _greedy(
+            weights, position, limits.get("max_count"), limits.get("max_weight")
+        )
+        async with inventory.lease("greedy", files, **limits) as batch:
+            assert (batch.meta_id_start, batch.meta_id_end) == (position + 1, position + count)
+            assert (batch.count, batch.weight, batch.oversized) == (count, weight, oversized)
+        position += count
+    assert turn > 20
+    assert await inventory.acquire("greedy", files, max_weight=500) is None
+
+
+async def test_settle_holds_back_rows_younger_than_the_settle_time(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=20, settle=timedelta(hours=1))  # rows are a day old
+    await insert_rows(db_url, "files", _new_rows(21, 25))  # just imported
+    async with inventory.lease("settled", files) as batch:
+        assert (batch.meta_id_start, batch.meta_id_end) == (1, 20)
+    assert await inventory.acquire("settled", files) is None
+    two_hours_ago = (datetime.now(UTC) - timedelta(hours=2)).replace(tzinfo=None)
+    await fetch_all(
+        db_url,
+        f"UPDATE files SET imported = '{two_hours_ago.isoformat(sep=' ')}' WHERE id <= 22",
+    )
+    async with inventory.lease("settled", files) as batch:
+        assert (batch.meta_id_start, batch.meta_id_end) == (21, 22)
+
+
+async def test_waiting_for_a_batch_can_be_cancelled_without_a_trace(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=5)
+    await _drain(inventory, "daily", files)
+    with anyio.move_on_after(0.5) as scope:
+        async with inventory.lease("daily", files, wait=True, poll_interval=0.05):
+            pytest.fail("nothing was there to hand out")
+    assert scope.cancelled_caught
+    assert len(await attempts_of(db_url, "daily")) == 1
+
+
+@pytest.mark.parametrize("start_id", [-50, 2**40])
+async def test_ids_far_from_one_are_handed_out_as_they_are(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str, start_id: int
+) -> None:
+    files = await make_files(rows=30, start_id=start_id)
+    batches = await _drain(inventory, "far", files, max_count=12)
+    assert [(b.meta_id_start, b.meta_id_end) for b in batches] == [
+        (start_id, start_id + 11),
+        (start_id + 12, start_id + 23),
+        (start_id + 24, start_id + 29),
+    ]
+    rows = await attempts_of(db_url, "far")
+    assert [(r["meta_id_start"], r["meta_id_end"]) for r in rows] == [
+        (b.meta_id_start, b.meta_id_end) for b in batches
+    ]
+    job = await job_row(db_url, "far")
+    assert job is not None and job["cursor"] == start_id + 29
+
+
+async def test_ranges_span_gaps_in_the_ids(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=0)
+    imported = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
+    await insert_rows(
+        db_url,
+        "files",
+        [
+            {"id": i, "size_in_bytes": 10, "kind": "csv", "imported": imported}
+            for i in range(100, 1100, 100)
+        ],
+    )
+    batches = await _drain(inventory, "gaps", files, max_count=3)
+    assert [(b.meta_id_start, b.meta_id_end, b.count) for b in batches] == [
+        (100, 300, 3),
+        (301, 600, 3),
+        (601, 900, 3),
+        (901, 1000, 1),
+    ]
+    await insert_rows(
+        db_url, "files", [{"id": 950, "size_in_bytes": 10, "kind": "csv", "imported": imported}]
+    )
+    # A row committed late inside a range already handed out is not handed out again; the
+    # ledger keeps the range as it was, and audit() reports the difference.
+    assert await inventory.acquire("gaps", files, max_count=3) is None
+    (finding,) = await inventory.audit("gaps")
+    assert (finding.attempt.meta_id_start, finding.attempt.count, finding.count) == (901, 1, 2)

@@ -172,7 +172,16 @@ async def test_a_retry_delay_holds_the_failed_range_back(
         again = await inv.acquire("retry", files, max_count=10)
         assert again is not None
         assert (again.meta_id_start, again.meta_id_end, again.attempt) == (1, 10, 2)
-        await again.success()
+        # A second failure waits twice as long: 600 s * 2**1, with jitter.
+        await again.error(LoadFailed("again"))
+        second = await attempt_row(db_url, again.id)
+        delay = (second["retry_after"] - second["processing_end"]).total_seconds()
+        assert 900 < delay < 1500
+        assert second["failures"] == 2 and not second["dead"]
+        # New ranges are not held up meanwhile.
+        later = await inv.acquire("retry", files, max_count=10)
+        assert later is not None and (later.meta_id_start, later.attempt) == (21, 1)
+        await later.success()
 
 
 async def test_expired_attempts_count_toward_max_attempts(
