@@ -324,7 +324,8 @@ class Operations:
     ) -> int:
         """Record ``[start, end]`` as processed elsewhere; the cursor moves past it.
 
-        ``source`` is needed only to create a job that does not exist yet.
+        Failed ranges inside it (waiting for a retry, or dead) count as done: they are not
+        handed out again. ``source`` is needed only to create a job that does not exist yet.
 
         Returns the id of the recorded attempt.
 
