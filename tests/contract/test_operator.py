@@ -304,3 +304,27 @@ async def test_mark_done_needs_start_before_end(
         await inventory.mark_done("bad", 5, 4, source=files)
     with pytest.raises(pbi.UnknownJob):
         await inventory.mark_done("bad", 1, 4)
+
+
+@pytest.mark.parametrize("dead", [False, True], ids=["retry-pending", "dead"])
+async def test_mark_done_of_a_failed_range_settles_it(
+    inventory: pbi.Inventory, make_files: MakeFiles, dead: bool
+) -> None:
+    """A failed range fixed by hand: leases skip it, and it no longer holds anything back."""
+    files = await make_files(rows=100)
+    await _lease_n(inventory, "fix", files, 1, max_count=10)
+    for _ in range(3 if dead else 1):
+        with pytest.raises(RuntimeError):
+            async with inventory.lease("fix", files, max_count=10) as failing:
+                assert failing.meta_id_start == 11
+                raise RuntimeError("corrupt input")
+    backlog = await inventory.backlog("fix")
+    assert (backlog.retry_due, backlog.dead) == ((0, 1) if dead else (1, 0))
+
+    await inventory.mark_done("fix", 11, 20)
+    backlog = await inventory.backlog("fix")
+    assert (backlog.retry_due, backlog.dead) == (0, 0)
+    async with inventory.lease("fix", files, max_count=10) as batch:
+        assert (batch.meta_id_start, batch.attempt) == (21, 1)
+    async with inventory.lease("down", pbi.InventorySource("fix")) as down:
+        assert [item["id"] for item in await down.items()] == [1, 11, 21]
