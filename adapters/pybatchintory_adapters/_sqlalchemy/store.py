@@ -552,6 +552,14 @@ class SQLAlchemyStore:
             )
         )
 
+    async def due_ranges(self, job: str, *, max_attempts: int, limit: int) -> list[Attempt]:
+        """The newest attempts of the ranges an acquire would retry now."""
+        return await self._read(
+            lambda c: queries.due_ranges(
+                c, self.tables, job, max_attempts=max_attempts, limit=limit
+            )
+        )
+
     async def oldest_running_start(self, job: str) -> int | None:
         """Smallest start of a running or retry-pending range of ``job``."""
         return await self._read(lambda c: queries.oldest_open_start(c, self.tables, job))
