@@ -328,3 +328,32 @@ async def test_mark_done_of_a_failed_range_settles_it(
         assert (batch.meta_id_start, batch.attempt) == (21, 1)
     async with inventory.lease("down", pbi.InventorySource("fix")) as down:
         assert [item["id"] for item in await down.items()] == [1, 11, 21]
+
+
+async def test_plan_puts_ranges_due_for_retry_first_like_the_leases(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    """The next ranges a job gets start with its due retries (oldest first): so does plan."""
+    files = await make_files(rows=200)
+    await _lease_n(inventory, "pr", files, 1, max_count=10)  # 1..10
+    for expected_start in (11, 11, 11, 21):  # 11..20 dies after three attempts
+        with pytest.raises(RuntimeError):
+            async with inventory.lease("pr", files, max_count=10) as failing:
+                assert failing.meta_id_start == expected_start
+                raise RuntimeError("flaky")
+    backlog = await inventory.backlog("pr")
+    assert (backlog.retry_due, backlog.dead) == (1, 1)
+
+    before = await _snapshot(db_url)
+    plan = await inventory.plan("pr", files, max_count=20, n=3)
+    assert await _snapshot(db_url) == before
+    assert [(p.meta_id_start, p.meta_id_end, p.attempt) for p in plan] == [
+        (21, 30, 2),  # the retry keeps its range, whatever the limits now
+        (31, 50, 1),
+        (51, 70, 1),
+    ]
+    leased = await _lease_n(inventory, "pr", files, 3, max_count=20)
+    assert [(b.meta_id_start, b.meta_id_end, b.attempt) for b in leased] == [
+        (p.meta_id_start, p.meta_id_end, p.attempt) for p in plan
+    ]
+    assert _planned(plan) == _ranges(leased)
