@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -357,3 +358,33 @@ async def test_plan_puts_ranges_due_for_retry_first_like_the_leases(
         (p.meta_id_start, p.meta_id_end, p.attempt) for p in plan
     ]
     assert _planned(plan) == _ranges(leased)
+
+
+async def test_plan_lists_an_expired_lease_as_the_retry_the_next_lease_is(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=100)
+    async with pbi.Inventory(db_url, owner="vanished") as holder:
+        held = await holder.acquire("px", files, max_count=10)
+        assert held is not None
+        # The holder vanished: its lease ran out (set in the past with plain SQL).
+        await fetch_all(
+            db_url,
+            "UPDATE inventory SET expires_at = :t WHERE id = :id",
+            t=datetime(2000, 1, 1),
+            id=held.id,
+        )
+        before = await _snapshot(db_url)
+        plan = await inventory.plan("px", files, max_count=10, n=2)
+        assert await _snapshot(db_url) == before
+        assert [(p.meta_id_start, p.meta_id_end, p.attempt) for p in plan] == [
+            (1, 10, 2),
+            (11, 20, 1),
+        ]
+        leased = await _lease_n(inventory, "px", files, 2, max_count=10)
+        assert [(b.meta_id_start, b.meta_id_end, b.attempt) for b in leased] == [
+            (1, 10, 2),
+            (11, 20, 1),
+        ]
+        with pytest.raises(pbi.LeaseLost):
+            await held.success()
