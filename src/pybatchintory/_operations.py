@@ -69,6 +69,7 @@ class Operations:
 
     if TYPE_CHECKING:
         owner: str
+        max_attempts: int
         _sources: dict[str, MetadataSource]
 
         @property
@@ -238,7 +239,10 @@ class Operations:
         id_end: int | None = None,
         n: int = 5,
     ) -> list[PlannedRange]:
-        """Dry run: the next ``n`` new ranges the job would get. Writes nothing.
+        """Dry run: the next ``n`` ranges the job would get, in order. Writes nothing.
+
+        As an acquire would, it lists the ranges due for a retry first (with their attempt
+        number), then new ranges after the cursor, cut by the limits.
 
         Raises:
             JobConflict: The job is recorded with another source, window or filter.
@@ -264,6 +268,19 @@ class Operations:
         if horizon is not None:
             end = horizon if end is None else min(end, horizon)
         planned: list[PlannedRange] = []
+        if record is not None:
+            due = await self.store.due_ranges(job, max_attempts=self.max_attempts, limit=n)
+            planned = [
+                PlannedRange(
+                    a.meta_id_start,
+                    a.meta_id_end,
+                    a.count,
+                    a.weight,
+                    a.oversized,
+                    attempt=a.attempt + 1,
+                )
+                for a in due
+            ]
         while len(planned) < n:
             cutter = RangeCutter(after=cursor, end=end, limits=limits)
             while (request := cutter.request()) is not None:
@@ -324,7 +341,8 @@ class Operations:
     ) -> int:
         """Record ``[start, end]`` as processed elsewhere; the cursor moves past it.
 
-        ``source`` is needed only to create a job that does not exist yet.
+        Failed ranges inside it (waiting for a retry, or dead) count as done: they are not
+        handed out again. ``source`` is needed only to create a job that does not exist yet.
 
         Returns the id of the recorded attempt.
 

@@ -69,13 +69,18 @@ class JobSpec:
 
 @dataclass(frozen=True, slots=True)
 class PlannedRange:
-    """A range cut by the planner, not yet written anywhere."""
+    """A range cut by the planner, not yet written anywhere.
+
+    ``attempt`` is 1 for a new range; ``Inventory.plan`` lists a range due for a retry with
+    the number of the attempt it would get.
+    """
 
     meta_id_start: int
     meta_id_end: int
     count: int
     weight: int
     oversized: bool = False
+    attempt: int = 1
 
 
 @dataclass(frozen=True, slots=True)

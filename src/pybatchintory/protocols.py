@@ -274,6 +274,14 @@ class InventoryStore(Protocol):
         """
         ...
 
+    async def due_ranges(self, job: str, *, max_attempts: int, limit: int) -> list[Attempt]:
+        """The newest attempts of the ranges an acquire would retry now, oldest range first.
+
+        Those waiting for a retry that is due, and running ones whose lease has expired
+        with attempts left. Reads only (for ``Inventory.plan``).
+        """
+        ...
+
     async def oldest_running_start(self, job: str) -> int | None:
         """Smallest ``meta_id_start`` of a running or retry-pending range of ``job``."""
         ...

@@ -42,7 +42,7 @@ async def _range_now(url: str, start: int, end: int, where: str = "") -> tuple[i
 async def test_settle_keeps_young_rows_back_until_they_are_old_enough(
     inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
-    settle = timedelta(seconds=2)
+    settle = timedelta(seconds=3)  # a margin for a loaded machine between insert and lease
     files = await make_files(rows=100, settle=settle)
     inserted = _naive_utc()
     await insert_rows(db_url, "files", _rows(range(101, 111), inserted))

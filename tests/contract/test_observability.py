@@ -6,6 +6,7 @@ plain SQL, or from what the test itself leased and settled.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import anyio
@@ -42,17 +43,20 @@ async def _table_after(url: str, after: int) -> tuple[int, int]:
     return int(row["n"]), int(row["w"])
 
 
-async def _fail_once(inv: pbi.Inventory, job: str, files: pbi.MetaTable, site: object) -> int:
+Site = Callable[[pbi.Batch], None]
+
+
+async def _fail_once(inv: pbi.Inventory, job: str, files: pbi.MetaTable, site: Site) -> int:
     """Lease one range of ``job`` and fail it at ``site``; return the attempt id."""
     with pytest.raises((ParseError, UploadError)):
         async with inv.lease(job, files, max_count=10) as batch:
             attempt_id = batch.id
-            site(batch)  # type: ignore[operator]
+            site(batch)
     return attempt_id
 
 
 async def _fail_until_dead(
-    inv: pbi.Inventory, job: str, files: pbi.MetaTable, site: object
+    inv: pbi.Inventory, job: str, files: pbi.MetaTable, site: Site
 ) -> tuple[int, int]:
     """Fail one range ``max_attempts`` (3) times at ``site``; return its (start, end).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -304,3 +305,86 @@ async def test_mark_done_needs_start_before_end(
         await inventory.mark_done("bad", 5, 4, source=files)
     with pytest.raises(pbi.UnknownJob):
         await inventory.mark_done("bad", 1, 4)
+
+
+@pytest.mark.parametrize("dead", [False, True], ids=["retry-pending", "dead"])
+async def test_mark_done_of_a_failed_range_settles_it(
+    inventory: pbi.Inventory, make_files: MakeFiles, dead: bool
+) -> None:
+    """A failed range fixed by hand: leases skip it, and it no longer holds anything back."""
+    files = await make_files(rows=100)
+    await _lease_n(inventory, "fix", files, 1, max_count=10)
+    for _ in range(3 if dead else 1):
+        with pytest.raises(RuntimeError):
+            async with inventory.lease("fix", files, max_count=10) as failing:
+                assert failing.meta_id_start == 11
+                raise RuntimeError("corrupt input")
+    backlog = await inventory.backlog("fix")
+    assert (backlog.retry_due, backlog.dead) == ((0, 1) if dead else (1, 0))
+
+    await inventory.mark_done("fix", 11, 20)
+    backlog = await inventory.backlog("fix")
+    assert (backlog.retry_due, backlog.dead) == (0, 0)
+    async with inventory.lease("fix", files, max_count=10) as batch:
+        assert (batch.meta_id_start, batch.attempt) == (21, 1)
+    async with inventory.lease("down", pbi.InventorySource("fix")) as down:
+        assert [item["id"] for item in await down.items()] == [1, 11, 21]
+
+
+async def test_plan_puts_ranges_due_for_retry_first_like_the_leases(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    """The next ranges a job gets start with its due retries (oldest first): so does plan."""
+    files = await make_files(rows=200)
+    await _lease_n(inventory, "pr", files, 1, max_count=10)  # 1..10
+    for expected_start in (11, 11, 11, 21):  # 11..20 dies after three attempts
+        with pytest.raises(RuntimeError):
+            async with inventory.lease("pr", files, max_count=10) as failing:
+                assert failing.meta_id_start == expected_start
+                raise RuntimeError("flaky")
+    backlog = await inventory.backlog("pr")
+    assert (backlog.retry_due, backlog.dead) == (1, 1)
+
+    before = await _snapshot(db_url)
+    plan = await inventory.plan("pr", files, max_count=20, n=3)
+    assert await _snapshot(db_url) == before
+    assert [(p.meta_id_start, p.meta_id_end, p.attempt) for p in plan] == [
+        (21, 30, 2),  # the retry keeps its range, whatever the limits now
+        (31, 50, 1),
+        (51, 70, 1),
+    ]
+    leased = await _lease_n(inventory, "pr", files, 3, max_count=20)
+    assert [(b.meta_id_start, b.meta_id_end, b.attempt) for b in leased] == [
+        (p.meta_id_start, p.meta_id_end, p.attempt) for p in plan
+    ]
+    assert _planned(plan) == _ranges(leased)
+
+
+async def test_plan_lists_an_expired_lease_as_the_retry_the_next_lease_is(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=100)
+    async with pbi.Inventory(db_url, owner="vanished") as holder:
+        held = await holder.acquire("px", files, max_count=10)
+        assert held is not None
+        # The holder vanished: its lease ran out (set in the past with plain SQL).
+        await fetch_all(
+            db_url,
+            "UPDATE inventory SET expires_at = :t WHERE id = :id",
+            t=datetime(2000, 1, 1),
+            id=held.id,
+        )
+        before = await _snapshot(db_url)
+        plan = await inventory.plan("px", files, max_count=10, n=2)
+        assert await _snapshot(db_url) == before
+        assert [(p.meta_id_start, p.meta_id_end, p.attempt) for p in plan] == [
+            (1, 10, 2),
+            (11, 20, 1),
+        ]
+        leased = await _lease_n(inventory, "px", files, 2, max_count=10)
+        assert [(b.meta_id_start, b.meta_id_end, b.attempt) for b in leased] == [
+            (1, 10, 2),
+            (11, 20, 1),
+        ]
+        with pytest.raises(pbi.LeaseLost):
+            await held.success()

@@ -299,3 +299,27 @@ async def test_an_upstream_success_behind_a_range_leased_while_planning_is_not_s
     later = await _run(inventory, "transform", ingest, 5)
     later_ids = [item["id"] for batch in later for item in await batch.items()]
     assert sorted(first_ids + later_ids) == [1, 101, 201]
+
+
+async def test_an_operator_inventory_reads_a_downstream_job_from_the_ledger(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    """The CLI's fresh ``Inventory`` rebuilds the upstream source from the jobs table."""
+    files = await make_files(rows=500)
+    upstream = await _run(inventory, "ingest", files, 5, max_count=100)
+    await _run(inventory, "transform", pbi.InventorySource("ingest"), 1, max_count=2)
+    await inventory.set_cursor("ingest", 50)
+    await _run(inventory, "ingest", files, 1, max_count=100)  # 51..150, inside [1, 101]
+
+    async with pbi.Inventory(db_url) as operator:
+        backlog = await operator.backlog("transform")
+        (finding,) = await operator.audit("transform")
+        plan = await operator.plan("transform", pbi.InventorySource("ingest"), max_count=2)
+    # Upstream successes after the downstream cursor (101): 201, 301, 401.
+    assert (backlog.count, backlog.weight) == (3, sum(b.weight for b in upstream[2:]))
+    assert (finding.attempt.meta_id_start, finding.attempt.meta_id_end) == (1, 101)
+    assert (finding.attempt.count, finding.count) == (2, 3)
+    assert [(p.meta_id_start, p.meta_id_end, p.count) for p in plan] == [
+        (102, 301, 2),
+        (302, 401, 1),
+    ]

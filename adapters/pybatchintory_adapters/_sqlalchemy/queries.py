@@ -11,9 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from pybatchintory.models import Attempt, ErrorGroup, Status
 from pybatchintory_adapters._sqlalchemy.records import aware, to_attempt
 from pybatchintory_adapters._sqlalchemy.tables import Tables
+from pybatchintory_adapters._sqlalchemy.types import db_now
 
 __all__ = (
     "attempts",
+    "due_ranges",
     "error_groups",
     "history",
     "ledger_summary",
@@ -221,3 +223,27 @@ async def oldest_open_start(conn: AsyncConnection, t: Tables, job: str) -> int |
     row = (await conn.execute(sa.select(running, pending))).one()
     starts = [int(s) for s in row if s is not None]
     return min(starts) if starts else None
+
+
+async def due_ranges(
+    conn: AsyncConnection, t: Tables, job: str, *, max_attempts: int, limit: int
+) -> list[Attempt]:
+    """What an acquire would retry now, in its order; nothing is changed.
+
+    Mirrors acquire: an expired lease with attempts left becomes due at once, and due
+    ranges go out oldest first.
+    """
+    inv = t.inventory
+    now = db_now()
+    expired = sa.and_(
+        inv.c.status == str(Status.RUNNING),
+        inv.c.expires_at <= now,
+        inv.c.failures + 1 < max_attempts,
+    )
+    query = (
+        sa.select(inv)
+        .where(inv.c.job == job, sa.or_(inv.c.retry_after <= now, expired))
+        .order_by(inv.c.meta_id_start, inv.c.id)
+        .limit(limit)
+    )
+    return [to_attempt(row) for row in (await conn.execute(query)).mappings()]

@@ -450,7 +450,11 @@ class SQLAlchemyStore:
     async def record_done(
         self, job: str, start: int, end: int, count: int, weight: int, owner: str
     ) -> int:
-        """Record ``[start, end]`` as succeeded and move the cursor past it."""
+        """Record ``[start, end]`` as succeeded and move the cursor past it.
+
+        Ranges inside ``[start, end]`` that wait for a retry or are dead are settled by it:
+        they are not handed out again and no longer hold back a downstream job.
+        """
         inv, jobs = self.tables.inventory, self.tables.jobs
 
         async def work(conn: AsyncConnection) -> int:
@@ -483,6 +487,16 @@ class SQLAlchemyStore:
                     oversized=False,
                     job_result={"marked_done": True},
                 )
+            )
+            await conn.execute(
+                sa.update(inv)
+                .where(
+                    inv.c.job == job,
+                    inv.c.meta_id_start >= start,
+                    inv.c.meta_id_end <= end,
+                    sa.or_(inv.c.retry_after.is_not(None), inv.c.dead.is_(True)),
+                )
+                .values(retry_after=None, dead=False)
             )
             if cursor is None or end > cursor:
                 await conn.execute(
@@ -535,6 +549,14 @@ class SQLAlchemyStore:
         return await self._read(
             lambda c: queries.succeeded_ranges(
                 c, self.tables, job, after=after, end=end, limit=limit, before_open=before_open
+            )
+        )
+
+    async def due_ranges(self, job: str, *, max_attempts: int, limit: int) -> list[Attempt]:
+        """The newest attempts of the ranges an acquire would retry now."""
+        return await self._read(
+            lambda c: queries.due_ranges(
+                c, self.tables, job, max_attempts=max_attempts, limit=limit
             )
         )
 
