@@ -377,3 +377,34 @@ async def test_a_timeout_given_to_acquire_bounds_process(
             async with again:
                 await anyio.sleep(30)
     assert (await attempt_row(db_url, again.id))["error_type"] == "TimeoutError"
+
+
+async def test_cancelling_while_a_lease_is_being_acquired_leaves_no_lease_behind(
+    db_url: str, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=500)
+    async with pbi.Inventory(db_url) as inv:
+        await inv.set_cursor("entering", 0, source=files)
+
+        # Cancel after 0 to ~50 ms: before, inside and after the acquire's transaction and
+        # its commit, and in the body. Whenever it lands, no lease may be left running.
+        async def worker(started: asyncio.Event) -> None:
+            started.set()
+            async with inv.lease("entering", files, max_count=1):
+                await asyncio.sleep(30)
+
+        for step in range(100):
+            started = asyncio.Event()
+            task = asyncio.create_task(worker(started))
+            await started.wait()
+            await asyncio.sleep(step * 0.0005)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        # The last one surely reached its body.
+        with anyio.move_on_after(0.5):
+            async with inv.lease("entering", files, max_count=1):
+                await asyncio.sleep(30)
+    rows = await attempts_of(db_url, "entering")
+    assert {r["status"] for r in rows} == {"released"}
+    assert all(r["failures"] == 0 for r in rows)
