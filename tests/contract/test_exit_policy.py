@@ -119,8 +119,10 @@ async def test_a_cancel_scope_deadline_releases_the_attempt(
     inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
     files = await make_files(rows=20)
-    with anyio.move_on_after(0.3) as scope:
+    with anyio.move_on_after(30) as scope:
         async with inventory.lease("exit", files, max_count=10) as batch:
+            # The deadline starts once the body runs, however long the acquire took.
+            scope.deadline = anyio.current_time() + 0.2
             await anyio.sleep(30)
     assert scope.cancelled_caught
     row = await attempt_row(db_url, batch.id)
@@ -270,10 +272,12 @@ async def test_a_release_does_not_count_toward_max_attempts(
     files = await make_files(rows=20)
     async with pbi.Inventory(db_url, max_attempts=1) as inv:
         for expected_attempt in (1, 2, 3):
-            with anyio.move_on_after(0.2):
+            with anyio.CancelScope() as scope:
                 async with inv.lease("exit", files, max_count=10) as batch:
                     assert (batch.meta_id_start, batch.attempt) == (1, expected_attempt)
+                    scope.cancel()
                     await anyio.sleep(30)
+            assert scope.cancelled_caught
         handle = await inv.acquire("exit", files, max_count=10)
         assert handle is not None
         assert (handle.meta_id_start, handle.attempt) == (1, 4)
@@ -401,9 +405,10 @@ async def test_cancelling_while_a_lease_is_being_acquired_leaves_no_lease_behind
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-        # The last one surely reached its body.
-        with anyio.move_on_after(0.5):
+        # And one that surely reached its body.
+        with anyio.CancelScope() as scope:
             async with inv.lease("entering", files, max_count=1):
+                scope.cancel()
                 await asyncio.sleep(30)
     rows = await attempts_of(db_url, "entering")
     assert {r["status"] for r in rows} == {"released"}

@@ -261,3 +261,58 @@ async def test_a_lost_lease_with_a_timeout_raises_lease_lost_not_timeout(
                     await expire_lease(db_url, batch.id)
                     await anyio.sleep(30)
     assert (await attempt_row(db_url, batch.id))["status"] == "running"
+
+
+async def test_a_handle_acquired_in_one_task_is_settled_from_another(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=30)
+    handed: list[pbi.Batch] = []
+
+    async def claim() -> None:
+        handed.extend(await inventory.acquire_many("handles", files, 3, max_count=10))
+
+    async def settle(batch: pbi.Batch, how: str) -> None:
+        if how == "success":
+            await batch.success({"by": "callback"})
+        elif how == "error":
+            await batch.error(RuntimeError("callback failed"))
+        else:
+            await batch.release()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(claim)
+    async with anyio.create_task_group() as tg:
+        for batch, how in zip(handed, ("success", "error", "release"), strict=True):
+            tg.start_soon(settle, batch, how)
+    rows = await attempts_of(db_url, "handles")
+    assert [(r["status"], r["job_result"], r["error_message"]) for r in rows] == [
+        ("succeeded", {"by": "callback"}, None),
+        ("failed", None, "callback failed"),
+        ("released", None, None),
+    ]
+
+
+async def test_a_rejected_settle_writes_nothing_and_leaves_the_handle_usable(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=20)
+    batch = await inventory.acquire("handles", files, max_count=10)
+    assert batch is not None
+    before = await attempt_row(db_url, batch.id)
+    with pytest.raises(pbi.InvalidArgument, match="JSON"):
+        await batch.success({"not json": {1, 2}})
+    with pytest.raises(pbi.InvalidArgument, match="exception"):
+        await batch.error("not an exception")  # type: ignore[arg-type]
+    assert await attempt_row(db_url, batch.id) == before
+    assert batch.status == pbi.Status.RUNNING
+    result = {"text": "grüße", "numbers": [0, 2.5, -1], "none": None, "flag": False}
+    await batch.success(result)
+    assert (await attempt_row(db_url, batch.id))["job_result"] == result
+    with pytest.raises(pbi.AlreadySettled):
+        await batch.success(result)
+    async with inventory.lease("handles", files, max_count=10) as scalar:
+        scalar.result = 0
+    assert (await attempt_row(db_url, scalar.id))["job_result"] == 0
+    with pytest.raises(pbi.AlreadySettled):
+        await scalar.release()
