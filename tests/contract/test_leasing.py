@@ -591,3 +591,16 @@ async def test_ranges_span_gaps_in_the_ids(
     assert await inventory.acquire("gaps", files, max_count=3) is None
     (finding,) = await inventory.audit("gaps")
     assert (finding.attempt.meta_id_start, finding.attempt.count, finding.count) == (901, 1, 2)
+
+
+async def test_a_window_with_only_a_start_is_incremental_from_there(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=40)
+    batches = await _drain(inventory, "from_30", files, id_start=30, max_count=8)
+    assert [(b.meta_id_start, b.meta_id_end) for b in batches] == [(30, 37), (38, 40)]
+    await insert_rows(db_url, "files", _new_rows(41, 45))
+    async with inventory.lease("from_30", files, id_start=30, max_count=8) as batch:
+        assert (batch.meta_id_start, batch.meta_id_end) == (41, 45)
+    job = await job_row(db_url, "from_30")
+    assert job is not None and (job["id_start"], job["id_end"], job["cursor"]) == (30, None, 45)
