@@ -42,3 +42,30 @@ async def test_a_failure_is_recorded_whatever_its_message(
     # The range is retried, not stuck behind a lease nobody holds.
     async with inventory.lease("parse", files, max_count=5) as again:
         assert (again.meta_id_start, again.attempt) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        pytest.param({"magic": "PK\x03\x04\x00\x00"}, id="nul-in-value"),
+        pytest.param({"a\x00b": 1}, id="nul-in-key"),
+        pytest.param({"ratio": float("nan")}, id="nan"),
+        pytest.param([1.0, float("inf")], id="infinity"),
+    ],
+)
+async def test_a_result_no_store_can_hold_fails_the_attempt_on_every_store(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str, result: object
+) -> None:
+    files = await make_files(rows=10)
+    handle = await inventory.acquire("results", files, max_count=5)
+    assert handle is not None
+    with pytest.raises(pbi.InvalidArgument, match="result"):
+        await handle.success(result)
+    assert (await attempt_row(db_url, handle.id))["status"] == "running"  # nothing written
+    await handle.release()
+    with pytest.raises(pbi.InvalidArgument, match="result"):
+        async with inventory.lease("results", files, max_count=5) as batch:
+            batch.result = result
+    row = await attempt_row(db_url, batch.id)
+    assert (row["status"], row["error_type"]) == ("failed", "pybatchintory.errors.InvalidArgument")
+    assert row["job_result"] is None
