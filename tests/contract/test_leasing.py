@@ -362,7 +362,10 @@ async def test_acquire_hands_out_a_batch_or_none(
     (row,) = await attempts_of(db_url, "handles")
     assert (row["id"], row["status"], row["token"]) == (batch.id, "running", batch.token)
     assert row["owner"] == inventory.owner
-    assert row["expires_at"] > row["processing_start"]
+    # The lease runs lease_ttl (30 s in the fixture) from the database clock at acquire.
+    assert row["expires_at"] - row["processing_start"] == timedelta(seconds=30)
+    assert batch.expires_at.tzinfo is not None
+    assert batch.expires_at.replace(tzinfo=None) == row["expires_at"]
     other = await inventory.acquire("handles", files, max_count=8)
     assert other is not None and (other.meta_id_start, other.meta_id_end) == (9, 12)
     assert await inventory.acquire("handles", files, max_count=8) is None
