@@ -136,6 +136,7 @@ class Inventory(Operations):
         self._store: InventoryStore | None = None
         self._engines: dict[str, AsyncEngine] = {}
         self._bound: dict[int, tuple[MetadataSource, BoundSource]] = {}
+        self._tables: dict[str, MetaTable] = {}
         self._jobs: dict[str, JobSpec] = {}
         self._sources: dict[str, MetadataSource] = {}
         self._hints: dict[str, int] = {}
@@ -243,9 +244,17 @@ class Inventory(Operations):
 
     # -- preparing a job ------------------------------------------------------------------
 
+    def _named(self, source: MetadataSource | str) -> MetadataSource:
+        """A table given by name, as one ``MetaTable`` per name: bound once, not per call."""
+        if not isinstance(source, str):
+            return source
+        table = self._tables.get(source)
+        if table is None:
+            table = self._tables[source] = MetaTable(source)
+        return table
+
     async def _bind(self, source: MetadataSource | str) -> BoundSource:
-        if isinstance(source, str):
-            source = MetaTable(source)
+        source = self._named(source)
         if not isinstance(source, MetadataSource):
             raise InvalidArgument(f"source must be a MetaTable or InventorySource, got {source!r}")
         await self.open()
@@ -285,7 +294,7 @@ class Inventory(Operations):
         if record and self._jobs.get(job) != spec:
             await self.store.ensure_job(spec)
             self._jobs[job] = spec
-        self._sources[job] = source if not isinstance(source, str) else MetaTable(source)
+        self._sources[job] = self._named(source)
         return bound, limits
 
     def _planner(self, job: str, bound: BoundSource, limits: Limits, id_end: int | None) -> Any:
