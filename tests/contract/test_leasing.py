@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 
 import pybatchintory as pbi
 from pybatchintory.sources import Filter
@@ -611,3 +612,28 @@ async def test_a_window_with_only_a_start_is_incremental_from_there(
         assert (batch.meta_id_start, batch.meta_id_end) == (41, 45)
     job = await job_row(db_url, "from_30")
     assert job is not None and (job["id_start"], job["id_end"], job["cursor"]) == (30, None, 45)
+
+
+async def test_a_table_named_by_a_string_is_inspected_once_not_on_every_call(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    await make_files(rows=200)
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(inventory.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        per_call: dict[str, list[int]] = {}
+        for job, source in (("by_name", "files"), ("by_object", pbi.MetaTable("files"))):
+            for _ in range(3):
+                statements.clear()
+                async with inventory.lease(job, source, max_count=10) as batch:
+                    assert batch.count == 10
+                per_call.setdefault(job, []).append(len(statements))
+    finally:
+        event.remove(inventory.engine.sync_engine, "before_cursor_execute", count)
+    # After the first call, naming the table costs what passing a MetaTable costs.
+    assert per_call["by_name"][1:] == per_call["by_object"][1:]
+    assert per_call["by_name"][2] < per_call["by_name"][0]
