@@ -67,6 +67,14 @@ def _bounded(text: str, limit: int) -> str:
     return f"{text[:half]}\n... [{len(text) - limit} characters cut] ...\n{text[-half:]}"
 
 
+def _storable(text: str) -> str:
+    r"""``text`` without NUL characters, which PostgreSQL cannot store in a text column.
+
+    They are spelled out (``\x00``) so that binary junk in a message stays visible.
+    """
+    return text.replace("\x00", "\\x00")
+
+
 def describe_failure(exc: BaseException) -> Failure:
     """Reduce ``exc`` (an exception group records every leaf) to a ``Failure``."""
     leaves = _leaves(exc)
@@ -80,8 +88,8 @@ def describe_failure(exc: BaseException) -> Failure:
         message = str(exc)
     text = "".join(traceback.format_exception(exc))
     return Failure(
-        error_type=error_type[:255],
-        message=_bounded(message, _MAX_MESSAGE),
-        traceback=_bounded(text, _MAX_TRACEBACK),
+        error_type=_storable(error_type)[:255],
+        message=_bounded(_storable(message), _MAX_MESSAGE),
+        traceback=_bounded(_storable(text), _MAX_TRACEBACK),
         fingerprint=fingerprint(exc),
     )

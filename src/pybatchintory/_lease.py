@@ -47,11 +47,27 @@ def _is_async(func: Callable[..., Any]) -> bool:
     )
 
 
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 def _check_json(result: Any) -> None:
+    """Refuse, before anything is written, a result that some store cannot hold."""
     try:
-        json.dumps(result)
+        # NaN and infinities are not JSON: PostgreSQL and MySQL/MariaDB refuse them.
+        json.dumps(result, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"a batch result must be JSON-serialisable: {exc}") from None
+    if _has_nul(result):
+        raise InvalidArgument(
+            "a batch result must not contain NUL characters: PostgreSQL cannot store them"
+        )
 
 
 class Batch:

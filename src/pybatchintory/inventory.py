@@ -13,7 +13,7 @@ import math
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from types import TracebackType
 from typing import Any
 
@@ -26,7 +26,14 @@ from pybatchintory._operations import Operations
 from pybatchintory._planning import RangeCutter, backoff_delay, validate_limits, validate_window
 from pybatchintory._registry import adapter_for
 from pybatchintory.errors import InvalidArgument, LeaseLost, NoBatchAvailable, StoreError
-from pybatchintory.models import JobSpec, Limits, PlannedRange, Settlement, Status
+from pybatchintory.models import (
+    JobSpec,
+    LeaseGrant,
+    Limits,
+    PlannedRange,
+    Settlement,
+    Status,
+)
 from pybatchintory.protocols import BindContext, BoundSource, InventoryStore, MetadataSource
 from pybatchintory.settings import Settings
 from pybatchintory.sources import MetaTable
@@ -55,10 +62,17 @@ def check_job_name(job: object) -> str:
     """Return ``job`` if it is a usable job name.
 
     Raises:
-        InvalidArgument: Not a non-empty string of at most 255 characters.
+        InvalidArgument: Not a non-empty string of at most 255 characters without NUL.
     """
-    if not isinstance(job, str) or not job.strip() or len(job) > _MAX_JOB_NAME:
-        raise InvalidArgument(f"job must be a non-empty name of at most 255 characters: {job!r}")
+    if (
+        not isinstance(job, str)
+        or not job.strip()
+        or len(job) > _MAX_JOB_NAME
+        or "\x00" in job  # PostgreSQL cannot store NUL; no store may accept it then
+    ):
+        raise InvalidArgument(
+            f"job must be a non-empty name of at most 255 characters, without NUL: {job!r}"
+        )
     return job
 
 
@@ -122,6 +136,7 @@ class Inventory(Operations):
         self._store: InventoryStore | None = None
         self._engines: dict[str, AsyncEngine] = {}
         self._bound: dict[int, tuple[MetadataSource, BoundSource]] = {}
+        self._tables: dict[str, MetaTable] = {}
         self._jobs: dict[str, JobSpec] = {}
         self._sources: dict[str, MetadataSource] = {}
         self._hints: dict[str, int] = {}
@@ -229,9 +244,17 @@ class Inventory(Operations):
 
     # -- preparing a job ------------------------------------------------------------------
 
+    def _named(self, source: MetadataSource | str) -> MetadataSource:
+        """A table given by name, as one ``MetaTable`` per name: bound once, not per call."""
+        if not isinstance(source, str):
+            return source
+        table = self._tables.get(source)
+        if table is None:
+            table = self._tables[source] = MetaTable(source)
+        return table
+
     async def _bind(self, source: MetadataSource | str) -> BoundSource:
-        if isinstance(source, str):
-            source = MetaTable(source)
+        source = self._named(source)
         if not isinstance(source, MetadataSource):
             raise InvalidArgument(f"source must be a MetaTable or InventorySource, got {source!r}")
         await self.open()
@@ -271,7 +294,7 @@ class Inventory(Operations):
         if record and self._jobs.get(job) != spec:
             await self.store.ensure_job(spec)
             self._jobs[job] = spec
-        self._sources[job] = source if not isinstance(source, str) else MetaTable(source)
+        self._sources[job] = self._named(source)
         return bound, limits
 
     def _planner(self, job: str, bound: BoundSource, limits: Limits, id_end: int | None) -> Any:
@@ -318,20 +341,22 @@ class Inventory(Operations):
             id_start=id_start,
             id_end=id_end,
         )
-        grants = await self.store.acquire(
-            job,
-            owner=self.owner,
-            ttl=self.lease_ttl,
-            max_attempts=self.max_attempts,
-            n=n,
-            planner=self._planner(job, bound, limits, id_end),
-            config={
-                "max_count": limits.max_count,
-                "max_weight": limits.max_weight,
-                "lease_ttl": self.lease_ttl,
-                "max_attempts": self.max_attempts,
-                "code_version": self.code_version,
-            },
+        grants = await self._lease(
+            self.store.acquire(
+                job,
+                owner=self.owner,
+                ttl=self.lease_ttl,
+                max_attempts=self.max_attempts,
+                n=n,
+                planner=self._planner(job, bound, limits, id_end),
+                config={
+                    "max_count": limits.max_count,
+                    "max_weight": limits.max_weight,
+                    "lease_ttl": self.lease_ttl,
+                    "max_attempts": self.max_attempts,
+                    "code_version": self.code_version,
+                },
+            )
         )
         batches = [Batch(self, grant, bound, timeout=timeout) for grant in grants]
         for batch in batches:
@@ -339,6 +364,35 @@ class Inventory(Operations):
         if batches:
             self._ensure_heartbeat()
         return batches
+
+    async def _lease(self, acquiring: Coroutine[Any, Any, list[LeaseGrant]]) -> list[LeaseGrant]:
+        """Run the store's acquire in its own task, shielded from the caller's cancellation.
+
+        Cancelling the caller must neither interrupt the transaction (a half-closed
+        connection can keep SQLite's write lock) nor strand leases it committed: those are
+        released once it is done, tracked like a settle so that ``aclose()`` drains it.
+        """
+        task = asyncio.get_running_loop().create_task(acquiring)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            give_back = asyncio.get_running_loop().create_task(self._give_back(task))
+            self._pending.add(give_back)
+            give_back.add_done_callback(self._settled)
+            raise
+
+    async def _give_back(self, acquiring: asyncio.Task[list[LeaseGrant]]) -> None:
+        try:
+            grants = await acquiring
+        except Exception:
+            return  # nothing was leased
+        for grant in grants:
+            try:
+                await self.store.settle(
+                    Settlement(grant.id, grant.token, Status.RELEASED, retry_delay=0.0)
+                )
+            except (LeaseLost, StoreError) as exc:
+                log.warning("could not release attempt %s after a cancel: %s", grant.id, exc)
 
     async def acquire(
         self,

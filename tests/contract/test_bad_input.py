@@ -254,7 +254,7 @@ async def test_a_backfill_window_is_part_of_the_job(
 
 async def test_a_bad_job_name(inventory: pbi.Inventory, make_files: MakeFiles, db_url: str) -> None:
     files = await make_files(rows=10)
-    for name in ("", "   ", "x" * 256):
+    for name in ("", "   ", "x" * 256, "nightly\x00"):
         for call in _entry_points(max_count=5):
             with pytest.raises(pbi.InvalidArgument, match="job must be a non-empty name"):
                 await call(inventory, name, files)

@@ -119,8 +119,10 @@ async def test_a_cancel_scope_deadline_releases_the_attempt(
     inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
     files = await make_files(rows=20)
-    with anyio.move_on_after(0.3) as scope:
+    with anyio.move_on_after(30) as scope:
         async with inventory.lease("exit", files, max_count=10) as batch:
+            # The deadline starts once the body runs, however long the acquire took.
+            scope.deadline = anyio.current_time() + 0.2
             await anyio.sleep(30)
     assert scope.cancelled_caught
     row = await attempt_row(db_url, batch.id)
@@ -270,10 +272,12 @@ async def test_a_release_does_not_count_toward_max_attempts(
     files = await make_files(rows=20)
     async with pbi.Inventory(db_url, max_attempts=1) as inv:
         for expected_attempt in (1, 2, 3):
-            with anyio.move_on_after(0.2):
+            with anyio.CancelScope() as scope:
                 async with inv.lease("exit", files, max_count=10) as batch:
                     assert (batch.meta_id_start, batch.attempt) == (1, expected_attempt)
+                    scope.cancel()
                     await anyio.sleep(30)
+            assert scope.cancelled_caught
         handle = await inv.acquire("exit", files, max_count=10)
         assert handle is not None
         assert (handle.meta_id_start, handle.attempt) == (1, 4)
@@ -377,3 +381,35 @@ async def test_a_timeout_given_to_acquire_bounds_process(
             async with again:
                 await anyio.sleep(30)
     assert (await attempt_row(db_url, again.id))["error_type"] == "TimeoutError"
+
+
+async def test_cancelling_while_a_lease_is_being_acquired_leaves_no_lease_behind(
+    db_url: str, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=500)
+    async with pbi.Inventory(db_url) as inv:
+        await inv.set_cursor("entering", 0, source=files)
+
+        # Cancel after 0 to ~50 ms: before, inside and after the acquire's transaction and
+        # its commit, and in the body. Whenever it lands, no lease may be left running.
+        async def worker(started: asyncio.Event) -> None:
+            started.set()
+            async with inv.lease("entering", files, max_count=1):
+                await asyncio.sleep(30)
+
+        for step in range(100):
+            started = asyncio.Event()
+            task = asyncio.create_task(worker(started))
+            await started.wait()
+            await asyncio.sleep(step * 0.0005)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        # And one that surely reached its body.
+        with anyio.CancelScope() as scope:
+            async with inv.lease("entering", files, max_count=1):
+                scope.cancel()
+                await asyncio.sleep(30)
+    rows = await attempts_of(db_url, "entering")
+    assert {r["status"] for r in rows} == {"released"}
+    assert all(r["failures"] == 0 for r in rows)

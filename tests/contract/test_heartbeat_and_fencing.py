@@ -18,26 +18,39 @@ from tests.contract.conftest import MakeFiles
 _TTL = 1.5
 
 
-async def test_heartbeats_keep_a_long_body_alive(db_url: str, make_files: MakeFiles) -> None:
-    files = await make_files(rows=20)
+async def test_heartbeats_keep_a_long_body_and_every_other_held_lease_alive(
+    db_url: str, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=40)
     async with pbi.Inventory(db_url, lease_ttl=_TTL) as inv:
+        # Handles of two jobs, held by no body: the same heartbeat renews them.
+        handles = await inv.acquire_many("handles", files, 2, max_count=10)
+        other_job = await inv.acquire("other", files, max_count=5)
+        assert other_job is not None and len(handles) == 2
         async with inv.lease("beat", files, max_count=10) as batch:
-            first = await attempt_row(db_url, batch.id)
+            held = [batch, *handles, other_job]
+            first = {b.id: await attempt_row(db_url, b.id) for b in held}
 
-            async def renewed() -> bool:
-                row = await attempt_row(db_url, batch.id)
-                return bool(row["expires_at"] > first["expires_at"])
+            async def all_renewed() -> bool:
+                for b in held:
+                    row = await attempt_row(db_url, b.id)
+                    if row["expires_at"] <= first[b.id]["expires_at"]:
+                        return False
+                return True
 
-            await wait_until(renewed, deadline=8)
-            await anyio.sleep(3 * _TTL)  # well past the original expiry
-            now = await attempt_row(db_url, batch.id)
-            assert now["status"] == "running"
-            assert now["expires_at"] > first["expires_at"]
-            assert now["heartbeat_at"] > first["heartbeat_at"]
-            assert not batch.lost
+            await wait_until(all_renewed, deadline=8)
+            await anyio.sleep(3 * _TTL)  # well past every original expiry
+            for b in held:
+                now = await attempt_row(db_url, b.id)
+                assert now["status"] == "running"
+                assert now["expires_at"] > first[b.id]["expires_at"]
+                assert now["heartbeat_at"] > first[b.id]["heartbeat_at"]
+                assert not b.lost
         assert batch.status == pbi.Status.SUCCEEDED
-    row = await attempt_row(db_url, batch.id)
-    assert row["status"] == "succeeded" and row["attempt"] == 1 and row["failures"] == 0
+        for handle in (*handles, other_job):
+            await handle.success()
+    rows = [await attempt_row(db_url, b.id) for b in held]
+    assert [(r["status"], r["attempt"], r["failures"]) for r in rows] == [("succeeded", 1, 0)] * 4
 
 
 async def test_a_settle_after_a_takeover_raises_lease_lost_and_changes_nothing(
@@ -192,30 +205,6 @@ async def test_settling_inside_the_body_is_not_overridden_by_the_exit(
     assert rows[1]["error_type"] == "KeyError"
 
 
-async def test_one_heartbeat_renews_every_held_lease(db_url: str, make_files: MakeFiles) -> None:
-    files = await make_files(rows=40)
-    async with pbi.Inventory(db_url, lease_ttl=_TTL) as inv:
-        batches = await inv.acquire_many("beat", files, 3, max_count=10)
-        other_job = await inv.acquire("other", files, max_count=5)
-        assert other_job is not None and len(batches) == 3
-        held = [*batches, other_job]
-        first = {b.id: (await attempt_row(db_url, b.id))["expires_at"] for b in held}
-
-        async def all_renewed() -> bool:
-            for b in held:
-                if (await attempt_row(db_url, b.id))["expires_at"] <= first[b.id]:
-                    return False
-            return True
-
-        await wait_until(all_renewed, deadline=8)
-        await anyio.sleep(2 * _TTL)  # past every original expiry
-        for batch in held:
-            assert not batch.lost
-            await batch.success()
-    rows = [await attempt_row(db_url, b.id) for b in held]
-    assert [r["status"] for r in rows] == ["succeeded"] * 4
-
-
 async def test_a_handle_whose_lease_the_heartbeat_found_gone_cannot_settle(
     db_url: str, make_files: MakeFiles
 ) -> None:
@@ -272,3 +261,58 @@ async def test_a_lost_lease_with_a_timeout_raises_lease_lost_not_timeout(
                     await expire_lease(db_url, batch.id)
                     await anyio.sleep(30)
     assert (await attempt_row(db_url, batch.id))["status"] == "running"
+
+
+async def test_a_handle_acquired_in_one_task_is_settled_from_another(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=30)
+    handed: list[pbi.Batch] = []
+
+    async def claim() -> None:
+        handed.extend(await inventory.acquire_many("handles", files, 3, max_count=10))
+
+    async def settle(batch: pbi.Batch, how: str) -> None:
+        if how == "success":
+            await batch.success({"by": "callback"})
+        elif how == "error":
+            await batch.error(RuntimeError("callback failed"))
+        else:
+            await batch.release()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(claim)
+    async with anyio.create_task_group() as tg:
+        for batch, how in zip(handed, ("success", "error", "release"), strict=True):
+            tg.start_soon(settle, batch, how)
+    rows = await attempts_of(db_url, "handles")
+    assert [(r["status"], r["job_result"], r["error_message"]) for r in rows] == [
+        ("succeeded", {"by": "callback"}, None),
+        ("failed", None, "callback failed"),
+        ("released", None, None),
+    ]
+
+
+async def test_a_rejected_settle_writes_nothing_and_leaves_the_handle_usable(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=20)
+    batch = await inventory.acquire("handles", files, max_count=10)
+    assert batch is not None
+    before = await attempt_row(db_url, batch.id)
+    with pytest.raises(pbi.InvalidArgument, match="JSON"):
+        await batch.success({"not json": {1, 2}})
+    with pytest.raises(pbi.InvalidArgument, match="exception"):
+        await batch.error("not an exception")  # type: ignore[arg-type]
+    assert await attempt_row(db_url, batch.id) == before
+    assert batch.status == pbi.Status.RUNNING
+    result = {"text": "grüße", "numbers": [0, 2.5, -1], "none": None, "flag": False}
+    await batch.success(result)
+    assert (await attempt_row(db_url, batch.id))["job_result"] == result
+    with pytest.raises(pbi.AlreadySettled):
+        await batch.success(result)
+    async with inventory.lease("handles", files, max_count=10) as scalar:
+        scalar.result = 0
+    assert (await attempt_row(db_url, scalar.id))["job_result"] == 0
+    with pytest.raises(pbi.AlreadySettled):
+        await scalar.release()

@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 
 import pybatchintory as pbi
 from pybatchintory.sources import Filter
@@ -147,9 +148,13 @@ async def test_max_weight_cuts_greedily(
         count, weight = await table_totals(db_url, batch.meta_id_start, batch.meta_id_end)
         assert (batch.count, batch.weight) == (count, weight)
         assert weight <= 100 and not batch.oversized
-        if batch.meta_id_end < len(weights):
-            # The next row would have broken the cap.
-            assert weight + weights[batch.meta_id_end] > 100
+        following = await fetch_all(
+            db_url,
+            "SELECT size_in_bytes FROM files WHERE id > :end ORDER BY id LIMIT 1",
+            end=batch.meta_id_end,
+        )
+        if following:  # the next row in the table would have broken the cap
+            assert weight + following[0]["size_in_bytes"] > 100
     ledger = await attempts_of(db_url, "daily")
     assert [(r["count"], r["weight"]) for r in ledger] == [(b.count, b.weight) for b in batches]
 
@@ -358,7 +363,10 @@ async def test_acquire_hands_out_a_batch_or_none(
     (row,) = await attempts_of(db_url, "handles")
     assert (row["id"], row["status"], row["token"]) == (batch.id, "running", batch.token)
     assert row["owner"] == inventory.owner
-    assert row["expires_at"] > row["processing_start"]
+    # The lease runs lease_ttl (30 s in the fixture) from the database clock at acquire.
+    assert row["expires_at"] - row["processing_start"] == timedelta(seconds=30)
+    assert batch.expires_at.tzinfo is not None
+    assert batch.expires_at.replace(tzinfo=None) == row["expires_at"]
     other = await inventory.acquire("handles", files, max_count=8)
     assert other is not None and (other.meta_id_start, other.meta_id_end) == (9, 12)
     assert await inventory.acquire("handles", files, max_count=8) is None
@@ -591,3 +599,41 @@ async def test_ranges_span_gaps_in_the_ids(
     assert await inventory.acquire("gaps", files, max_count=3) is None
     (finding,) = await inventory.audit("gaps")
     assert (finding.attempt.meta_id_start, finding.attempt.count, finding.count) == (901, 1, 2)
+
+
+async def test_a_window_with_only_a_start_is_incremental_from_there(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=40)
+    batches = await _drain(inventory, "from_30", files, id_start=30, max_count=8)
+    assert [(b.meta_id_start, b.meta_id_end) for b in batches] == [(30, 37), (38, 40)]
+    await insert_rows(db_url, "files", _new_rows(41, 45))
+    async with inventory.lease("from_30", files, id_start=30, max_count=8) as batch:
+        assert (batch.meta_id_start, batch.meta_id_end) == (41, 45)
+    job = await job_row(db_url, "from_30")
+    assert job is not None and (job["id_start"], job["id_end"], job["cursor"]) == (30, None, 45)
+
+
+async def test_a_table_named_by_a_string_is_inspected_once_not_on_every_call(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    await make_files(rows=200)
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(inventory.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        per_call: dict[str, list[int]] = {}
+        for job, source in (("by_name", "files"), ("by_object", pbi.MetaTable("files"))):
+            for _ in range(3):
+                statements.clear()
+                async with inventory.lease(job, source, max_count=10) as batch:
+                    assert batch.count == 10
+                per_call.setdefault(job, []).append(len(statements))
+    finally:
+        event.remove(inventory.engine.sync_engine, "before_cursor_execute", count)
+    # After the first call, naming the table costs what passing a MetaTable costs.
+    assert per_call["by_name"][1:] == per_call["by_object"][1:]
+    assert per_call["by_name"][2] < per_call["by_name"][0]
