@@ -13,6 +13,7 @@ import math
 import os
 import secrets
 import socket
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine
 from types import TracebackType
 from typing import Any
@@ -43,6 +44,8 @@ __all__ = ("Inventory",)
 log = logging.getLogger("pybatchintory")
 
 _MAX_JOB_NAME = 255
+_BOUND_SOURCES = 32
+"""How many bound sources an ``Inventory`` keeps (least recently used are dropped)."""
 
 
 def _seconds(value: object) -> bool:
@@ -135,7 +138,7 @@ class Inventory(Operations):
         self._engine: AsyncEngine | None = engine
         self._store: InventoryStore | None = None
         self._engines: dict[str, AsyncEngine] = {}
-        self._bound: dict[int, tuple[MetadataSource, BoundSource]] = {}
+        self._bound: OrderedDict[int, tuple[MetadataSource, BoundSource]] = OrderedDict()
         self._tables: dict[str, MetaTable] = {}
         self._jobs: dict[str, JobSpec] = {}
         self._sources: dict[str, MetadataSource] = {}
@@ -260,12 +263,17 @@ class Inventory(Operations):
         await self.open()
         cached = self._bound.get(id(source))
         if cached is not None and cached[0] is source:
+            self._bound.move_to_end(id(source))
             return cached[1]
         context = BindContext(
             store=self.store, inventory_engine=self.engine, engine_for=self._engine_for
         )
         bound = await source.bind(context)
         self._bound[id(source)] = (source, bound)
+        # Least recently used first out: callers that build a new MetaTable per call must
+        # not make the Inventory hold every one of them for good.
+        while len(self._bound) > _BOUND_SOURCES:
+            self._bound.popitem(last=False)
         return bound
 
     async def _prepare(
