@@ -5,6 +5,8 @@ Every range is checked against the metadata table and the ledger with plain SQL.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from typing import Any
@@ -637,3 +639,21 @@ async def test_a_table_named_by_a_string_is_inspected_once_not_on_every_call(
     # After the first call, naming the table costs what passing a MetaTable costs.
     assert per_call["by_name"][1:] == per_call["by_object"][1:]
     assert per_call["by_name"][2] < per_call["by_name"][0]
+
+
+async def test_an_inventory_does_not_keep_every_source_it_was_given(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    await make_files(rows=200)
+    calls = 80
+    given: list[weakref.ref[pbi.MetaTable]] = []
+    for _ in range(calls):
+        source = pbi.MetaTable("files")  # a new description per call, as loops often do
+        given.append(weakref.ref(source))
+        batch = await inventory.acquire("fresh", source, max_count=2)
+        assert batch is not None
+        await batch.success()
+    del source, batch
+    gc.collect()
+    alive = sum(ref() is not None for ref in given)
+    assert alive < calls // 2, f"{alive} of {calls} sources are still referenced"
