@@ -57,6 +57,11 @@ def _seconds(value: object) -> bool:
     )
 
 
+def _storable_name(value: object) -> bool:
+    """A non-empty string that fits a 255-character column on every store."""
+    return isinstance(value, str) and bool(value) and len(value) <= 255 and "\x00" not in value
+
+
 def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
@@ -121,8 +126,17 @@ class Inventory(Operations):
             raise InvalidArgument(f"retry_delay must be >= 0 seconds: {retry_delay!r}")
         if not _seconds(settle_timeout) or settle_timeout < 0:
             raise InvalidArgument(f"settle_timeout must be >= 0 seconds: {settle_timeout!r}")
-        if owner is not None and (not isinstance(owner, str) or not owner or len(owner) > 255):
-            raise InvalidArgument("owner must be a non-empty name of at most 255 characters")
+        # Both are written into 255-character columns with every attempt or failure: a value
+        # a store refuses would fail every settle, so it is refused here instead.
+        if owner is not None and not _storable_name(owner):
+            raise InvalidArgument(
+                f"owner must be a non-empty name of at most 255 characters, without NUL: {owner!r}"
+            )
+        if code_version and not _storable_name(code_version):
+            raise InvalidArgument(
+                "code_version must be a string of at most 255 characters, "
+                f"without NUL: {code_version!r}"
+            )
         if table_prefix and not table_prefix.replace("_", "").isalnum():
             raise InvalidArgument("table_prefix may contain only letters, digits and underscores")
         self.url = url or "sqlite+aiosqlite:///pybatchintory.db"
