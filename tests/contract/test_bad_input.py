@@ -284,3 +284,25 @@ async def test_an_unknown_scheme_for_the_metadata_database(
     with pytest.raises(pbi.UnsupportedURL, match="nosuchdb"):
         await inventory.acquire("job", files, max_count=5)
     await _nothing_written(db_url)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        pytest.param({"owner": "worker\x00"}, "owner", id="owner-nul"),
+        pytest.param({"owner": "w" * 256}, "owner", id="owner-long"),
+        pytest.param({"code_version": "abc\x00"}, "code_version", id="code-version-nul"),
+        pytest.param({"code_version": "v" * 256}, "code_version", id="code-version-long"),
+    ],
+)
+async def test_inventory_settings_no_store_can_record(
+    make_files: MakeFiles, db_url: str, options: dict[str, Any], named: str
+) -> None:
+    files = await make_files(rows=10)
+    with pytest.raises(pbi.InvalidArgument, match=named):
+        async with pbi.Inventory(db_url, **options) as inv:
+            # Before the fix this surfaced only here, as a StoreError on some stores.
+            with pytest.raises(ValueError):
+                async with inv.lease("job", files, max_count=5):
+                    raise ValueError("a failure records owner and code_version")
+    await _nothing_written(db_url)
