@@ -301,7 +301,7 @@ async def test_inventory_settings_no_store_can_record(
     files = await make_files(rows=10)
     with pytest.raises(pbi.InvalidArgument, match=named):
         async with pbi.Inventory(db_url, **options) as inv:
-            # Before the fix this surfaced only here, as a StoreError on some stores.
+            # Were it accepted, some stores could not record this failure.
             with pytest.raises(ValueError):
                 async with inv.lease("job", files, max_count=5):
                     raise ValueError("a failure records owner and code_version")
