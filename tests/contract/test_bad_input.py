@@ -62,39 +62,26 @@ async def test_an_unknown_table(
     await _nothing_written(db_url)
 
 
-@pytest.mark.parametrize(
-    ("options", "column", "role"),
-    [
-        pytest.param({"id": "file_id"}, "file_id", "id", id="id"),
-        pytest.param({"weight": "bytes"}, "bytes", "weight", id="weight"),
-        pytest.param({"timestamp": "created"}, "created", "timestamp", id="timestamp"),
-        pytest.param({"where": {"flavour": "csv"}}, "flavour", "filter", id="filter-mapping"),
-        pytest.param(
-            {"where": sa.column("flavour") == "csv"}, "flavour", "filter", id="filter-expression"
-        ),
-        pytest.param(
-            {"where": lambda table: sa.column("colour").in_(["red"])},
-            "colour",
-            "filter",
-            id="filter-callable",
-        ),
-    ],
-)
 async def test_an_unknown_column(
-    inventory: pbi.Inventory,
-    make_files: MakeFiles,
-    db_url: str,
-    options: dict[str, Any],
-    column: str,
-    role: str,
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
-    files = await make_files(rows=10, **options)
-    for call in _entry_points(max_count=10):
-        with pytest.raises(
-            pbi.UnknownColumn, match=rf"{role} column '{column}' not found"
-        ) as raised:
-            await call(inventory, "job", files)
-        assert "'files'" in str(raised.value)
+    await make_files(rows=10)
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"id": "file_id"}, "file_id", "id"),
+        ({"weight": "bytes"}, "bytes", "weight"),
+        ({"timestamp": "created"}, "created", "timestamp"),
+        ({"where": {"flavour": "csv"}}, "flavour", "filter"),
+        ({"where": sa.column("flavour") == "csv"}, "flavour", "filter"),
+        ({"where": lambda table: sa.column("colour").in_(["red"])}, "colour", "filter"),
+    ]
+    for options, column, role in cases:
+        files = pbi.MetaTable("files", **options)
+        for call in _entry_points(max_count=10):
+            with pytest.raises(
+                pbi.UnknownColumn, match=rf"{role} column '{column}' not found"
+            ) as raised:
+                await call(inventory, "job", files)
+            assert "'files'" in str(raised.value)
     await _nothing_written(db_url)
 
 
@@ -127,16 +114,16 @@ async def test_a_non_numeric_weight_column(
 # -- limits and windows ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cap", ["max_count", "max_weight"])
 async def test_a_cap_that_is_not_a_positive_integer(
-    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str, cap: str
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
     files = await make_files(rows=10)
-    for value in (0, -1, True, False, 1.5, 10.0, "10"):
-        for call in _entry_points(**{cap: value}):
-            with pytest.raises(pbi.InvalidArgument, match=cap) as raised:
-                await call(inventory, "job", files)
-            assert repr(value) in str(raised.value) or str(value) in str(raised.value)
+    for cap in ("max_count", "max_weight"):
+        for value in (0, -1, True, False, 1.5, 10.0, "10"):
+            for call in _entry_points(**{cap: value}):
+                with pytest.raises(pbi.InvalidArgument, match=cap) as raised:
+                    await call(inventory, "job", files)
+                assert repr(value) in str(raised.value) or str(value) in str(raised.value)
     await _nothing_written(db_url)
 
 
