@@ -293,3 +293,31 @@ async def test_inventory_settings_no_store_can_record(
                 async with inv.lease("job", files, max_count=5):
                     raise ValueError("a failure records owner and code_version")
     await _nothing_written(db_url)
+
+
+async def test_bad_call_options(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=10)
+    for poll_interval in (0, -1, float("nan"), True):
+        with pytest.raises(pbi.InvalidArgument, match="poll_interval"):
+            inventory.lease("job", files, wait=True, poll_interval=poll_interval)
+    for timeout in (0, -1.5, float("inf"), True):
+        with pytest.raises(pbi.InvalidArgument, match="timeout"):
+            await inventory.acquire("job", files, timeout=timeout)
+        with pytest.raises(pbi.InvalidArgument, match="timeout"):
+            async with inventory.lease("job", files, timeout=timeout):
+                pytest.fail("the body must not run")
+    for n in (0, -2, True, 1.5):
+        with pytest.raises(pbi.InvalidArgument, match="n must be a positive integer"):
+            await inventory.acquire_many("job", files, n)  # type: ignore[arg-type]
+    for iterations in (0, True):
+        with pytest.raises(pbi.InvalidArgument, match="iterations"):
+            async for _ in inventory.leases("job", files, iterations=iterations):
+                pytest.fail("nothing may be leased")
+    await _nothing_written(db_url)
+    batch = await inventory.acquire("job", files, max_count=5)
+    assert batch is not None
+    with pytest.raises(pbi.InvalidArgument, match="chunk_size"):
+        batch.iter_items(chunk_size=0)
+    await batch.success()
