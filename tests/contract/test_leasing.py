@@ -262,6 +262,9 @@ async def test_a_backfill_and_an_incremental_job_do_not_interfere(
     assert (daily["cursor"], backfill["cursor"]) == (60, 30)
 
 
+# -- cuts under changing limits, odd ids, settle time ---------------------------------------
+
+
 def _greedy(
     weights: list[int], start: int, max_count: int | None, max_weight: int | None
 ) -> tuple[int, int, bool]:
