@@ -13,6 +13,7 @@ import math
 import os
 import secrets
 import socket
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine
 from types import TracebackType
 from typing import Any
@@ -43,6 +44,8 @@ __all__ = ("Inventory",)
 log = logging.getLogger("pybatchintory")
 
 _MAX_JOB_NAME = 255
+_BOUND_SOURCES = 32
+"""How many bound sources an ``Inventory`` keeps (least recently used are dropped)."""
 
 
 def _seconds(value: object) -> bool:
@@ -52,6 +55,11 @@ def _seconds(value: object) -> bool:
         and isinstance(value, (int, float))
         and math.isfinite(value)
     )
+
+
+def _storable_name(value: object) -> bool:
+    """A non-empty string that fits a 255-character column on every store."""
+    return isinstance(value, str) and bool(value) and len(value) <= 255 and "\x00" not in value
 
 
 def _default_owner() -> str:
@@ -118,8 +126,17 @@ class Inventory(Operations):
             raise InvalidArgument(f"retry_delay must be >= 0 seconds: {retry_delay!r}")
         if not _seconds(settle_timeout) or settle_timeout < 0:
             raise InvalidArgument(f"settle_timeout must be >= 0 seconds: {settle_timeout!r}")
-        if owner is not None and (not isinstance(owner, str) or not owner or len(owner) > 255):
-            raise InvalidArgument("owner must be a non-empty name of at most 255 characters")
+        # Both are written into 255-character columns with every attempt or failure: a value
+        # a store refuses would fail every settle, so it is refused here instead.
+        if owner is not None and not _storable_name(owner):
+            raise InvalidArgument(
+                f"owner must be a non-empty name of at most 255 characters, without NUL: {owner!r}"
+            )
+        if code_version and not _storable_name(code_version):
+            raise InvalidArgument(
+                "code_version must be a string of at most 255 characters, "
+                f"without NUL: {code_version!r}"
+            )
         if table_prefix and not table_prefix.replace("_", "").isalnum():
             raise InvalidArgument("table_prefix may contain only letters, digits and underscores")
         self.url = url or "sqlite+aiosqlite:///pybatchintory.db"
@@ -135,7 +152,7 @@ class Inventory(Operations):
         self._engine: AsyncEngine | None = engine
         self._store: InventoryStore | None = None
         self._engines: dict[str, AsyncEngine] = {}
-        self._bound: dict[int, tuple[MetadataSource, BoundSource]] = {}
+        self._bound: OrderedDict[int, tuple[MetadataSource, BoundSource]] = OrderedDict()
         self._tables: dict[str, MetaTable] = {}
         self._jobs: dict[str, JobSpec] = {}
         self._sources: dict[str, MetadataSource] = {}
@@ -260,12 +277,17 @@ class Inventory(Operations):
         await self.open()
         cached = self._bound.get(id(source))
         if cached is not None and cached[0] is source:
+            self._bound.move_to_end(id(source))
             return cached[1]
         context = BindContext(
             store=self.store, inventory_engine=self.engine, engine_for=self._engine_for
         )
         bound = await source.bind(context)
         self._bound[id(source)] = (source, bound)
+        # Least recently used first out: callers that build a new MetaTable per call must
+        # not make the Inventory hold every one of them for good.
+        while len(self._bound) > _BOUND_SOURCES:
+            self._bound.popitem(last=False)
         return bound
 
     async def _prepare(

@@ -62,39 +62,26 @@ async def test_an_unknown_table(
     await _nothing_written(db_url)
 
 
-@pytest.mark.parametrize(
-    ("options", "column", "role"),
-    [
-        pytest.param({"id": "file_id"}, "file_id", "id", id="id"),
-        pytest.param({"weight": "bytes"}, "bytes", "weight", id="weight"),
-        pytest.param({"timestamp": "created"}, "created", "timestamp", id="timestamp"),
-        pytest.param({"where": {"flavour": "csv"}}, "flavour", "filter", id="filter-mapping"),
-        pytest.param(
-            {"where": sa.column("flavour") == "csv"}, "flavour", "filter", id="filter-expression"
-        ),
-        pytest.param(
-            {"where": lambda table: sa.column("colour").in_(["red"])},
-            "colour",
-            "filter",
-            id="filter-callable",
-        ),
-    ],
-)
 async def test_an_unknown_column(
-    inventory: pbi.Inventory,
-    make_files: MakeFiles,
-    db_url: str,
-    options: dict[str, Any],
-    column: str,
-    role: str,
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
-    files = await make_files(rows=10, **options)
-    for call in _entry_points(max_count=10):
-        with pytest.raises(
-            pbi.UnknownColumn, match=rf"{role} column '{column}' not found"
-        ) as raised:
-            await call(inventory, "job", files)
-        assert "'files'" in str(raised.value)
+    await make_files(rows=10)
+    cases: list[tuple[dict[str, Any], str, str]] = [
+        ({"id": "file_id"}, "file_id", "id"),
+        ({"weight": "bytes"}, "bytes", "weight"),
+        ({"timestamp": "created"}, "created", "timestamp"),
+        ({"where": {"flavour": "csv"}}, "flavour", "filter"),
+        ({"where": sa.column("flavour") == "csv"}, "flavour", "filter"),
+        ({"where": lambda table: sa.column("colour").in_(["red"])}, "colour", "filter"),
+    ]
+    for options, column, role in cases:
+        files = pbi.MetaTable("files", **options)
+        for call in _entry_points(max_count=10):
+            with pytest.raises(
+                pbi.UnknownColumn, match=rf"{role} column '{column}' not found"
+            ) as raised:
+                await call(inventory, "job", files)
+            assert "'files'" in str(raised.value)
     await _nothing_written(db_url)
 
 
@@ -127,16 +114,16 @@ async def test_a_non_numeric_weight_column(
 # -- limits and windows ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cap", ["max_count", "max_weight"])
 async def test_a_cap_that_is_not_a_positive_integer(
-    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str, cap: str
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
     files = await make_files(rows=10)
-    for value in (0, -1, True, False, 1.5, 10.0, "10"):
-        for call in _entry_points(**{cap: value}):
-            with pytest.raises(pbi.InvalidArgument, match=cap) as raised:
-                await call(inventory, "job", files)
-            assert repr(value) in str(raised.value) or str(value) in str(raised.value)
+    for cap in ("max_count", "max_weight"):
+        for value in (0, -1, True, False, 1.5, 10.0, "10"):
+            for call in _entry_points(**{cap: value}):
+                with pytest.raises(pbi.InvalidArgument, match=cap) as raised:
+                    await call(inventory, "job", files)
+                assert repr(value) in str(raised.value) or str(value) in str(raised.value)
     await _nothing_written(db_url)
 
 
@@ -284,3 +271,53 @@ async def test_an_unknown_scheme_for_the_metadata_database(
     with pytest.raises(pbi.UnsupportedURL, match="nosuchdb"):
         await inventory.acquire("job", files, max_count=5)
     await _nothing_written(db_url)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        pytest.param({"owner": "worker\x00"}, "owner", id="owner-nul"),
+        pytest.param({"owner": "w" * 256}, "owner", id="owner-long"),
+        pytest.param({"code_version": "abc\x00"}, "code_version", id="code-version-nul"),
+        pytest.param({"code_version": "v" * 256}, "code_version", id="code-version-long"),
+    ],
+)
+async def test_inventory_settings_no_store_can_record(
+    make_files: MakeFiles, db_url: str, options: dict[str, Any], named: str
+) -> None:
+    files = await make_files(rows=10)
+    with pytest.raises(pbi.InvalidArgument, match=named):
+        async with pbi.Inventory(db_url, **options) as inv:
+            # Were it accepted, some stores could not record this failure.
+            with pytest.raises(ValueError):
+                async with inv.lease("job", files, max_count=5):
+                    raise ValueError("a failure records owner and code_version")
+    await _nothing_written(db_url)
+
+
+async def test_bad_call_options(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=10)
+    for poll_interval in (0, -1, float("nan"), True):
+        with pytest.raises(pbi.InvalidArgument, match="poll_interval"):
+            inventory.lease("job", files, wait=True, poll_interval=poll_interval)
+    for timeout in (0, -1.5, float("inf"), True):
+        with pytest.raises(pbi.InvalidArgument, match="timeout"):
+            await inventory.acquire("job", files, timeout=timeout)
+        with pytest.raises(pbi.InvalidArgument, match="timeout"):
+            async with inventory.lease("job", files, timeout=timeout):
+                pytest.fail("the body must not run")
+    for n in (0, -2, True, 1.5):
+        with pytest.raises(pbi.InvalidArgument, match="n must be a positive integer"):
+            await inventory.acquire_many("job", files, n)  # type: ignore[arg-type]
+    for iterations in (0, True):
+        with pytest.raises(pbi.InvalidArgument, match="iterations"):
+            async for _ in inventory.leases("job", files, iterations=iterations):
+                pytest.fail("nothing may be leased")
+    await _nothing_written(db_url)
+    batch = await inventory.acquire("job", files, max_count=5)
+    assert batch is not None
+    with pytest.raises(pbi.InvalidArgument, match="chunk_size"):
+        batch.iter_items(chunk_size=0)
+    await batch.success()

@@ -1,4 +1,4 @@
-"""What ranges a job is handed: incremental order, caps, windows, filters, the handle API.
+"""What ranges a job is handed: incremental order, caps, windows, ids, settle time.
 
 Every range is checked against the metadata table and the ledger with plain SQL.
 """
@@ -6,42 +6,17 @@ Every range is checked against the metadata table and the ledger with plain SQL.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from itertools import pairwise
 from typing import Any
 
 import anyio
 import pytest
-import sqlalchemy as sa
-from sqlalchemy import event
 
 import pybatchintory as pbi
-from pybatchintory.sources import Filter
 
+from tests.contract._leasing import drain, new_rows
 from tests.contract._ledger import attempts_of, job_row, table_totals
 from tests.contract.conftest import MakeFiles
-from tests.helpers import default_size, fetch_all, insert_rows
-
-
-def _new_rows(start: int, end: int) -> list[dict[str, object]]:
-    imported = datetime.now(UTC).replace(tzinfo=None)
-    return [
-        {"id": i, "size_in_bytes": default_size(i), "kind": "csv", "imported": imported}
-        for i in range(start, end + 1)
-    ]
-
-
-async def _drain(
-    inv: pbi.Inventory, job: str, files: pbi.MetaTable, **limits: Any
-) -> list[pbi.Batch]:
-    """Lease and settle every range of ``job`` that is available now."""
-    taken: list[pbi.Batch] = []
-    while True:
-        try:
-            async with inv.lease(job, files, **limits) as batch:
-                taken.append(batch)
-        except pbi.NoBatchAvailable:
-            return taken
-
+from tests.helpers import fetch_all, insert_rows
 
 # -- incremental -----------------------------------------------------------------------
 
@@ -50,7 +25,7 @@ async def test_successive_leases_are_contiguous_and_chronological(
     inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
     files = await make_files(rows=100)
-    batches = await _drain(inventory, "daily", files, max_count=30)
+    batches = await drain(inventory, "daily", files, max_count=30)
     assert [(b.meta_id_start, b.meta_id_end, b.count) for b in batches] == [
         (1, 30, 30),
         (31, 60, 30),
@@ -77,7 +52,7 @@ async def test_rows_inserted_later_go_to_later_leases(
     with pytest.raises(pbi.NoBatchAvailable, match="daily"):
         async with inventory.lease("daily", files):
             pytest.fail("nothing is left, the body must not run")
-    await insert_rows(db_url, "files", _new_rows(51, 75))
+    await insert_rows(db_url, "files", new_rows(51, 75))
     async with inventory.lease("daily", files) as second:
         assert (second.meta_id_start, second.meta_id_end, second.count) == (51, 75, 25)
         assert [row["id"] for row in await second.items()] == list(range(51, 76))
@@ -99,7 +74,7 @@ async def test_wait_picks_up_rows_inserted_while_waiting(
     inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
     files = await make_files(rows=10)
-    await _drain(inventory, "daily", files)
+    await drain(inventory, "daily", files)
     got: list[tuple[int, int, int]] = []
 
     async def consumer() -> None:
@@ -111,7 +86,7 @@ async def test_wait_picks_up_rows_inserted_while_waiting(
             tg.start_soon(consumer)
             await anyio.sleep(0.3)
             assert got == []  # still waiting: nothing new yet
-            await insert_rows(db_url, "files", _new_rows(11, 14))
+            await insert_rows(db_url, "files", new_rows(11, 14))
     assert got == [(11, 14, 4)]
 
 
@@ -122,7 +97,7 @@ async def test_max_count_caps_every_batch(
     inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
     files = await make_files(rows=25)
-    batches = await _drain(inventory, "daily", files, max_count=7)
+    batches = await drain(inventory, "daily", files, max_count=7)
     assert [b.count for b in batches] == [7, 7, 7, 4]
     for batch in batches:
         assert (batch.count, batch.weight) == await table_totals(
@@ -135,7 +110,7 @@ async def test_max_weight_cuts_greedily(
 ) -> None:
     weights = [30, 50, 20, 40, 40, 10, 90, 5, 5, 60, 70, 25]
     files = await make_files(rows=len(weights), weights=weights)
-    batches = await _drain(inventory, "daily", files, max_weight=100)
+    batches = await drain(inventory, "daily", files, max_weight=100)
     # Greedy: 30+50+20 | 40+40+10 | 90+5+5 | 60 | 70+25.
     assert [(b.meta_id_start, b.meta_id_end) for b in batches] == [
         (1, 3),
@@ -165,7 +140,7 @@ async def test_with_both_caps_the_first_hit_ends_the_batch(
     # Light rows first (the count cap is hit), then heavy rows (the weight cap is hit).
     weights = [1] * 10 + [40] * 10
     files = await make_files(rows=len(weights), weights=weights)
-    batches = await _drain(inventory, "daily", files, max_count=4, max_weight=100)
+    batches = await drain(inventory, "daily", files, max_count=4, max_weight=100)
     assert [(b.meta_id_start, b.meta_id_end, b.count, b.weight) for b in batches] == [
         (1, 4, 4, 4),
         (5, 8, 4, 4),
@@ -185,7 +160,7 @@ async def test_a_row_heavier_than_max_weight_goes_out_alone_flagged(
     inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
     files = await make_files(rows=5, weights=[10, 20, 500, 30, 40])
-    batches = await _drain(inventory, "daily", files, max_weight=100)
+    batches = await drain(inventory, "daily", files, max_weight=100)
     assert [(b.meta_id_start, b.meta_id_end, b.count, b.weight, b.oversized) for b in batches] == [
         (1, 2, 2, 30, False),
         (3, 3, 1, 500, True),
@@ -233,7 +208,7 @@ async def test_a_backfill_stays_in_its_window_and_ends(
 ) -> None:
     files = await make_files(rows=100)
     window: dict[str, Any] = {"id_start": 10, "id_end": 50}
-    batches = await _drain(inventory, "backfill", files, max_count=15, **window)
+    batches = await drain(inventory, "backfill", files, max_count=15, **window)
     assert [(b.meta_id_start, b.meta_id_end) for b in batches] == [(10, 24), (25, 39), (40, 50)]
     assert sum(b.count for b in batches) == 41
     with pytest.raises(pbi.NoBatchAvailable):
@@ -253,7 +228,7 @@ async def test_a_backfill_resumes_in_a_new_inventory(db_url: str, make_files: Ma
         async with first.lease("backfill", files, **window) as batch:
             assert (batch.meta_id_start, batch.meta_id_end) == (30, 39)
     async with pbi.Inventory(db_url) as second:
-        rest = await _drain(second, "backfill", files, **window)
+        rest = await drain(second, "backfill", files, **window)
     assert [(b.meta_id_start, b.meta_id_end) for b in rest] == [(40, 49), (50, 59)]
     ledger = await attempts_of(db_url, "backfill")
     assert [(r["meta_id_start"], r["meta_id_end"], r["status"]) for r in ledger] == [
@@ -287,192 +262,7 @@ async def test_a_backfill_and_an_incremental_job_do_not_interfere(
     assert (daily["cursor"], backfill["cursor"]) == (60, 30)
 
 
-# -- filters ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("where", "sql"),
-    [
-        pytest.param({"kind": "csv"}, "kind = 'csv'", id="mapping-value"),
-        pytest.param({"kind": ["csv", "parquet"]}, "kind IN ('csv', 'parquet')", id="mapping-list"),
-        pytest.param(
-            lambda table: table.c.size_in_bytes > 500, "size_in_bytes > 500", id="callable"
-        ),
-        pytest.param(
-            sa.and_(sa.column("kind") != "json", sa.column("size_in_bytes") < 800),
-            "kind <> 'json' AND size_in_bytes < 800",
-            id="expression",
-        ),
-    ],
-)
-async def test_a_filter_excludes_rows_from_counts_weights_and_items(
-    inventory: pbi.Inventory,
-    make_files: MakeFiles,
-    db_url: str,
-    where: Filter,
-    sql: str,
-) -> None:
-    files = await make_files(rows=90, kinds=("csv", "json", "parquet"), where=where)
-    batches = await _drain(inventory, "filtered", files, max_count=10)
-    wanted = [
-        row["id"]
-        for row in await fetch_all(db_url, f"SELECT id FROM files WHERE {sql} ORDER BY id")
-    ]
-    assert 0 < len(wanted) < 90
-    assert sum(b.count for b in batches) == len(wanted)
-    assert sum(b.weight for b in batches) == (await table_totals(db_url, 1, 90, where=sql))[1]
-    assert all(b.count == 10 for b in batches[:-1]) and 0 < batches[-1].count <= 10
-    handed: list[int] = []
-    previous_end = wanted[0] - 1  # the first range starts at the first row that passes
-    for batch in batches:
-        assert batch.meta_id_start == previous_end + 1  # contiguous across filtered-out rows
-        previous_end = batch.meta_id_end
-        assert (batch.count, batch.weight) == await table_totals(
-            db_url, batch.meta_id_start, batch.meta_id_end, where=sql
-        )
-        items = await batch.items()
-        assert len(items) == batch.count
-        handed.extend(int(row["id"]) for row in items)
-    assert handed == wanted
-    ledger = await attempts_of(db_url, "filtered")
-    assert [(r["count"], r["weight"]) for r in ledger] == [(b.count, b.weight) for b in batches]
-
-
-async def test_iter_items_reads_the_filtered_range_in_chunks(
-    inventory: pbi.Inventory, make_files: MakeFiles
-) -> None:
-    files = await make_files(rows=40, where={"kind": "csv"})
-    async with inventory.lease("chunks", files, max_count=15) as batch:
-        streamed = [int(row["id"]) async for row in batch.iter_items(chunk_size=4)]
-        assert streamed == [int(row["id"]) for row in await batch.items()]
-        assert streamed == list(range(1, 30, 2))
-        assert all(row["kind"] == "csv" for row in await batch.items())
-
-
-# -- acquire, acquire_many, leases -------------------------------------------------------
-
-
-async def test_acquire_hands_out_a_batch_or_none(
-    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
-) -> None:
-    files = await make_files(rows=12)
-    batch = await inventory.acquire("handles", files, max_count=8)
-    assert batch is not None
-    assert (batch.meta_id_start, batch.meta_id_end, batch.attempt) == (1, 8, 1)
-    assert batch.status == pbi.Status.RUNNING
-    (row,) = await attempts_of(db_url, "handles")
-    assert (row["id"], row["status"], row["token"]) == (batch.id, "running", batch.token)
-    assert row["owner"] == inventory.owner
-    # The lease runs lease_ttl (30 s in the fixture) from the database clock at acquire.
-    assert row["expires_at"] - row["processing_start"] == timedelta(seconds=30)
-    assert batch.expires_at.tzinfo is not None
-    assert batch.expires_at.replace(tzinfo=None) == row["expires_at"]
-    other = await inventory.acquire("handles", files, max_count=8)
-    assert other is not None and (other.meta_id_start, other.meta_id_end) == (9, 12)
-    assert await inventory.acquire("handles", files, max_count=8) is None
-    await batch.success({"n": 8})
-    await other.success()
-    rows = await attempts_of(db_url, "handles")
-    assert [(r["status"], r["job_result"]) for r in rows] == [
-        ("succeeded", {"n": 8}),
-        ("succeeded", None),
-    ]
-
-
-async def test_acquire_many_hands_out_disjoint_ranges_in_order(
-    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
-) -> None:
-    files = await make_files(rows=45)
-    batches = await inventory.acquire_many("many", files, 4, max_count=10)
-    assert [(b.meta_id_start, b.meta_id_end) for b in batches] == [
-        (1, 10),
-        (11, 20),
-        (21, 30),
-        (31, 40),
-    ]
-    assert len({b.token for b in batches}) == 4
-    rest = await inventory.acquire_many("many", files, 4, max_count=10)
-    assert [(b.meta_id_start, b.meta_id_end) for b in rest] == [(41, 45)]
-    assert await inventory.acquire_many("many", files, 4, max_count=10) == []
-    for batch in (*batches, *rest):
-        await batch.success()
-    rows = await attempts_of(db_url, "many")
-    assert [(r["meta_id_start"], r["meta_id_end"], r["status"]) for r in rows] == [
-        (b.meta_id_start, b.meta_id_end, "succeeded") for b in (*batches, *rest)
-    ]
-
-
-async def test_acquire_many_takes_retries_first_then_new_ranges(
-    inventory: pbi.Inventory, make_files: MakeFiles
-) -> None:
-    files = await make_files(rows=50)
-    first, second = await inventory.acquire_many("many", files, 2, max_count=10)
-    await first.error(RuntimeError("boom"))
-    await second.release()
-    batches = await inventory.acquire_many("many", files, 3, max_count=10)
-    assert [(b.meta_id_start, b.meta_id_end, b.attempt) for b in batches] == [
-        (1, 10, 2),
-        (11, 20, 2),
-        (21, 30, 1),
-    ]
-    for batch in batches:
-        await batch.release()
-
-
-async def test_leases_yields_up_to_iterations_batches(
-    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
-) -> None:
-    files = await make_files(rows=100)
-    ranges = []
-    async for batch in inventory.leases("loop", files, max_count=15, iterations=3):
-        async with batch:
-            ranges.append((batch.meta_id_start, batch.meta_id_end))
-    assert ranges == [(1, 15), (16, 30), (31, 45)]
-    async for batch in inventory.leases("loop", files, max_count=15):
-        async with batch:
-            ranges.append((batch.meta_id_start, batch.meta_id_end))
-    assert ranges[3:] == [(46, 60), (61, 75), (76, 90), (91, 100)]
-    rows = await attempts_of(db_url, "loop")
-    assert [r["status"] for r in rows] == ["succeeded"] * 7
-
-
-# -- tasks of one process ----------------------------------------------------------------
-
-
-async def test_concurrent_tasks_of_two_inventories_get_disjoint_gap_free_ranges(
-    db_url: str, make_files: MakeFiles
-) -> None:
-    files = await make_files(rows=300)
-    taken: list[tuple[str, int, int]] = []
-
-    async def worker(inv: pbi.Inventory) -> None:
-        while True:
-            try:
-                async with inv.lease("shared", files, max_count=7, max_weight=3000) as batch:
-                    taken.append((inv.owner, batch.meta_id_start, batch.meta_id_end))
-                    await anyio.sleep(0.01)
-            except pbi.NoBatchAvailable:
-                return
-
-    async with (
-        pbi.Inventory(db_url, owner="left") as left,
-        pbi.Inventory(db_url, owner="right") as right,
-    ):
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                for inv in (left, right) * 4:
-                    tg.start_soon(worker, inv)
-    ranges = sorted((start, end) for _, start, end in taken)
-    assert ranges[0][0] == 1 and ranges[-1][1] == 300
-    for (_, end), (start, _) in pairwise(ranges):
-        assert start == end + 1  # no overlap, no gap
-    assert {owner for owner, _, _ in taken} == {"left", "right"}
-    rows = await attempts_of(db_url, "shared")
-    assert sorted((r["meta_id_start"], r["meta_id_end"]) for r in rows) == ranges
-    assert all(r["status"] == "succeeded" and r["attempt"] == 1 for r in rows)
-    for start, end in ranges:
-        count, weight = await table_totals(db_url, start, end)
-        assert count <= 7 and (weight <= 3000 or count == 1)
+# -- cuts under changing limits, odd ids, settle time ---------------------------------------
 
 
 def _greedy(
@@ -527,7 +317,7 @@ async def test_settle_holds_back_rows_younger_than_the_settle_time(
     inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
     files = await make_files(rows=20, settle=timedelta(hours=1))  # rows are a day old
-    await insert_rows(db_url, "files", _new_rows(21, 25))  # just imported
+    await insert_rows(db_url, "files", new_rows(21, 25))  # just imported
     async with inventory.lease("settled", files) as batch:
         assert (batch.meta_id_start, batch.meta_id_end) == (1, 20)
     assert await inventory.acquire("settled", files) is None
@@ -544,7 +334,7 @@ async def test_waiting_for_a_batch_can_be_cancelled_without_a_trace(
     inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
     files = await make_files(rows=5)
-    await _drain(inventory, "daily", files)
+    await drain(inventory, "daily", files)
     with anyio.move_on_after(0.5) as scope:
         async with inventory.lease("daily", files, wait=True, poll_interval=0.05):
             pytest.fail("nothing was there to hand out")
@@ -557,7 +347,7 @@ async def test_ids_far_from_one_are_handed_out_as_they_are(
     inventory: pbi.Inventory, make_files: MakeFiles, db_url: str, start_id: int
 ) -> None:
     files = await make_files(rows=30, start_id=start_id)
-    batches = await _drain(inventory, "far", files, max_count=12)
+    batches = await drain(inventory, "far", files, max_count=12)
     assert [(b.meta_id_start, b.meta_id_end) for b in batches] == [
         (start_id, start_id + 11),
         (start_id + 12, start_id + 23),
@@ -584,7 +374,7 @@ async def test_ranges_span_gaps_in_the_ids(
             for i in range(100, 1100, 100)
         ],
     )
-    batches = await _drain(inventory, "gaps", files, max_count=3)
+    batches = await drain(inventory, "gaps", files, max_count=3)
     assert [(b.meta_id_start, b.meta_id_end, b.count) for b in batches] == [
         (100, 300, 3),
         (301, 600, 3),
@@ -605,35 +395,10 @@ async def test_a_window_with_only_a_start_is_incremental_from_there(
     inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
     files = await make_files(rows=40)
-    batches = await _drain(inventory, "from_30", files, id_start=30, max_count=8)
+    batches = await drain(inventory, "from_30", files, id_start=30, max_count=8)
     assert [(b.meta_id_start, b.meta_id_end) for b in batches] == [(30, 37), (38, 40)]
-    await insert_rows(db_url, "files", _new_rows(41, 45))
+    await insert_rows(db_url, "files", new_rows(41, 45))
     async with inventory.lease("from_30", files, id_start=30, max_count=8) as batch:
         assert (batch.meta_id_start, batch.meta_id_end) == (41, 45)
     job = await job_row(db_url, "from_30")
     assert job is not None and (job["id_start"], job["id_end"], job["cursor"]) == (30, None, 45)
-
-
-async def test_a_table_named_by_a_string_is_inspected_once_not_on_every_call(
-    inventory: pbi.Inventory, make_files: MakeFiles
-) -> None:
-    await make_files(rows=200)
-    statements: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(inventory.engine.sync_engine, "before_cursor_execute", count)
-    try:
-        per_call: dict[str, list[int]] = {}
-        for job, source in (("by_name", "files"), ("by_object", pbi.MetaTable("files"))):
-            for _ in range(3):
-                statements.clear()
-                async with inventory.lease(job, source, max_count=10) as batch:
-                    assert batch.count == 10
-                per_call.setdefault(job, []).append(len(statements))
-    finally:
-        event.remove(inventory.engine.sync_engine, "before_cursor_execute", count)
-    # After the first call, naming the table costs what passing a MetaTable costs.
-    assert per_call["by_name"][1:] == per_call["by_object"][1:]
-    assert per_call["by_name"][2] < per_call["by_name"][0]
