@@ -48,13 +48,17 @@ class Statements:
             sa.select(
                 jobs.c.cursor,
                 jobs.c.meta_table,
-                db_now().label("now"),
                 oldest_expiry.label("oldest_expiry"),
                 next_retry.label("next_retry"),
             )
             .where(jobs.c.name == _p("job"))
             .with_for_update()
         )
+        # The clock of an acquire, read once the job lock is held. Read in the locking
+        # statement, it is the time that statement *started* (MySQL's UTC_TIMESTAMP;
+        # PostgreSQL evaluates it before waiting for the row lock), so a lease granted
+        # after waiting for another worker's lock was born already expired.
+        self.clock = sa.select(db_now())
         exhausted = inv.c.failures + 1 >= _p("max_attempts", sa.Integer())
         now = _p("now", Timestamp())
         self.expire = (
