@@ -192,6 +192,35 @@ class ConnectionKiller:
             await self.aclose()
             return "conn_kill_none"
 
+    async def outage(self, seconds: float) -> int:
+        """PostgreSQL: refuse new connections to the soak database and drop its open ones.
+
+        A restart of one database only (``ALLOW_CONNECTIONS false`` for ``seconds``),
+        which leaves every other database on the server alone. Returns how many
+        connections were dropped.
+        """
+        conn = await self._connect()
+        name = self.database.replace('"', '""')
+        await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        try:
+            protected = self.protected()
+            victims = [c.id for c in await self._candidates() if c.id not in protected]
+            for victim in victims:
+                await self._kill(victim)
+            await asyncio.sleep(seconds)
+        finally:
+            for attempt in range(20):
+                try:
+                    conn = await self._connect()
+                    await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+                    break
+                except Exception:
+                    await self.aclose()
+                    if attempt == 19:
+                        raise
+                    await asyncio.sleep(0.5)
+        return len(victims)
+
 
 async def _run(*argv: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(

@@ -61,7 +61,7 @@ class FaultEvent:
     """One fault the controller injects, ``at`` seconds into the run."""
 
     at: float
-    kind: str  # sigkill | sigstop | conn_kill | pg_restart
+    kind: str  # sigkill | sigstop | conn_kill | db_outage | pg_restart
     target: str = ""  # conn_kill: acquire | heartbeat | settle
     pick: float = 0.0  # which candidate (worker, connection), as a fraction
 
@@ -113,8 +113,8 @@ def make_plan(config: SoakConfig, backend: str) -> Plan:
         growth.append((round(at, 3), rows, gap, heavy))
     faults: list[FaultEvent] = []
     at = rng.uniform(0.5, 1.5)
-    kinds = ["sigkill", "sigstop", "conn_kill"]
-    weights = [3, 2, 6] if backend != "sqlite" else [3, 2, 0]
+    kinds = ["sigkill", "sigstop", "conn_kill", "db_outage"]
+    weights = {"sqlite": [3, 2, 0, 0], "mysql": [3, 2, 6, 0]}.get(backend, [3, 2, 6, 1])
     while at < config.seconds - 1.0:
         kind = rng.choices(kinds, weights)[0]
         target = rng.choice(("acquire", "heartbeat", "settle")) if kind == "conn_kill" else ""

@@ -248,10 +248,38 @@ class Controller:
         self.faults["revived"] += revived
         return revived
 
+    def last_event(self) -> float:
+        return max(
+            (p.out.stat().st_mtime for p in self.pool.processes if p.out.exists()),
+            default=time.time(),
+        )
+
+    def dump_stuck(self) -> None:
+        """No worker wrote anything for a while: ask every worker for its stacks."""
+        self.faults["stuck"] += 1
+        locks = Path("/proc/locks").read_text() if Path("/proc/locks").exists() else ""
+        (self.directory / f"stuck-{self.faults['stuck']}.txt").write_text(
+            f"at {time.time():.3f}\n{locks}\n"
+            + "\n".join(f"{p.owner} pid {p.pid}" for p in self.pool.live())
+        )
+        for process in self.pool.live():
+            if process.stopped():
+                continue
+            for signum in (signal.SIGUSR1, signal.SIGUSR2):
+                try:
+                    os.kill(process.pid, signum)
+                except ProcessLookupError:
+                    pass
+
     async def supervise(self) -> None:
         """A worker that exits on its own is a finding; a replacement keeps the run going."""
+        dumped = 0.0
         while True:
             await anyio.sleep(0.2)
+            quiet = time.time() - self.last_event()
+            if quiet > 6 and time.time() - dumped > 30 and not self.stopping:
+                dumped = time.time()
+                self.dump_stuck()
             for process in list(self.pool.processes):
                 rc = process.proc.poll()
                 if rc is None or process.expected_exit or self.stopping:
@@ -304,10 +332,15 @@ class Controller:
         elif fault.kind == "conn_kill":
             assert self.killer is not None
             self.faults[await self.killer.kill(fault.target, fault.pick)] += 1
+        elif fault.kind == "db_outage":
+            assert self.killer is not None
+            dropped = await self.killer.outage(0.5 + 2.5 * fault.pick)
+            self.faults["db_outage"] += 1
+            self.faults["db_outage_dropped"] += dropped
         elif fault.kind == "pg_restart":
             seconds = await restart_postgres()
             self.faults["pg_restart"] += 1
-            self.faults["pg_restart_ms"] += int(seconds * 1000)
+            self.faults["pg_restart_ready_ms"] += int(seconds * 1000)
 
     async def freeze(self, fault: FaultEvent) -> None:
         """SIGSTOP a leaseholder past its TTL; once another worker expired its lease, SIGCONT."""
@@ -326,7 +359,7 @@ class Controller:
         finally:
             os.kill(victim.pid, signal.SIGCONT)
         self.faults["sigstop"] += 1
-        self.faults["sigstop_ms"] += int((time.monotonic() - frozen_at) * 1000)
+        self.faults["sigstop_frozen_ms"] += int((time.monotonic() - frozen_at) * 1000)
 
     async def watch_zombie(self, victim: SoakProcess) -> None:
         """Wait until the stopped victim's leases were expired by another worker's acquire."""
@@ -351,7 +384,9 @@ class Controller:
     async def inject_all(self) -> None:
         for fault in self.plan.faults:
             await self.until(fault.at)
+            began = time.monotonic()
             await self.inject(fault)
+            self.faults[f"{fault.kind}_ms"] += int((time.monotonic() - began) * 1000)
         await self.until(self.config.seconds)
 
     # -- drain ----------------------------------------------------------------------------

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import hashlib
 import json
 import os
 import random
+import signal
 import sys
 import time
 import traceback
@@ -231,7 +233,25 @@ class Worker:
         self.ev("stopped", iterations=done)
 
 
+def dump_tasks() -> None:
+    """SIGUSR1: print every task's stack (the controller asks when the run seems stuck)."""
+    print(f"--- tasks of pid {os.getpid()} at {time.time():.3f}", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        print(f"task {task.get_name()}: {task!r}", file=sys.stderr)
+        coro: Any = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            frame = frame or getattr(coro, "ag_frame", None)
+            if frame is not None:
+                code = frame.f_code
+                print(f"  {code.co_filename}:{frame.f_lineno} {code.co_name}", file=sys.stderr)
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    sys.stderr.flush()
+
+
 async def main(args: argparse.Namespace) -> None:
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
     owner = f"soak-{args.slot}-{args.generation}-{os.getpid()}"
     effects = create_async_engine(args.url)
     try:
