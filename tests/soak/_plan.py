@@ -114,7 +114,7 @@ def make_plan(config: SoakConfig, backend: str) -> Plan:
     faults: list[FaultEvent] = []
     at = rng.uniform(0.5, 1.5)
     kinds = ["sigkill", "sigstop", "conn_kill", "db_outage"]
-    weights = {"sqlite": [3, 2, 0, 0], "mysql": [3, 2, 6, 0]}.get(backend, [3, 2, 6, 1])
+    weights = {"sqlite": [3, 2, 0, 0], "mysql": [3, 2, 6, 0]}.get(backend, [3, 2, 5, 2])
     while at < config.seconds - 1.0:
         kind = rng.choices(kinds, weights)[0]
         target = rng.choice(("acquire", "heartbeat", "settle")) if kind == "conn_kill" else ""

@@ -38,7 +38,7 @@ __all__ = ("Report", "run_soak")
 HEAVY = 60_000  # heavier than every job's weight cap: handed out alone, oversized
 MAX_ATTEMPTS = 3
 BROKEN_PERMILLE = 15
-DRAIN_TIMEOUT = 120.0
+DRAIN_TIMEOUT = 60.0
 _OPS = (
     "acquired",
     "idle",
@@ -334,7 +334,7 @@ class Controller:
             self.faults[await self.killer.kill(fault.target, fault.pick)] += 1
         elif fault.kind == "db_outage":
             assert self.killer is not None
-            dropped = await self.killer.outage(0.5 + 2.5 * fault.pick)
+            dropped = await self.killer.outage(1.0 + 2.0 * fault.pick)
             self.faults["db_outage"] += 1
             self.faults["db_outage_dropped"] += dropped
         elif fault.kind == "pg_restart":

@@ -44,9 +44,10 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import pybatchintory as pbi
+from pybatchintory._registry import adapter_for
 
 FAULTS = ("none", "transient", "cancel_body", "cancel_task", "slow")
 FAULT_WEIGHTS = (70, 8, 6, 6, 10)
@@ -122,11 +123,18 @@ class Worker:
     async def write_effects(self, job: str, rows: list[Any], token: str) -> None:
         if not rows:
             return
-        async with self.effects.begin() as conn:
+        async with self.effects.connect() as conn:
+            # SQLite: BEGIN IMMEDIATE, like the library's own writes. Cancelling an INSERT
+            # of pysqlite's implicit (deferred) transaction while it waits for the write
+            # lock left a connection holding that lock for 30 s and more (SQLAlchemy 2.1,
+            # aiosqlite 0.22): it wedged whole runs. Ignored by the other adapters.
+            await conn.execution_options(pybatchintory_write=True)
+            await conn.begin()
             await conn.execute(
                 sa.text("INSERT INTO soak_effects (job, meta_id, token) VALUES (:j, :m, :t)"),
                 [{"j": job, "m": int(row["id"]), "t": token} for row in rows],
             )
+            await conn.commit()
 
     async def fixed(self, job: str, start: int) -> bool:
         async with self.effects.connect() as conn:
@@ -253,15 +261,26 @@ async def main(args: argparse.Namespace) -> None:
     faulthandler.register(signal.SIGUSR2, all_threads=True)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
     owner = f"soak-{args.slot}-{args.generation}-{os.getpid()}"
-    effects = create_async_engine(args.url)
+    adapter, full_url = adapter_for(args.url)
+    effects = adapter.create_engine(full_url)
     try:
-        async with pbi.Inventory(
+        inv = pbi.Inventory(
             args.url,
             owner=owner,
             lease_ttl=args.lease_ttl,
             max_attempts=args.max_attempts,
             retry_delay=0.05,
-        ) as inv:
+        )
+        for attempt in range(600):  # a replacement may start during an outage
+            try:
+                await inv.open()
+                break
+            except pbi.StoreError:
+                if attempt == 599:
+                    await inv.aclose()
+                    raise
+                await asyncio.sleep(0.2)
+        async with inv:
             await Worker(args, inv, effects).run()
     finally:
         await effects.dispose()
