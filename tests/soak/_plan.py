@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = ("FaultEvent", "Plan", "SoakConfig", "make_plan")
 
-SHORT_SECONDS = 20.0
+SHORT_SECONDS = 15.0
 
 
 def _flag(name: str, default: bool) -> bool:

@@ -334,7 +334,7 @@ class Controller:
             self.faults[await self.killer.kill(fault.target, fault.pick)] += 1
         elif fault.kind == "db_outage":
             assert self.killer is not None
-            dropped = await self.killer.outage(1.0 + 2.0 * fault.pick)
+            dropped = await self.killer.outage(0.3 + 0.9 * fault.pick)
             self.faults["db_outage"] += 1
             self.faults["db_outage_dropped"] += dropped
         elif fault.kind == "pg_restart":
