@@ -27,6 +27,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 __all__ = ("Findings", "check_ledger")
 
 _LIMIT = 25  # violations listed per kind
+_SHOWN = (
+    "id",
+    "attempt",
+    "status",
+    "owner",
+    "token",
+    "processing_start",
+    "processing_end",
+    "expires_at",
+    "retry_after",
+    "failures",
+    "dead",
+)
 
 
 @dataclass
@@ -61,7 +74,8 @@ async def check_ledger(
         engine,
         "SELECT id, job, meta_id_start, meta_id_end, count, weight, attempt, status, token, "
         "dead, oversized, retry_after, error_type, error_message, logging, fingerprint, "
-        "processing_end FROM inventory ORDER BY job, meta_id_start, id",
+        "processing_start, processing_end, owner, expires_at, failures "
+        "FROM inventory ORDER BY job, meta_id_start, id",
     )
     files = await _rows(engine, "SELECT id, size_in_bytes FROM files ORDER BY id")
     effects = await _rows(engine, "SELECT job, meta_id, token FROM soak_effects")
@@ -154,6 +168,8 @@ def _check_job(
         numbers = [int(a["attempt"]) for a in tries]
         if numbers != list(range(1, len(tries) + 1)):
             found.violate("attempt-numbers", f"{name} [{start}, {end}]: attempts {numbers}")
+            for a in tries:
+                found.violate("attempt-rows", str({k: a[k] for k in _SHOWN}))
         succeeded = [a for a in tries if a["status"] == "succeeded"]
         last = tries[-1]
         if len(succeeded) > 1 or (succeeded and succeeded[0] is not last):

@@ -61,17 +61,21 @@ class Statements:
         self.clock = sa.select(db_now())
         exhausted = inv.c.failures + 1 >= _p("max_attempts", sa.Integer())
         now = _p("now", Timestamp())
+        # MySQL evaluates the assignments of an UPDATE from left to right, each one seeing
+        # the columns already assigned: `dead` and `retry_after` must be computed before
+        # `failures` is incremented, or an expiry one short of max_attempts marks the range
+        # both dead and due (it is retried, then revived and handed out a second time).
         self.expire = (
             sa.update(inv)
             .where(inv.c.job == _p("job"), inv.c.status == _RUNNING, inv.c.expires_at <= now)
-            .values(
-                status=str(Status.EXPIRED),
-                processing_end=now,
-                failures=inv.c.failures + 1,
-                dead=sa.case((exhausted, True), else_=False),
-                retry_after=sa.case((exhausted, sa.null()), else_=now),
-                error_type="LeaseExpired",
-                error_message="the lease ran out before the attempt was settled",
+            .ordered_values(
+                (inv.c.status, str(Status.EXPIRED)),
+                (inv.c.processing_end, now),
+                (inv.c.dead, sa.case((exhausted, True), else_=False)),
+                (inv.c.retry_after, sa.case((exhausted, sa.null()), else_=now)),
+                (inv.c.failures, inv.c.failures + 1),
+                (inv.c.error_type, "LeaseExpired"),
+                (inv.c.error_message, "the lease ran out before the attempt was settled"),
             )
         )
         self.due_retries = (
