@@ -13,6 +13,7 @@ import asyncio
 import functools
 import inspect
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from types import TracebackType
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from pybatchintory.errors import AlreadySettled, InvalidArgument, LeaseLost
+from pybatchintory.errors import AlreadySettled, InvalidArgument, LeaseLost, StoreError
 from pybatchintory.models import LeaseGrant, Settlement, Status
 
 if TYPE_CHECKING:
@@ -108,6 +109,9 @@ class Batch:
         self._timeout_cm: asyncio.Timeout | None = None
         self._cancelled_for_loss = False
         self._loss_reported = False
+        # When the lease was last known renewed (local monotonic clock): a failing settle
+        # is retried until about then + lease_ttl.
+        self._renewed_at = time.monotonic()
 
     # -- the range ------------------------------------------------------------------------
 
@@ -329,7 +333,7 @@ class Batch:
         if _only_cancellations(exc):
             try:
                 await self.release()
-            except LeaseLost:
+            except (LeaseLost, StoreError):
                 pass  # cancellation wins; the range comes back when the lease expires
             return
         try:

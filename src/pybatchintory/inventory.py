@@ -13,6 +13,7 @@ import math
 import os
 import secrets
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Coroutine
 from types import TracebackType
@@ -46,6 +47,8 @@ log = logging.getLogger("pybatchintory")
 _MAX_JOB_NAME = 255
 _BOUND_SOURCES = 32
 """How many bound sources an ``Inventory`` keeps (least recently used are dropped)."""
+_SETTLE_RETRY_FIRST = 0.05
+_SETTLE_RETRY_MAX = 1.0
 
 
 def _seconds(value: object) -> bool:
@@ -556,7 +559,7 @@ class Inventory(Operations):
 
     async def _write_settle(self, batch: Batch, settlement: Settlement) -> None:
         try:
-            await self.store.settle(settlement)
+            await self._settle_while_leased(batch, settlement)
         except LeaseLost:
             batch._status = None
             batch._lost = True
@@ -565,8 +568,32 @@ class Inventory(Operations):
             raise
         except BaseException:
             batch._status = None
+            # No more heartbeats for it: unless it is settled again in time, the lease runs
+            # out and the range comes back through the acquire order. Renewing it would keep
+            # the range held, unsettled, for as long as this process lives.
+            self._held.pop(batch.token, None)
             raise
         self._held.pop(batch.token, None)
+
+    async def _settle_while_leased(self, batch: Batch, settlement: Settlement) -> None:
+        """Write ``settlement``, retrying a failing database until the lease would run out.
+
+        A settle is fenced by token, so a late or repeated one changes nothing, and the
+        store recognises a try that committed before its connection dropped: retrying
+        rides out a server restart shorter than the lease.
+        """
+        delay = _SETTLE_RETRY_FIRST
+        while True:
+            try:
+                await self.store.settle(settlement)
+                return
+            except StoreError as exc:
+                left = batch._renewed_at + self.lease_ttl - time.monotonic()
+                if left <= delay:
+                    raise
+                log.warning("settle of %r failed, retrying in %.2fs: %s", batch, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _SETTLE_RETRY_MAX)
 
     async def _settle(self, batch: Batch, settlement: Settlement) -> None:
         """Write a settle in its own task: shielded from cancellation, drained by aclose."""
@@ -595,11 +622,16 @@ class Inventory(Operations):
             tokens = [t for t, b in self._held.items() if b._status is None]
             if not tokens:
                 continue
+            started = time.monotonic()
             try:
                 lost = await self.store.heartbeat(self.owner, self.lease_ttl, tokens)
             except StoreError as exc:
                 log.warning("heartbeat failed, retrying in %.1fs: %s", interval, exc)
                 continue
+            for token in tokens:
+                renewed = self._held.get(token)
+                if renewed is not None and token not in lost:
+                    renewed._renewed_at = started
             for token in lost:
                 batch = self._held.pop(token, None)
                 if batch is not None:

@@ -48,20 +48,26 @@ class Statements:
             sa.select(
                 jobs.c.cursor,
                 jobs.c.meta_table,
-                db_now().label("now"),
                 oldest_expiry.label("oldest_expiry"),
                 next_retry.label("next_retry"),
             )
             .where(jobs.c.name == _p("job"))
             .with_for_update()
         )
+        # The clock of an acquire, read once the job lock is held. Read in the locking
+        # statement, it is the time that statement *started* (MySQL's UTC_TIMESTAMP;
+        # PostgreSQL evaluates it before waiting for the row lock), so a lease granted
+        # after waiting for another worker's lock was born already expired.
+        self.clock = sa.select(db_now())
         exhausted = inv.c.failures + 1 >= _p("max_attempts", sa.Integer())
         now = _p("now", Timestamp())
+        # MySQL evaluates the assignments of an UPDATE from left to right, each one seeing
+        # the columns already assigned: `dead` and `retry_after` must be computed before
+        # `failures` is incremented, or an expiry one short of max_attempts marks the range
+        # both dead and due (it is retried, then revived and handed out a second time).
         self.expire = (
             sa.update(inv)
             .where(inv.c.job == _p("job"), inv.c.status == _RUNNING, inv.c.expires_at <= now)
-            # MySQL/MariaDB evaluate SET assignments left to right and let later ones see
-            # earlier ones, so ``failures`` must be assigned after everything that reads it.
             .ordered_values(
                 (inv.c.status, str(Status.EXPIRED)),
                 (inv.c.processing_end, now),

@@ -217,7 +217,8 @@ class SQLAlchemyStore:
             locked = (await conn.execute(st.lock_job, {"p_job": job})).first()
             if locked is None:
                 raise UnknownJob(f"job {job!r} is not recorded in the inventory")
-            cursor, meta_table, now, oldest_expiry, next_retry = locked
+            cursor, meta_table, oldest_expiry, next_retry = locked
+            now = (await conn.execute(st.clock)).scalar_one()
             expires = now + timedelta(seconds=ttl)
             params = {"p_job": job, "p_now": now}
             if oldest_expiry is not None and oldest_expiry <= now:
