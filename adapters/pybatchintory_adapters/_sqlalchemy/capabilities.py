@@ -28,6 +28,10 @@ class Capabilities:
     Attributes:
         write_options: Execution options for write transactions (SQLite turns them into
             ``BEGIN IMMEDIATE``).
+        single_statement_options: Execution options under which one statement commits by
+            itself, with no ``BEGIN``/``COMMIT`` round trips (settles, heartbeats); ``None``
+            runs those in a transaction too (MySQL: switching autocommit costs a round trip
+            each way, more than the ``COMMIT`` it saves).
         retryable: True for a driver error worth retrying the whole transaction
             (deadlock, serialisation failure, lock timeout, busy database).
         translate: Maps a driver error to a pybatchintory error, or ``None`` to keep it.
@@ -35,6 +39,7 @@ class Capabilities:
     """
 
     write_options: Mapping[str, Any] = field(default_factory=dict)
+    single_statement_options: Mapping[str, Any] | None = None
     retryable: Callable[[BaseException], bool] = _never
     translate: Callable[[DBAPIError], PybatchintoryError | None] = _no_translation
     skip_locked: bool = False

@@ -40,6 +40,7 @@ from pybatchintory.models import (
 from pybatchintory.protocols import JobRecord, Planner
 from pybatchintory_adapters._sqlalchemy import queries
 from pybatchintory_adapters._sqlalchemy.capabilities import Capabilities
+from pybatchintory_adapters._sqlalchemy.pooling import mark_committed
 from pybatchintory_adapters._sqlalchemy.records import aware, to_job
 from pybatchintory_adapters._sqlalchemy.statements import Statements
 from pybatchintory_adapters._sqlalchemy.tables import SCHEMA_VERSION, Tables
@@ -68,16 +69,27 @@ class SQLAlchemyStore:
         self.capabilities = capabilities
         self.statements = Statements(tables)
         self._ready = False
+        # Option engines share the pool; their options cost nothing per connection, unlike
+        # ``await conn.execution_options(...)`` on every transaction.
+        write = capabilities.write_options
+        self._write_engine = engine.execution_options(**write) if write else engine
+        single = capabilities.single_statement_options
+        self._single_engine = engine.execution_options(**single) if single is not None else None
 
     # -- transactions ---------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            if self.capabilities.write_options:
-                await conn.execution_options(**self.capabilities.write_options)
+    async def _write(self, single: bool = False) -> AsyncIterator[AsyncConnection]:
+        if single and self._single_engine is not None:
+            async with self._single_engine.connect() as conn:
+                yield conn
+                await conn.commit()  # nothing to commit: ends SQLAlchemy's own transaction
+                mark_committed(conn)
+            return
+        async with self._write_engine.connect() as conn:
             async with conn.begin():
                 yield conn
+            mark_committed(conn)
 
     def _translate(self, exc: DBAPIError) -> StoreError:
         mapped = self.capabilities.translate(exc)
@@ -89,11 +101,17 @@ class SQLAlchemyStore:
             return StoreConflict(f"the inventory database kept conflicting: {exc.orig}")
         return StoreError(f"the inventory database failed: {exc.orig}")
 
-    async def _transact(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``work`` in a write transaction, retrying deadlocks and dropped connections."""
+    async def _transact(
+        self, work: Callable[[AsyncConnection], Awaitable[T]], *, single: bool = False
+    ) -> T:
+        """Run ``work`` in a write transaction, retrying deadlocks and dropped connections.
+
+        ``single``: ``work``'s only write is one statement, atomic by itself; where the
+        database allows it, it runs without ``BEGIN``/``COMMIT`` round trips.
+        """
         for attempt in range(_TRANSIENT_TRIES):
             try:
-                async with self._write() as conn:
+                async with self._write(single) as conn:
                     return await work(conn)
             except DBAPIError as exc:
                 transient = exc.connection_invalidated or self.capabilities.retryable(exc)
@@ -350,7 +368,7 @@ class SQLAlchemyStore:
             alive = set((await conn.execute(st.live_tokens, params)).scalars())
             return set(wanted) - alive
 
-        return await self._transact(work)
+        return await self._transact(work, single=True)
 
     async def settle(self, settlement: Settlement) -> None:
         """End an attempt if its lease is still held; otherwise raise ``LeaseLost``."""
@@ -390,7 +408,8 @@ class SQLAlchemyStore:
                 f"its {s.status} was not recorded"
             )
 
-        await self._transact(work)
+        # The fenced UPDATE is the only write; the SELECT after a miss only explains it.
+        await self._transact(work, single=True)
 
     # -- operator controls ----------------------------------------------------------------
 

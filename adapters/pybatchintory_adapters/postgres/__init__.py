@@ -69,6 +69,8 @@ adapter = SQLAlchemyAdapter(
     extra="postgres",
     drivers={"asyncpg": "asyncpg"},
     capabilities=Capabilities(
+        # asyncpg's autocommit is a flag on the connection: no round trip to set or reset.
+        single_statement_options={"isolation_level": "AUTOCOMMIT"},
         retryable=_retryable,
         translate=_translate,
         skip_locked=True,
