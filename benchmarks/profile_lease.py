@@ -25,6 +25,26 @@ from benchmarks.floor import Floor
 from benchmarks.run import CAPS
 
 
+def _count_socket_writes() -> list[int]:
+    """Count writes to server sockets from here on (one per round trip, roughly)."""
+    from asyncio import selector_events
+
+    counter = [1]
+    transport = selector_events._SelectorSocketTransport
+    original = transport.write
+    if getattr(original, "_counted", False):
+        original = original.__wrapped__  # type: ignore[attr-defined]
+
+    def write(self: Any, data: Any) -> None:
+        counter[0] += 1
+        original(self, data)
+
+    write._counted = True  # type: ignore[attr-defined]
+    write.__wrapped__ = original  # type: ignore[attr-defined]
+    transport.write = write  # type: ignore[method-assign]
+    return counter
+
+
 async def versus_floor(
     inv: pbi.Inventory, source: pbi.MetaTable, url: str, backend: str, caps: Any, n: int
 ) -> None:
@@ -33,25 +53,29 @@ async def versus_floor(
     await floor.open()
     ours: list[float] = []
     theirs: list[float] = []
+    cpu = [0.0, 0.0]
     try:
         for _ in range(max(1, n // 20)):
             await inv.set_cursor("p", 0)
             await floor.rewind()
-            start = time.perf_counter()
+            start, started = time.perf_counter(), time.process_time()
             for _ in range(20):
                 b = await inv.acquire("p", source, **caps)
                 assert b is not None
                 await b.success()
             ours.append(time.perf_counter() - start)
-            start = time.perf_counter()
+            cpu[0] += time.process_time() - started
+            start, started = time.perf_counter(), time.process_time()
             for _ in range(20):
                 await floor.lease()
             theirs.append(time.perf_counter() - start)
+            cpu[1] += time.process_time() - started
     finally:
         await floor.close()
     print(
         f"ours {20 * len(ours) / sum(ours):.0f}/s, floor {20 * len(theirs) / sum(theirs):.0f}/s, "
-        f"overhead {sum(ours) / sum(theirs):.2f}x"
+        f"overhead {sum(ours) / sum(theirs):.2f}x; client CPU per lease: ours "
+        f"{cpu[0] / len(ours) / 20 * 1e6:.0f} us, floor {cpu[1] / len(theirs) / 20 * 1e6:.0f} us"
     )
 
 
@@ -84,7 +108,8 @@ async def main() -> None:
                         seen[" ".join(statement.split()[:3])[:60]] += 1
 
                 event.listen(inv.engine.sync_engine, "before_cursor_execute", count)
-                profiler = cProfile.Profile() if args.cprofile else None
+                writes = _count_socket_writes()
+                profiler = cProfile.Profile(time.process_time) if args.cprofile else None
                 start = time.perf_counter()
                 if profiler:
                     profiler.enable()
@@ -101,9 +126,13 @@ async def main() -> None:
                 elapsed = time.perf_counter() - start
                 event.remove(inv.engine.sync_engine, "before_cursor_execute", count)
                 total = sum(seen.values())
+                round_trips = writes[0] - 1  # minus the first count
+
                 print(
                     f"{args.backend} {args.caps}: {args.n / elapsed:.0f} leases/s, "
-                    f"{total / args.n:.2f} statements per lease"
+                    f"{total / args.n:.2f} statements per lease, "
+                    f"{round_trips / args.n:.2f} socket writes per lease (round trips; "
+                    "0 on SQLite: its driver runs in a thread)"
                 )
                 for text, k in seen.most_common():
                     print(f"  {k / args.n:5.2f}  {text}")
