@@ -36,6 +36,8 @@ class Capabilities:
             (deadlock, serialisation failure, lock timeout, busy database).
         translate: Maps a driver error to a pybatchintory error, or ``None`` to keep it.
         skip_locked: ``SELECT ... FOR UPDATE SKIP LOCKED`` is available.
+        write_in_with: ``UPDATE`` may run inside ``WITH`` of an ``INSERT`` (PostgreSQL):
+            a new range's attempt and the cursor move go in one statement.
     """
 
     write_options: Mapping[str, Any] = field(default_factory=dict)
@@ -43,3 +45,4 @@ class Capabilities:
     retryable: Callable[[BaseException], bool] = _never
     translate: Callable[[DBAPIError], PybatchintoryError | None] = _no_translation
     skip_locked: bool = False
+    write_in_with: bool = False

@@ -16,9 +16,31 @@ from pybatchintory.models import Status
 from pybatchintory_adapters._sqlalchemy.tables import Tables
 from pybatchintory_adapters._sqlalchemy.types import LedgerJSON, Timestamp, db_now, db_now_plus
 
-__all__ = ("Statements",)
+__all__ = ("ATTEMPT_COLUMNS", "Statements")
 
 _RUNNING = str(Status.RUNNING)
+
+ATTEMPT_COLUMNS = (
+    "meta_table",
+    "job",
+    "job_identifier",
+    "processing_start",
+    "meta_id_start",
+    "meta_id_end",
+    "weight",
+    "count",
+    "attempt",
+    "status",
+    "owner",
+    "token",
+    "heartbeat_at",
+    "expires_at",
+    "failures",
+    "dead",
+    "oversized",
+    "config",
+)
+"""The columns a new attempt is inserted with."""
 
 
 def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
@@ -76,12 +98,27 @@ class Statements:
             .order_by(inv.c.meta_id_start, inv.c.id)
             .limit(_p("n", sa.Integer()))
         )
-        self.clear_retry = sa.update(inv).where(inv.c.id == _p("id")).values(retry_after=None)
+        retried: sa.BindParameter[Any] = sa.bindparam("p_ids", expanding=True)
+        self.clear_retries = sa.update(inv).where(inv.c.id.in_(retried)).values(retry_after=None)
         self.insert_attempt = sa.insert(inv)
+        # Several attempts in one statement, keys back in parameter order (insertmanyvalues).
+        self.insert_attempts_returning = sa.insert(inv).returning(
+            inv.c.id, sort_by_parameter_order=True
+        )
         self.move_cursor = (
             sa.update(jobs)
             .where(jobs.c.name == _p("job"))
             .values(cursor=_p("cursor", sa.BigInteger()), updated_at=now)
+        )
+        # Where UPDATE may run inside WITH (PostgreSQL): the new range's attempt and the
+        # cursor move in one round trip.
+        # Every value is a ``p_`` parameter: a key named like a column of the jobs table
+        # would otherwise be taken as one more SET column of the UPDATE.
+        self.insert_attempt_moving_cursor = (
+            sa.insert(inv)
+            .values({name: _p(name, inv.c[name].type) for name in ATTEMPT_COLUMNS})
+            .add_cte(self.move_cursor.cte("moved_cursor"))
+            .returning(inv.c.id)
         )
         tokens: sa.BindParameter[Any] = sa.bindparam("p_tokens", expanding=True)
         live = sa.and_(

@@ -12,6 +12,7 @@ import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -52,6 +53,16 @@ T = TypeVar("T")
 
 _RUNNING = str(Status.RUNNING)
 _TRANSIENT_TRIES = 6
+
+
+@dataclass(frozen=True, slots=True)
+class _NewAttempt:
+    """An attempt about to be inserted: a new range or the next try of an old one."""
+
+    meta_table: str
+    cut: PlannedRange
+    attempt: int
+    failures: int
 
 
 class SQLAlchemyStore:
@@ -241,13 +252,17 @@ class SQLAlchemyStore:
             if oldest_expiry is not None and oldest_expiry <= now:
                 await conn.execute(st.expire, {**params, "p_max_attempts": max_attempts})
                 next_retry = now  # the expired ranges are due now
-            grants: list[LeaseGrant] = []
+            # Every attempt of this call goes into the ledger with one INSERT at the end
+            # (acquire_many: one statement for n attempts where the database returns the
+            # keys of a multi-row insert in order).
+            rows: list[_NewAttempt] = []
             if next_retry is not None and next_retry <= now:
                 due = (
                     (await conn.execute(st.due_retries, {**params, "p_n": n})).mappings().all()
                 )
+                if due:
+                    await conn.execute(st.clear_retries, {"p_ids": [old["id"] for old in due]})
                 for old in due:
-                    await conn.execute(st.clear_retry, {"p_id": old["id"]})
                     cut = PlannedRange(
                         int(old["meta_id_start"]),
                         int(old["meta_id_end"]),
@@ -255,99 +270,111 @@ class SQLAlchemyStore:
                         int(old["weight"]),
                         bool(old["oversized"]),
                     )
-                    grants.append(
-                        await self._insert_attempt(
-                            conn,
-                            job=job,
-                            meta_table=old["meta_table"],
-                            cut=cut,
-                            attempt=int(old["attempt"]) + 1,
-                            failures=int(old["failures"]),
-                            owner=owner,
-                            now=now,
-                            expires=expires,
-                            config=stored_config,
+                    rows.append(
+                        _NewAttempt(
+                            old["meta_table"], cut, int(old["attempt"]) + 1, int(old["failures"])
                         )
                     )
             new_cursor = cursor
-            while len(grants) < n:
+            while len(rows) < n:
                 planned = await planner(conn, new_cursor)
                 if planned is None:
                     break
-                grants.append(
-                    await self._insert_attempt(
-                        conn,
-                        job=job,
-                        meta_table=meta_table,
-                        cut=planned,
-                        attempt=1,
-                        failures=0,
-                        owner=owner,
-                        now=now,
-                        expires=expires,
-                        config=stored_config,
-                    )
-                )
+                rows.append(_NewAttempt(meta_table, planned, 1, 0))
                 new_cursor = planned.meta_id_end
-            if new_cursor != cursor:
+            moved = new_cursor != cursor
+            fuse = moved and len(rows) == 1 and self.capabilities.write_in_with
+            grants = await self._insert_attempts(
+                conn,
+                rows,
+                job=job,
+                owner=owner,
+                now=now,
+                expires=expires,
+                config=stored_config,
+                cursor_move={**params, "p_cursor": new_cursor} if fuse else None,
+            )
+            if moved and not fuse:
                 await conn.execute(st.move_cursor, {**params, "p_cursor": new_cursor})
             return grants
 
         return await self._transact(work)
 
-    async def _insert_attempt(
+    async def _insert_attempts(
         self,
         conn: AsyncConnection,
+        rows: list[_NewAttempt],
         *,
         job: str,
-        meta_table: str,
-        cut: PlannedRange,
-        attempt: int,
-        failures: int,
         owner: str,
         now: datetime,
         expires: datetime,
         config: dict[str, Any] | None,
-    ) -> LeaseGrant:
-        token = secrets.token_hex(16)
-        result = await conn.execute(
-            self.statements.insert_attempt,
+        cursor_move: dict[str, Any] | None = None,
+    ) -> list[LeaseGrant]:
+        """Insert ``rows`` as running attempts; ``cursor_move``: move the cursor with them."""
+        if not rows:
+            return []
+        tokens = [secrets.token_hex(16) for _ in rows]
+        values = [
             {
-                "meta_table": meta_table,
+                "meta_table": row.meta_table,
                 "job": job,
                 "job_identifier": owner,
                 "processing_start": now,
-                "meta_id_start": cut.meta_id_start,
-                "meta_id_end": cut.meta_id_end,
-                "weight": cut.weight,
-                "count": cut.count,
-                "attempt": attempt,
+                "meta_id_start": row.cut.meta_id_start,
+                "meta_id_end": row.cut.meta_id_end,
+                "weight": row.cut.weight,
+                "count": row.cut.count,
+                "attempt": row.attempt,
                 "status": _RUNNING,
                 "owner": owner,
                 "token": token,
                 "heartbeat_at": now,
                 "expires_at": expires,
-                "failures": failures,
+                "failures": row.failures,
                 "dead": False,
-                "oversized": cut.oversized,
+                "oversized": row.cut.oversized,
                 "config": config,
-            },
-        )
-        (attempt_id,) = result.inserted_primary_key  # type: ignore[misc]
-        return LeaseGrant(
-            id=int(attempt_id),
-            job=job,
-            meta_table=meta_table,
-            meta_id_start=cut.meta_id_start,
-            meta_id_end=cut.meta_id_end,
-            count=cut.count,
-            weight=cut.weight,
-            attempt=attempt,
-            failures=failures,
-            oversized=cut.oversized,
-            token=token,
-            expires_at=aware(expires),  # type: ignore[arg-type]
-        )
+            }
+            for row, token in zip(rows, tokens, strict=True)
+        ]
+        st = self.statements
+        if cursor_move is not None:
+            prefixed = {f"p_{name}": value for name, value in values[0].items()}
+            result = await conn.execute(
+                st.insert_attempt_moving_cursor, {**prefixed, **cursor_move}
+            )
+            ids = [result.scalar_one()]
+        elif len(values) == 1:
+            result = await conn.execute(st.insert_attempt, values[0])
+            ids = [result.inserted_primary_key[0]]  # type: ignore[index]
+        elif conn.dialect.insert_executemany_returning_sort_by_parameter_order:
+            result = await conn.execute(st.insert_attempts_returning, values)
+            ids = list(result.scalars())
+        else:  # MySQL: no RETURNING; one INSERT per attempt
+            ids = []
+            for value in values:
+                result = await conn.execute(st.insert_attempt, value)
+                ids.append(result.inserted_primary_key[0])  # type: ignore[index]
+        expires_at = aware(expires)
+        return [
+            LeaseGrant(
+                id=int(attempt_id),
+                job=job,
+                meta_table=row.meta_table,
+                meta_id_start=row.cut.meta_id_start,
+                meta_id_end=row.cut.meta_id_end,
+                count=row.cut.count,
+                weight=row.cut.weight,
+                attempt=row.attempt,
+                failures=row.failures,
+                oversized=row.cut.oversized,
+                token=token,
+                expires_at=expires_at,  # type: ignore[arg-type]
+            )
+            for row, token, attempt_id in zip(rows, tokens, ids, strict=True)
+        ]
 
     async def heartbeat(self, owner: str, ttl: float, tokens: Collection[str]) -> set[str]:
         """Renew ``owner``'s live leases among ``tokens`` in one statement; return lost ones.

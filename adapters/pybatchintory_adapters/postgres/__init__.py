@@ -74,6 +74,7 @@ adapter = SQLAlchemyAdapter(
         retryable=_retryable,
         translate=_translate,
         skip_locked=True,
+        write_in_with=True,
     ),
     engine_options={"isolation_level": "READ COMMITTED"},
 )
