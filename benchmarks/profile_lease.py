@@ -25,6 +25,23 @@ from benchmarks.floor import Floor
 from benchmarks.run import CAPS
 
 
+def _count_direct(count: Any) -> None:
+    """Statements of the direct hot path do not pass SQLAlchemy's cursor events."""
+    from pybatchintory_adapters._sqlalchemy import direct
+
+    for name in ("all", "_run"):
+        original = getattr(direct.DirectConnection, name)
+        if getattr(original, "_counted", False):
+            continue
+
+        def wrapper(self: Any, statement: Any, params: Any, _original: Any = original) -> Any:
+            count(None, None, self._get(statement).sql)
+            return _original(self, statement, params)
+
+        wrapper._counted = True  # type: ignore[attr-defined]
+        setattr(direct.DirectConnection, name, wrapper)
+
+
 def _count_socket_writes() -> list[int]:
     """Count writes to server sockets from here on (one per round trip, roughly)."""
     from asyncio import selector_events
@@ -54,28 +71,34 @@ async def versus_floor(
     ours: list[float] = []
     theirs: list[float] = []
     cpu = [0.0, 0.0]
+    writes = _count_socket_writes()
+    sent = [0, 0]
     try:
         for _ in range(max(1, n // 20)):
             await inv.set_cursor("p", 0)
             await floor.rewind()
-            start, started = time.perf_counter(), time.process_time()
+            start, started, before = time.perf_counter(), time.process_time(), writes[0]
             for _ in range(20):
                 b = await inv.acquire("p", source, **caps)
                 assert b is not None
                 await b.success()
             ours.append(time.perf_counter() - start)
             cpu[0] += time.process_time() - started
-            start, started = time.perf_counter(), time.process_time()
+            sent[0] += writes[0] - before
+            start, started, before = time.perf_counter(), time.process_time(), writes[0]
             for _ in range(20):
                 await floor.lease()
             theirs.append(time.perf_counter() - start)
             cpu[1] += time.process_time() - started
+            sent[1] += writes[0] - before
     finally:
         await floor.close()
     print(
         f"ours {20 * len(ours) / sum(ours):.0f}/s, floor {20 * len(theirs) / sum(theirs):.0f}/s, "
         f"overhead {sum(ours) / sum(theirs):.2f}x; client CPU per lease: ours "
-        f"{cpu[0] / len(ours) / 20 * 1e6:.0f} us, floor {cpu[1] / len(theirs) / 20 * 1e6:.0f} us"
+        f"{cpu[0] / len(ours) / 20 * 1e6:.0f} us, floor {cpu[1] / len(theirs) / 20 * 1e6:.0f} us; "
+        f"socket writes per lease: ours {sent[0] / len(ours) / 20:.2f}, "
+        f"floor {sent[1] / len(theirs) / 20:.2f}"
     )
 
 
@@ -108,6 +131,7 @@ async def main() -> None:
                         seen[" ".join(statement.split()[:3])[:60]] += 1
 
                 event.listen(inv.engine.sync_engine, "before_cursor_execute", count)
+                _count_direct(count)
                 writes = _count_socket_writes()
                 profiler = cProfile.Profile(time.process_time) if args.cprofile else None
                 start = time.perf_counter()

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from pybatchintory.errors import PybatchintoryError
+from pybatchintory_adapters._sqlalchemy.direct import SessionFactory
 
 __all__ = ("Capabilities",)
 
@@ -38,6 +39,8 @@ class Capabilities:
         skip_locked: ``SELECT ... FOR UPDATE SKIP LOCKED`` is available.
         write_in_with: ``UPDATE`` may run inside ``WITH`` of an ``INSERT`` (PostgreSQL):
             a new range's attempt and the cursor move go in one statement.
+        driver_session: Runs acquire and settle on the pooled driver connection (see
+            ``direct``); ``None`` runs them through SQLAlchemy.
     """
 
     write_options: Mapping[str, Any] = field(default_factory=dict)
@@ -46,3 +49,4 @@ class Capabilities:
     translate: Callable[[DBAPIError], PybatchintoryError | None] = _no_translation
     skip_locked: bool = False
     write_in_with: bool = False
+    driver_session: SessionFactory | None = None

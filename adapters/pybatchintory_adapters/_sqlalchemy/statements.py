@@ -93,18 +93,27 @@ class Statements:
             )
         )
         self.due_retries = (
-            sa.select(inv)
+            sa.select(
+                inv.c.id,
+                inv.c.meta_table,
+                inv.c.meta_id_start,
+                inv.c.meta_id_end,
+                inv.c.count,
+                inv.c.weight,
+                inv.c.oversized,
+                inv.c.attempt,
+                inv.c.failures,
+            )
             .where(inv.c.job == _p("job"), inv.c.retry_after <= now)
             .order_by(inv.c.meta_id_start, inv.c.id)
             .limit(_p("n", sa.Integer()))
         )
-        retried: sa.BindParameter[Any] = sa.bindparam("p_ids", expanding=True)
-        self.clear_retries = sa.update(inv).where(inv.c.id.in_(retried)).values(retry_after=None)
-        self.insert_attempt = sa.insert(inv)
-        # Several attempts in one statement, keys back in parameter order (insertmanyvalues).
-        self.insert_attempts_returning = sa.insert(inv).returning(
-            inv.c.id, sort_by_parameter_order=True
-        )
+        self.clear_retry = sa.update(inv).where(inv.c.id == _p("id")).values(retry_after=None)
+        # Every value is a ``p_`` parameter: plain column names are reserved in SET clauses
+        # (and in the UPDATE inside WITH below they would become more SET columns).
+        attempt_values = {name: _p(name, inv.c[name].type) for name in ATTEMPT_COLUMNS}
+        self.insert_attempt = sa.insert(inv).values(attempt_values)
+        self.insert_attempt_returning = self.insert_attempt.returning(inv.c.id)
         self.move_cursor = (
             sa.update(jobs)
             .where(jobs.c.name == _p("job"))
@@ -112,13 +121,8 @@ class Statements:
         )
         # Where UPDATE may run inside WITH (PostgreSQL): the new range's attempt and the
         # cursor move in one round trip.
-        # Every value is a ``p_`` parameter: a key named like a column of the jobs table
-        # would otherwise be taken as one more SET column of the UPDATE.
-        self.insert_attempt_moving_cursor = (
-            sa.insert(inv)
-            .values({name: _p(name, inv.c[name].type) for name in ATTEMPT_COLUMNS})
-            .add_cte(self.move_cursor.cte("moved_cursor"))
-            .returning(inv.c.id)
+        self.insert_attempt_moving_cursor = self.insert_attempt_returning.add_cte(
+            self.move_cursor.cte("moved_cursor")
         )
         tokens: sa.BindParameter[Any] = sa.bindparam("p_tokens", expanding=True)
         live = sa.and_(

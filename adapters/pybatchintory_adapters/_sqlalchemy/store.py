@@ -13,8 +13,8 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from datetime import timedelta
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 import sqlalchemy as sa
@@ -41,6 +41,12 @@ from pybatchintory.models import (
 from pybatchintory.protocols import JobRecord, Planner
 from pybatchintory_adapters._sqlalchemy import queries
 from pybatchintory_adapters._sqlalchemy.capabilities import Capabilities
+from pybatchintory_adapters._sqlalchemy.direct import (
+    DirectConnection,
+    EngineLink,
+    HotPath,
+    Prepared,
+)
 from pybatchintory_adapters._sqlalchemy.pooling import mark_committed
 from pybatchintory_adapters._sqlalchemy.records import aware, to_job
 from pybatchintory_adapters._sqlalchemy.statements import Statements
@@ -53,6 +59,11 @@ T = TypeVar("T")
 
 _RUNNING = str(Status.RUNNING)
 _TRANSIENT_TRIES = 6
+
+
+class _Check(NamedTuple):
+    status: str
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +90,7 @@ class SQLAlchemyStore:
         self.tables = tables
         self.capabilities = capabilities
         self.statements = Statements(tables)
+        self._prepared: dict[int, tuple[sa.Executable, Prepared]] = {}
         self._ready = False
         # Option engines share the pool; their options cost nothing per connection, unlike
         # ``await conn.execution_options(...)`` on every transaction.
@@ -102,6 +114,34 @@ class SQLAlchemyStore:
                 yield conn
             mark_committed(conn)
 
+    @asynccontextmanager
+    async def _hot(self, single: bool) -> AsyncIterator[tuple[HotPath, object]]:
+        """A write transaction for acquire and settle: ``(statements, planner link)``.
+
+        With the adapter's ``driver_session``, statements run on the pooled driver
+        connection (see ``direct``); otherwise through SQLAlchemy.
+        """
+        factory = self.capabilities.driver_session
+        if factory is None:
+            async with self._write(single) as conn:
+                yield EngineLink(conn), conn
+            return
+        async with self.engine.connect() as conn:
+            fairy = await conn.get_raw_connection()
+            direct = DirectConnection(factory(fairy.driver_connection), self.engine, self._prepared)
+            await direct.begin(single)
+            try:
+                yield direct, direct
+                await direct.commit(single)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await direct.session.rollback()
+                    except Exception:
+                        await conn.invalidate()
+                raise
+            mark_committed(conn)
+
     def _translate(self, exc: DBAPIError) -> StoreError:
         mapped = self.capabilities.translate(exc)
         if isinstance(mapped, StoreError):
@@ -120,10 +160,27 @@ class SQLAlchemyStore:
         ``single``: ``work``'s only write is one statement, atomic by itself; where the
         database allows it, it runs without ``BEGIN``/``COMMIT`` round trips.
         """
+        async def once() -> T:
+            async with self._write(single) as conn:
+                return await work(conn)
+
+        return await self._retrying(once)
+
+    async def _transact_hot(
+        self, work: Callable[[HotPath, object], Awaitable[T]], *, single: bool = False
+    ) -> T:
+        """``_transact`` for acquire and settle, on the hot path."""
+
+        async def once() -> T:
+            async with self._hot(single) as (statements, link):
+                return await work(statements, link)
+
+        return await self._retrying(once)
+
+    async def _retrying(self, once: Callable[[], Awaitable[T]]) -> T:
         for attempt in range(_TRANSIENT_TRIES):
             try:
-                async with self._write(single) as conn:
-                    return await work(conn)
+                return await once()
             except DBAPIError as exc:
                 transient = exc.connection_invalidated or self.capabilities.retryable(exc)
                 if not transient or attempt == _TRANSIENT_TRIES - 1:
@@ -241,140 +298,88 @@ class SQLAlchemyStore:
         """Lease up to ``n`` ranges: expire, then retries oldest first, then new ranges."""
         stored_config = None if config is None else dict(config)
         st = self.statements
+        returning = self.engine.dialect.insert_returning
+        insert = st.insert_attempt_returning if returning else st.insert_attempt
 
-        async def work(conn: AsyncConnection) -> list[LeaseGrant]:
-            locked = (await conn.execute(st.lock_job, {"p_job": job})).first()
+        async def work(ex: HotPath, link: object) -> list[LeaseGrant]:
+            locked = await ex.one(st.lock_job, {"p_job": job})
             if locked is None:
                 raise UnknownJob(f"job {job!r} is not recorded in the inventory")
             cursor, meta_table, now, oldest_expiry, next_retry = locked
             expires = now + timedelta(seconds=ttl)
             params = {"p_job": job, "p_now": now}
             if oldest_expiry is not None and oldest_expiry <= now:
-                await conn.execute(st.expire, {**params, "p_max_attempts": max_attempts})
+                await ex.run(st.expire, {**params, "p_max_attempts": max_attempts})
                 next_retry = now  # the expired ranges are due now
-            # Every attempt of this call goes into the ledger with one INSERT at the end
-            # (acquire_many: one statement for n attempts where the database returns the
-            # keys of a multi-row insert in order).
             rows: list[_NewAttempt] = []
             if next_retry is not None and next_retry <= now:
-                due = (
-                    (await conn.execute(st.due_retries, {**params, "p_n": n})).mappings().all()
-                )
-                if due:
-                    await conn.execute(st.clear_retries, {"p_ids": [old["id"] for old in due]})
-                for old in due:
+                due = await ex.all(st.due_retries, {**params, "p_n": n})
+                for old_id, old_table, start, end, count, weight, oversized, *tries in due:
+                    await ex.run(st.clear_retry, {"p_id": old_id})
                     cut = PlannedRange(
-                        int(old["meta_id_start"]),
-                        int(old["meta_id_end"]),
-                        int(old["count"]),
-                        int(old["weight"]),
-                        bool(old["oversized"]),
+                        int(start), int(end), int(count), int(weight), bool(oversized)
                     )
-                    rows.append(
-                        _NewAttempt(
-                            old["meta_table"], cut, int(old["attempt"]) + 1, int(old["failures"])
-                        )
-                    )
+                    attempt, failures = (int(v) for v in tries)
+                    rows.append(_NewAttempt(old_table, cut, attempt + 1, failures))
             new_cursor = cursor
             while len(rows) < n:
-                planned = await planner(conn, new_cursor)
+                planned = await planner(link, new_cursor)
                 if planned is None:
                     break
                 rows.append(_NewAttempt(meta_table, planned, 1, 0))
                 new_cursor = planned.meta_id_end
             moved = new_cursor != cursor
+            # PostgreSQL: the one new range's attempt and the cursor move in one statement.
             fuse = moved and len(rows) == 1 and self.capabilities.write_in_with
-            grants = await self._insert_attempts(
-                conn,
-                rows,
-                job=job,
-                owner=owner,
-                now=now,
-                expires=expires,
-                config=stored_config,
-                cursor_move={**params, "p_cursor": new_cursor} if fuse else None,
-            )
+            grants = []
+            for row in rows:
+                token = secrets.token_hex(16)
+                values = {
+                    "p_meta_table": row.meta_table,
+                    "p_job": job,
+                    "p_job_identifier": owner,
+                    "p_processing_start": now,
+                    "p_meta_id_start": row.cut.meta_id_start,
+                    "p_meta_id_end": row.cut.meta_id_end,
+                    "p_weight": row.cut.weight,
+                    "p_count": row.cut.count,
+                    "p_attempt": row.attempt,
+                    "p_status": _RUNNING,
+                    "p_owner": owner,
+                    "p_token": token,
+                    "p_heartbeat_at": now,
+                    "p_expires_at": expires,
+                    "p_failures": row.failures,
+                    "p_dead": False,
+                    "p_oversized": row.cut.oversized,
+                    "p_config": stored_config,
+                }
+                if fuse:
+                    values.update(p_cursor=new_cursor, p_now=now)
+                    attempt_id = await ex.insert(st.insert_attempt_moving_cursor, values)
+                else:
+                    attempt_id = await ex.insert(insert, values)
+                grants.append(
+                    LeaseGrant(
+                        id=attempt_id,
+                        job=job,
+                        meta_table=row.meta_table,
+                        meta_id_start=row.cut.meta_id_start,
+                        meta_id_end=row.cut.meta_id_end,
+                        count=row.cut.count,
+                        weight=row.cut.weight,
+                        attempt=row.attempt,
+                        failures=row.failures,
+                        oversized=row.cut.oversized,
+                        token=token,
+                        expires_at=aware(expires),  # type: ignore[arg-type]
+                    )
+                )
             if moved and not fuse:
-                await conn.execute(st.move_cursor, {**params, "p_cursor": new_cursor})
+                await ex.run(st.move_cursor, {**params, "p_cursor": new_cursor})
             return grants
 
-        return await self._transact(work)
-
-    async def _insert_attempts(
-        self,
-        conn: AsyncConnection,
-        rows: list[_NewAttempt],
-        *,
-        job: str,
-        owner: str,
-        now: datetime,
-        expires: datetime,
-        config: dict[str, Any] | None,
-        cursor_move: dict[str, Any] | None = None,
-    ) -> list[LeaseGrant]:
-        """Insert ``rows`` as running attempts; ``cursor_move``: move the cursor with them."""
-        if not rows:
-            return []
-        tokens = [secrets.token_hex(16) for _ in rows]
-        values = [
-            {
-                "meta_table": row.meta_table,
-                "job": job,
-                "job_identifier": owner,
-                "processing_start": now,
-                "meta_id_start": row.cut.meta_id_start,
-                "meta_id_end": row.cut.meta_id_end,
-                "weight": row.cut.weight,
-                "count": row.cut.count,
-                "attempt": row.attempt,
-                "status": _RUNNING,
-                "owner": owner,
-                "token": token,
-                "heartbeat_at": now,
-                "expires_at": expires,
-                "failures": row.failures,
-                "dead": False,
-                "oversized": row.cut.oversized,
-                "config": config,
-            }
-            for row, token in zip(rows, tokens, strict=True)
-        ]
-        st = self.statements
-        if cursor_move is not None:
-            prefixed = {f"p_{name}": value for name, value in values[0].items()}
-            result = await conn.execute(
-                st.insert_attempt_moving_cursor, {**prefixed, **cursor_move}
-            )
-            ids = [result.scalar_one()]
-        elif len(values) == 1:
-            result = await conn.execute(st.insert_attempt, values[0])
-            ids = [result.inserted_primary_key[0]]  # type: ignore[index]
-        elif conn.dialect.insert_executemany_returning_sort_by_parameter_order:
-            result = await conn.execute(st.insert_attempts_returning, values)
-            ids = list(result.scalars())
-        else:  # MySQL: no RETURNING; one INSERT per attempt
-            ids = []
-            for value in values:
-                result = await conn.execute(st.insert_attempt, value)
-                ids.append(result.inserted_primary_key[0])  # type: ignore[index]
-        expires_at = aware(expires)
-        return [
-            LeaseGrant(
-                id=int(attempt_id),
-                job=job,
-                meta_table=row.meta_table,
-                meta_id_start=row.cut.meta_id_start,
-                meta_id_end=row.cut.meta_id_end,
-                count=row.cut.count,
-                weight=row.cut.weight,
-                attempt=row.attempt,
-                failures=row.failures,
-                oversized=row.cut.oversized,
-                token=token,
-                expires_at=expires_at,  # type: ignore[arg-type]
-            )
-            for row, token, attempt_id in zip(rows, tokens, ids, strict=True)
-        ]
+        return await self._transact_hot(work)
 
     async def heartbeat(self, owner: str, ttl: float, tokens: Collection[str]) -> set[str]:
         """Renew ``owner``'s live leases among ``tokens`` in one statement; return lost ones.
@@ -415,11 +420,11 @@ class SQLAlchemyStore:
         if s.status is not Status.SUCCEEDED and not s.dead:
             params["p_delay"] = float(s.retry_delay)
 
-        async def work(conn: AsyncConnection) -> None:
-            done = await conn.execute(statement, params)
-            if done.rowcount == 1:
+        async def work(ex: HotPath, link: object) -> None:
+            if await ex.run(statement, params) == 1:
                 return
-            row = (await conn.execute(st.settle_check, {"p_id": s.attempt_id})).first()
+            found = await ex.one(st.settle_check, {"p_id": s.attempt_id})
+            row = None if found is None else _Check(*found)
             if row is not None and row.token == s.token and row.status == str(s.status):
                 return  # an earlier try committed before its connection dropped
             if row is None:
@@ -436,7 +441,7 @@ class SQLAlchemyStore:
             )
 
         # The fenced UPDATE is the only write; the SELECT after a miss only explains it.
-        await self._transact(work, single=True)
+        await self._transact_hot(work, single=True)
 
     # -- operator controls ----------------------------------------------------------------
 
