@@ -124,6 +124,7 @@ class Inventory(Operations):
         self._bound: dict[int, tuple[MetadataSource, BoundSource]] = {}
         self._jobs: dict[str, JobSpec] = {}
         self._sources: dict[str, MetadataSource] = {}
+        self._named: dict[str, MetaTable] = {}
         self._hints: dict[str, int] = {}
         self._held: dict[str, Batch] = {}
         self._pending: set[asyncio.Task[None]] = set()
@@ -230,8 +231,15 @@ class Inventory(Operations):
     # -- preparing a job ------------------------------------------------------------------
 
     async def _bind(self, source: MetadataSource | str) -> BoundSource:
+        cached = self._bound.get(id(source))
+        if cached is not None and cached[0] is source and self._store is not None:
+            return cached[1]  # before isinstance(): a runtime-checkable protocol check is slow
         if isinstance(source, str):
-            source = MetaTable(source)
+            # One MetaTable per name, so a name is reflected once, not on every call.
+            source = self._named.setdefault(source, MetaTable(source))
+            cached = self._bound.get(id(source))
+            if cached is not None and cached[0] is source and self._store is not None:
+                return cached[1]
         if not isinstance(source, MetadataSource):
             raise InvalidArgument(f"source must be a MetaTable or InventorySource, got {source!r}")
         await self.open()

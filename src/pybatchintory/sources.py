@@ -281,8 +281,10 @@ class BoundMetaTable:
         return None
 
     def _statement_link(self, link: object | None) -> StatementLink | None:
-        if isinstance(link, StatementLink) and link.engine is self.engine:
-            return link
+        # Duck-typed: isinstance() against a runtime-checkable protocol costs more than
+        # the rest of a page summary's Python work.
+        if getattr(link, "engine", None) is self.engine and hasattr(link, "fetch_one"):
+            return link  # type: ignore[return-value]
         return None
 
     async def _scalar_row(self, query: sa.Select[Any], link: object | None) -> tuple[Any, ...]:

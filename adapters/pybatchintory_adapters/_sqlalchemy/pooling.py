@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
 
 __all__ = ("CLEAN_RETURN_OPTIONS", "install_clean_return", "mark_committed")
 
@@ -24,7 +25,7 @@ CLEAN_RETURN_OPTIONS: dict[str, Any] = {"pool_reset_on_return": None}
 """``create_async_engine`` options that go with ``install_clean_return``."""
 
 
-def mark_committed(conn: AsyncConnection) -> None:
+def mark_committed(conn: AsyncConnection | PoolProxiedConnection) -> None:
     """Say that ``conn`` just committed: returning it to the pool needs no rollback."""
     conn.info[_COMMITTED] = True
 

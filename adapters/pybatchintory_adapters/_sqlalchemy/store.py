@@ -20,6 +20,7 @@ import anyio
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from pybatchintory.errors import (
     JobConflict,
@@ -91,6 +92,7 @@ class SQLAlchemyStore:
         self.capabilities = capabilities
         self.statements = Statements(tables)
         self._prepared: dict[int, tuple[sa.Executable, Prepared]] = {}
+        self._raw_connection = engine.sync_engine.raw_connection
         self._ready = False
         # Option engines share the pool; their options cost nothing per connection, unlike
         # ``await conn.execution_options(...)`` on every transaction.
@@ -126,8 +128,9 @@ class SQLAlchemyStore:
             async with self._write(single) as conn:
                 yield EngineLink(conn), conn
             return
-        async with self.engine.connect() as conn:
-            fairy = await conn.get_raw_connection()
+        # Straight from the pool: no Connection object, two greenlet hops (out and back).
+        fairy = await greenlet_spawn(self._raw_connection)
+        try:
             direct = DirectConnection(factory(fairy.driver_connection), self.engine, self._prepared)
             await direct.begin(single)
             try:
@@ -138,9 +141,12 @@ class SQLAlchemyStore:
                     try:
                         await direct.session.rollback()
                     except Exception:
-                        await conn.invalidate()
+                        await greenlet_spawn(fairy.invalidate)
                 raise
-            mark_committed(conn)
+            mark_committed(fairy)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await greenlet_spawn(fairy.close)
 
     def _translate(self, exc: DBAPIError) -> StoreError:
         mapped = self.capabilities.translate(exc)
