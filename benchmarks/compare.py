@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -53,8 +54,12 @@ class _Runner:
 
     @classmethod
     async def start(cls, *argv: str) -> _Runner:
+        # Its own venv only: a PYTHONPATH pointing at our sources would shadow the seed,
+        # which has the same import name.
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         proc = await asyncio.create_subprocess_exec(
             *argv,
+            env=env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,  # the seed logs every query at INFO

@@ -398,7 +398,13 @@ async def main() -> None:
             for section, bench in plan:
                 if section not in only:
                     continue
-                found = await _in_fresh_db(backend, workdir, bench, quick)
+                try:
+                    found = await _in_fresh_db(backend, workdir, bench, quick)
+                except Exception as exc:  # keep the other measurements; say what failed
+                    found = [
+                        {"backend": backend, "measure": f"{bench.__name__} FAILED", "rows": "",
+                         "error": f"{type(exc).__name__}: {exc}"[:300]}
+                    ]
                 for row in found:
                     row["section"] = section
                     _judge(row)
