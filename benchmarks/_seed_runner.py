@@ -18,6 +18,15 @@ def main():
     from pybatchintory import acquire_batch, configure
 
     configure(settings={"INVENTORY_CONN": url, "INVENTORY_TABLE_NAME": "seed_inventory"})
+    if url.startswith("mysql"):
+        # The seed's table has VARCHAR columns without a length, which MySQL/MariaDB
+        # refuse; give them one (the only change: what an operator would have to do).
+        import sqlalchemy as sa
+
+        for column in pybatchintory.sql.db.table_inventory.columns:
+            if isinstance(column.type, sa.String) and not isinstance(column.type, sa.Enum):
+                if column.type.length is None:
+                    column.type.length = 255
     pybatchintory.sql.db.initialize_metadata_backend()
     cols = {"uid": "id", "item": "kind", "weight": "size_in_bytes"}
     print(json.dumps({"ready": True}), flush=True)

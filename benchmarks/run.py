@@ -72,66 +72,68 @@ class LeaseLoop:
 
 
 async def lease_throughput(backend: str, db: Database, quick: bool) -> list[dict[str, Any]]:
-    """Item 1 and 3: leases/s at the head of a small and a large table; the raw floor."""
+    """Items 1 and 3: leases/s at the head of a small and a large table; the raw floor.
+
+    Every loop (three caps x two tables, and the floor) runs one block of leases per round,
+    round after round, so all of them see the same machine load; the cursor is rewound
+    (untimed) before each block, so both tables are always read at their head.
+    """
     small, large = 20_000, (200_000 if quick else 2_000_000)
     await create_files(db.url, backend, small, "files_small")
     await create_files(db.url, backend, large, "files_large")
     await create_files(db.url, backend, small, "files")  # for the floor
-    # Blocks of 15 leases of ~1000 rows from the head: the cursor is rewound (untimed) before
-    # each block, so the small table never runs dry and both tables are read at their head.
-    n, block = (60, 15) if quick else (300, 15)
+    rounds, block = (4, 15) if quick else (20, 15)
     out: list[dict[str, Any]] = []
-    async with pbi.Inventory(db.url) as inv:
-        for mode, caps in CAPS.items():
+    floor = Floor(backend, db.url, 1000)
+    await floor.open()
+    try:
+        async with pbi.Inventory(db.url) as inv:
             loops = {
-                "small": LeaseLoop(inv, "files_small", caps, f"s-{mode}"),
-                "large": LeaseLoop(inv, "files_large", caps, f"l-{mode}"),
+                (mode, size): LeaseLoop(inv, f"files_{size}", caps, f"{size}-{mode}")
+                for mode, caps in CAPS.items()
+                for size in ("small", "large")
             }
-            samples: dict[str, list[float]] = {"small": [], "large": []}
-            for loop in loops.values():
-                await _timed(loop.step, 3)  # warm up
-            for _ in range(n // block):
+            versus = LeaseLoop(inv, "files", CAPS["count"], "vs-floor")
+            samples: dict[Any, list[float]] = {key: [] for key in [*loops, "versus", "floor"]}
+            for loop in [*loops.values(), versus]:
+                await _timed(loop.step, 3)  # warm up: bind the source, record the job
+            await _timed(floor.lease, 3)
+            for _ in range(rounds):
                 for key, loop in loops.items():
                     await inv.set_cursor(loop.job, 0)
                     samples[key] += await _timed(loop.step, block)
-            row = {
-                "backend": backend,
-                "measure": f"lease, {mode} cap",
-                "rows": f"{small:,} / {large:,}",
-                "ours_per_s": round(_rate(samples["large"]), 1),
-                "small_per_s": round(_rate(samples["small"]), 1),
-                "p50_ms": round(_p(samples["large"], 0.5), 2),
-                "p99_ms": round(_p(samples["large"], 0.99), 2),
-                "large_over_small": round(
-                    statistics.mean(samples["large"]) / statistics.mean(samples["small"]), 2
-                ),
-            }
-            out.append(row)
-        floor = Floor(backend, db.url, 1000)
-        await floor.open()
-        try:
-            ours = LeaseLoop(inv, "files", CAPS["count"], "vs-floor")
-            mine: list[float] = []
-            theirs: list[float] = []
-            await _timed(ours.step, 3)
-            await _timed(floor.lease, 3)
-            for _ in range(n // block):
-                await inv.set_cursor(ours.job, 0)
+                await inv.set_cursor(versus.job, 0)
                 await floor.rewind()
-                mine += await _timed(ours.step, block)
-                theirs += await _timed(floor.lease, block)
-        finally:
-            await floor.close()
+                samples["versus"] += await _timed(versus.step, block)
+                samples["floor"] += await _timed(floor.lease, block)
+    finally:
+        await floor.close()
+    for mode in CAPS:
+        large_s, small_s = samples[(mode, "large")], samples[(mode, "small")]
         out.append(
             {
                 "backend": backend,
-                "measure": "lease vs raw-SQL floor (count cap)",
-                "rows": f"{small:,}",
-                "ours_per_s": round(_rate(mine), 1),
-                "floor_per_s": round(_rate(theirs), 1),
-                "overhead": round(statistics.mean(mine) / statistics.mean(theirs), 2),
+                "measure": f"lease, {mode} cap",
+                "rows": f"{small:,} / {large:,}",
+                "ours_per_s": round(_rate(large_s), 1),
+                "small_per_s": round(_rate(small_s), 1),
+                "p50_ms": round(_p(large_s, 0.5), 2),
+                "p99_ms": round(_p(large_s, 0.99), 2),
+                "large_over_small": round(statistics.mean(large_s) / statistics.mean(small_s), 2),
             }
         )
+    out.append(
+        {
+            "backend": backend,
+            "measure": "lease vs raw-SQL floor (count cap)",
+            "rows": f"{small:,}",
+            "ours_per_s": round(_rate(samples["versus"]), 1),
+            "floor_per_s": round(_rate(samples["floor"]), 1),
+            "overhead": round(
+                statistics.mean(samples["versus"]) / statistics.mean(samples["floor"]), 2
+            ),
+        }
+    )
     return out
 
 
@@ -200,23 +202,38 @@ _FILL = {
 
 
 async def ledger_growth(backend: str, quick: bool, workdir: str) -> list[dict[str, Any]]:
-    """Item 6: lease, history and backlog latency with a big ledger against an empty one."""
+    """Item 6: lease, history and backlog latency with a big ledger against an empty one.
+
+    Two databases, identical but for the ledger's size, measured in alternating blocks.
+    """
     attempts = 100_000 if quick else 1_000_000
-    n = 40 if quick else 200
-    results: dict[str, dict[str, float]] = {}
-    for label, fill in (("empty", 0), ("full", attempts)):
-        db = await fresh_database(backend, workdir)
-        try:
+    rounds, block = (4, 10) if quick else (10, 20)
+    dbs = {label: await fresh_database(backend, workdir) for label in ("empty", "full")}
+    samples: dict[tuple[str, str], list[float]] = {
+        (label, what): [] for label in dbs for what in ("lease", "history", "backlog")
+    }
+    inventories: dict[str, pbi.Inventory] = {}
+    try:
+        for label, db in dbs.items():
             await create_files(db.url, backend, 300_000)
-            async with pbi.Inventory(db.url) as inv:
-                source = pbi.MetaTable("files", weight="size_in_bytes")
-                await inv.plan("warm", source, max_count=1)
-                if fill:
-                    async with inv.engine.begin() as conn:
-                        await conn.execute(sa.text(_FILL[backend].format(n=fill)))
-                loop = LeaseLoop(inv, "files", {"max_count": 1000}, "growth")
-                await _timed(loop.step, 3)
-                lease = await _timed(loop.step, n)
+            inv = await pbi.Inventory(db.url).open()
+            inventories[label] = inv
+            source = pbi.MetaTable("files", weight="size_in_bytes")
+            await inv.plan("warm", source, max_count=1)
+            if label == "full":
+                async with inv.engine.begin() as conn:
+                    await conn.execute(sa.text(_FILL[backend].format(n=attempts)))
+        loops = {
+            label: LeaseLoop(inv, "files", {"max_count": 1000}, "growth")
+            for label, inv in inventories.items()
+        }
+        for loop in loops.values():
+            await _timed(loop.step, 3)
+        for _ in range(rounds):
+            for label, inv in inventories.items():
+                loop = loops[label]
+                await inv.set_cursor("growth", 0)
+                samples[(label, "lease")] += await _timed(loop.step, block)
 
                 async def history(inv: pbi.Inventory = inv) -> None:
                     await inv.history("files", 1500)
@@ -224,21 +241,22 @@ async def ledger_growth(backend: str, quick: bool, workdir: str) -> list[dict[st
                 async def backlog(inv: pbi.Inventory = inv) -> None:
                     await inv.backlog("growth")
 
-                results[label] = {
-                    "lease": statistics.mean(lease),
-                    "history": statistics.mean(await _timed(history, n)),
-                    "backlog": statistics.mean(await _timed(backlog, max(5, n // 10))),
-                }
-        finally:
+                samples[(label, "history")] += await _timed(history, block)
+                samples[(label, "backlog")] += await _timed(backlog, max(2, block // 10))
+    finally:
+        for inv in inventories.values():
+            await inv.aclose()
+        for db in dbs.values():
             await db.drop()
+    mean = {key: statistics.mean(values) for key, values in samples.items()}
     return [
         {
             "backend": backend,
             "measure": f"{what} with {attempts:,} ledger rows",
             "rows": "300,000",
-            "full_ms": round(results["full"][what] * 1000, 2),
-            "empty_ms": round(results["empty"][what] * 1000, 2),
-            "full_over_empty": round(results["full"][what] / results["empty"][what], 2),
+            "full_ms": round(mean[("full", what)] * 1000, 2),
+            "empty_ms": round(mean[("empty", what)] * 1000, 2),
+            "full_over_empty": round(mean[("full", what)] / mean[("empty", what)], 2),
         }
         for what in ("lease", "history", "backlog")
     ]
