@@ -114,6 +114,9 @@ class Prepared:
         self.processors: tuple[Callable[[Any], Any] | None, ...] = tuple(
             _bind_processor(binds[name].type, dialect) for name in self.names
         )
+        self._processing = tuple(
+            (index, proc) for index, proc in enumerate(self.processors) if proc is not None
+        )
         self.results: tuple[Callable[[Any], Any] | None, ...] = ()
         columns = getattr(statement, "selected_columns", None)
         returning = getattr(statement, "_returning", ())
@@ -126,10 +129,10 @@ class Prepared:
     def args(self, params: Mapping[str, Any]) -> list[Any]:
         """Positional driver arguments for ``params`` (literal binds filled in)."""
         values = self.compiled.construct_params(params)
-        return [
-            value if proc is None else proc(value)
-            for value, proc in zip((values[n] for n in self.names), self.processors, strict=True)
-        ]
+        args = [values[name] for name in self.names]
+        for index, proc in self._processing:
+            args[index] = proc(args[index])
+        return args
 
     def row(self, raw: Sequence[Any]) -> tuple[Any, ...]:
         """One result row with SQLAlchemy's result processing applied."""

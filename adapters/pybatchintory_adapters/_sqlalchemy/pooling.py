@@ -11,15 +11,22 @@ transaction) is still rolled back. Engines handed in by the user keep their own 
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import Pool, PoolProxiedConnection
 
-__all__ = ("CLEAN_RETURN_OPTIONS", "install_clean_return", "mark_committed")
+__all__ = (
+    "CLEAN_RETURN_OPTIONS",
+    "install_clean_return",
+    "mark_committed",
+    "returns_without_io",
+)
 
 _COMMITTED = "pybatchintory_committed"
+_CLEAN_POOLS: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 CLEAN_RETURN_OPTIONS: dict[str, Any] = {"pool_reset_on_return": None}
 """``create_async_engine`` options that go with ``install_clean_return``."""
@@ -35,6 +42,7 @@ def install_clean_return(engine: AsyncEngine) -> None:
 
     For engines built with ``CLEAN_RETURN_OPTIONS`` (the pool's own reset turned off).
     """
+    _CLEAN_POOLS.add(engine.sync_engine.pool)
 
     @event.listens_for(engine.sync_engine.pool, "reset")
     def _reset(dbapi_connection: Any, record: Any, state: Any) -> None:
@@ -43,3 +51,12 @@ def install_clean_return(engine: AsyncEngine) -> None:
             return
         if state.asyncio_safe:
             dbapi_connection.rollback()
+
+
+def returns_without_io(engine: AsyncEngine) -> bool:
+    """True if a connection marked committed goes back to ``engine``'s pool with no I/O.
+
+    Then it may be returned outside a greenlet (``fairy.close()`` straight from the event
+    loop): the listener above skips the reset, and the pool's queue is a plain put.
+    """
+    return engine.sync_engine.pool in _CLEAN_POOLS
