@@ -61,7 +61,7 @@ async def fresh_database(backend: str, workdir: str) -> Database:
 
 
 _SERIES = {
-    "postgres": "SELECT g AS id FROM generate_series(1, {n}) AS g",
+    "postgres": "SELECT g AS id FROM generate_series(1::bigint, {n}) AS g",
     "mysql": "SELECT seq AS id FROM seq_1_to_{n}",
     "sqlite": (
         "WITH RECURSIVE s(id) AS (SELECT 1 UNION ALL SELECT id + 1 FROM s WHERE id < {n}) "

@@ -2,6 +2,8 @@
 
 One transaction locks the job row, cuts the range with an index-bounded query and inserts
 the attempt (and moves the cursor); one statement settles it, fenced by token and status.
+The range query sums the weight column as well as counting: the ledger records both for
+every range, so a lease that skipped the weight would not be the same lease.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from sqlalchemy.engine import make_url
 SCHEMA = (
     "CREATE TABLE floor_jobs (name VARCHAR(64) PRIMARY KEY, cursor_id BIGINT NOT NULL)",
     "CREATE TABLE floor_attempts (id {serial}, job VARCHAR(64) NOT NULL, "
-    "id_start BIGINT NOT NULL, id_end BIGINT NOT NULL, cnt BIGINT NOT NULL, "
+    "id_start BIGINT NOT NULL, id_end BIGINT NOT NULL, cnt BIGINT NOT NULL, weight BIGINT, "
     "status VARCHAR(16) NOT NULL, token VARCHAR(64) NOT NULL)",
 )
 SERIAL = {
@@ -82,16 +84,18 @@ class Floor:
                 cursor = await c.fetchval(
                     "SELECT cursor_id FROM floor_jobs WHERE name = 'floor' FOR UPDATE"
                 )
-                end, count = await c.fetchrow(
-                    "SELECT max(id), count(*) FROM (SELECT id FROM files WHERE id > $1 "
+                end, count, weight = await c.fetchrow(
+                    "SELECT max(id), count(*), sum(w) FROM (SELECT id, size_in_bytes AS w "
+                    "FROM files WHERE id > $1 "
                     "ORDER BY id LIMIT $2) s",
                     cursor,
                     self.cap,
                 )
                 attempt = await c.fetchval(
-                    "INSERT INTO floor_attempts (job, id_start, id_end, cnt, status, token) "
-                    "VALUES ('floor', $1, $2, $3, 'running', $4) RETURNING id",
-                    cursor + 1, end, count, token,
+                    "INSERT INTO floor_attempts "
+                    "(job, id_start, id_end, cnt, weight, status, token) "
+                    "VALUES ('floor', $1, $2, $3, $4, 'running', $5) RETURNING id",
+                    cursor + 1, end, count, weight, token,
                 )
                 await c.execute("UPDATE floor_jobs SET cursor_id = $1 WHERE name = 'floor'", end)
             await c.execute(
@@ -104,15 +108,16 @@ class Floor:
             (cursor,), _ = await self._mysql(
                 "SELECT cursor_id FROM floor_jobs WHERE name = 'floor' FOR UPDATE"
             )
-            (end, count), _ = await self._mysql(
-                "SELECT max(id), count(*) FROM (SELECT id FROM files WHERE id > %s "
+            (end, count, weight), _ = await self._mysql(
+                "SELECT max(id), count(*), sum(w) FROM (SELECT id, size_in_bytes AS w "
+                "FROM files WHERE id > %s "
                 "ORDER BY id LIMIT %s) s",
                 cursor, self.cap,
             )
             _, attempt = await self._mysql(
-                "INSERT INTO floor_attempts (job, id_start, id_end, cnt, status, token) "
-                "VALUES ('floor', %s, %s, %s, 'running', %s)",
-                cursor + 1, end, count, token,
+                "INSERT INTO floor_attempts (job, id_start, id_end, cnt, weight, status, token) "
+                "VALUES ('floor', %s, %s, %s, %s, 'running', %s)",
+                cursor + 1, end, count, weight, token,
             )
             await self._mysql("UPDATE floor_jobs SET cursor_id = %s WHERE name = 'floor'", end)
             await self._mysql("COMMIT")
@@ -127,15 +132,16 @@ class Floor:
             async with c.execute("SELECT cursor_id FROM floor_jobs WHERE name = 'floor'") as cur:
                 (cursor,) = await cur.fetchone()
             async with c.execute(
-                "SELECT max(id), count(*) FROM (SELECT id FROM files WHERE id > ? "
+                "SELECT max(id), count(*), sum(w) FROM (SELECT id, size_in_bytes AS w "
+                "FROM files WHERE id > ? "
                 "ORDER BY id LIMIT ?)",
                 (cursor, self.cap),
             ) as cur:
-                end, count = await cur.fetchone()
+                end, count, weight = await cur.fetchone()
             async with c.execute(
-                "INSERT INTO floor_attempts (job, id_start, id_end, cnt, status, token) "
-                "VALUES ('floor', ?, ?, ?, 'running', ?)",
-                (cursor + 1, end, count, token),
+                "INSERT INTO floor_attempts (job, id_start, id_end, cnt, weight, status, token) "
+                "VALUES ('floor', ?, ?, ?, ?, 'running', ?)",
+                (cursor + 1, end, count, weight, token),
             ) as cur:
                 attempt = cur.lastrowid
             await c.execute("UPDATE floor_jobs SET cursor_id = ? WHERE name = 'floor'", (end,))

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 
 import pybatchintory as pbi
 
+from benchmarks import compare
 from benchmarks._db import Database, create_files, fresh_database
 from benchmarks.floor import Floor
 
@@ -37,7 +38,6 @@ CAPS: dict[str, dict[str, int]] = {
     "weight": {"max_weight": 500_000},
     "both": {"max_count": 1000, "max_weight": 500_000},
 }
-TARGETS = {"postgres": (800, 600), "sqlite": (700, 700), "mysql": (400, 400)}
 
 
 async def _timed(step: Callable[[], Awaitable[None]], n: int) -> list[float]:
@@ -72,66 +72,68 @@ class LeaseLoop:
 
 
 async def lease_throughput(backend: str, db: Database, quick: bool) -> list[dict[str, Any]]:
-    """Item 1 and 3: leases/s at the head of a small and a large table; the raw floor."""
+    """Items 1 and 3: leases/s at the head of a small and a large table; the raw floor.
+
+    Every loop (three caps x two tables, and the floor) runs one block of leases per round,
+    round after round, so all of them see the same machine load; the cursor is rewound
+    (untimed) before each block, so both tables are always read at their head.
+    """
     small, large = 20_000, (200_000 if quick else 2_000_000)
     await create_files(db.url, backend, small, "files_small")
     await create_files(db.url, backend, large, "files_large")
     await create_files(db.url, backend, small, "files")  # for the floor
-    # Blocks of 15 leases of ~1000 rows from the head: the cursor is rewound (untimed) before
-    # each block, so the small table never runs dry and both tables are read at their head.
-    n, block = (60, 15) if quick else (300, 15)
+    rounds, block = (4, 15) if quick else (20, 15)
     out: list[dict[str, Any]] = []
-    async with pbi.Inventory(db.url) as inv:
-        for mode, caps in CAPS.items():
+    floor = Floor(backend, db.url, 1000)
+    await floor.open()
+    try:
+        async with pbi.Inventory(db.url) as inv:
             loops = {
-                "small": LeaseLoop(inv, "files_small", caps, f"s-{mode}"),
-                "large": LeaseLoop(inv, "files_large", caps, f"l-{mode}"),
+                (mode, size): LeaseLoop(inv, f"files_{size}", caps, f"{size}-{mode}")
+                for mode, caps in CAPS.items()
+                for size in ("small", "large")
             }
-            samples: dict[str, list[float]] = {"small": [], "large": []}
-            for loop in loops.values():
-                await _timed(loop.step, 3)  # warm up
-            for _ in range(n // block):
+            versus = LeaseLoop(inv, "files", CAPS["count"], "vs-floor")
+            samples: dict[Any, list[float]] = {key: [] for key in [*loops, "versus", "floor"]}
+            for loop in [*loops.values(), versus]:
+                await _timed(loop.step, 3)  # warm up: bind the source, record the job
+            await _timed(floor.lease, 3)
+            for _ in range(rounds):
                 for key, loop in loops.items():
                     await inv.set_cursor(loop.job, 0)
                     samples[key] += await _timed(loop.step, block)
-            row = {
-                "backend": backend,
-                "measure": f"lease, {mode} cap",
-                "rows": f"{small:,} / {large:,}",
-                "ours_per_s": round(_rate(samples["large"]), 1),
-                "small_per_s": round(_rate(samples["small"]), 1),
-                "p50_ms": round(_p(samples["large"], 0.5), 2),
-                "p99_ms": round(_p(samples["large"], 0.99), 2),
-                "large_over_small": round(
-                    statistics.mean(samples["large"]) / statistics.mean(samples["small"]), 2
-                ),
-            }
-            out.append(row)
-        floor = Floor(backend, db.url, 1000)
-        await floor.open()
-        try:
-            ours = LeaseLoop(inv, "files", CAPS["count"], "vs-floor")
-            mine: list[float] = []
-            theirs: list[float] = []
-            await _timed(ours.step, 3)
-            await _timed(floor.lease, 3)
-            for _ in range(n // block):
-                await inv.set_cursor(ours.job, 0)
+                await inv.set_cursor(versus.job, 0)
                 await floor.rewind()
-                mine += await _timed(ours.step, block)
-                theirs += await _timed(floor.lease, block)
-        finally:
-            await floor.close()
+                samples["versus"] += await _timed(versus.step, block)
+                samples["floor"] += await _timed(floor.lease, block)
+    finally:
+        await floor.close()
+    for mode in CAPS:
+        large_s, small_s = samples[(mode, "large")], samples[(mode, "small")]
         out.append(
             {
                 "backend": backend,
-                "measure": "lease vs raw-SQL floor (count cap)",
-                "rows": f"{small:,}",
-                "ours_per_s": round(_rate(mine), 1),
-                "floor_per_s": round(_rate(theirs), 1),
-                "overhead": round(statistics.mean(mine) / statistics.mean(theirs), 2),
+                "measure": f"lease, {mode} cap",
+                "rows": f"{small:,} / {large:,}",
+                "ours_per_s": round(_rate(large_s), 1),
+                "small_per_s": round(_rate(small_s), 1),
+                "p50_ms": round(_p(large_s, 0.5), 2),
+                "p99_ms": round(_p(large_s, 0.99), 2),
+                "large_over_small": round(statistics.mean(large_s) / statistics.mean(small_s), 2),
             }
         )
+    out.append(
+        {
+            "backend": backend,
+            "measure": "lease vs raw-SQL floor (count cap)",
+            "rows": f"{small:,}",
+            "ours_per_s": round(_rate(samples["versus"]), 1),
+            "floor_per_s": round(_rate(samples["floor"]), 1),
+            "overhead": round(
+                statistics.mean(samples["versus"]) / statistics.mean(samples["floor"]), 2
+            ),
+        }
+    )
     return out
 
 
@@ -143,6 +145,10 @@ async def acquire_many(backend: str, db: Database, quick: bool) -> list[dict[str
     async with pbi.Inventory(db.url) as inv:
         source = pbi.MetaTable("files_many", weight="size_in_bytes")
         for size in (10, 100):
+            for job in (f"many-{size}", f"single-{size}"):  # warm up: bind, record the job
+                warm = await inv.acquire(job, source, max_count=10)
+                assert warm is not None
+                await warm.success()
             waves = 3 if quick else 10
             many: list[float] = []
             single: list[float] = []
@@ -196,23 +202,38 @@ _FILL = {
 
 
 async def ledger_growth(backend: str, quick: bool, workdir: str) -> list[dict[str, Any]]:
-    """Item 6: lease, history and backlog latency with a big ledger against an empty one."""
+    """Item 6: lease, history and backlog latency with a big ledger against an empty one.
+
+    Two databases, identical but for the ledger's size, measured in alternating blocks.
+    """
     attempts = 100_000 if quick else 1_000_000
-    n = 40 if quick else 200
-    results: dict[str, dict[str, float]] = {}
-    for label, fill in (("empty", 0), ("full", attempts)):
-        db = await fresh_database(backend, workdir)
-        try:
+    rounds, block = (4, 10) if quick else (10, 20)
+    dbs = {label: await fresh_database(backend, workdir) for label in ("empty", "full")}
+    samples: dict[tuple[str, str], list[float]] = {
+        (label, what): [] for label in dbs for what in ("lease", "history", "backlog")
+    }
+    inventories: dict[str, pbi.Inventory] = {}
+    try:
+        for label, db in dbs.items():
             await create_files(db.url, backend, 300_000)
-            async with pbi.Inventory(db.url) as inv:
-                source = pbi.MetaTable("files", weight="size_in_bytes")
-                await inv.plan("warm", source, max_count=1)
-                if fill:
-                    async with inv.engine.begin() as conn:
-                        await conn.execute(sa.text(_FILL[backend].format(n=fill)))
-                loop = LeaseLoop(inv, "files", {"max_count": 1000}, "growth")
-                await _timed(loop.step, 3)
-                lease = await _timed(loop.step, n)
+            inv = await pbi.Inventory(db.url).open()
+            inventories[label] = inv
+            source = pbi.MetaTable("files", weight="size_in_bytes")
+            await inv.plan("warm", source, max_count=1)
+            if label == "full":
+                async with inv.engine.begin() as conn:
+                    await conn.execute(sa.text(_FILL[backend].format(n=attempts)))
+        loops = {
+            label: LeaseLoop(inv, "files", {"max_count": 1000}, "growth")
+            for label, inv in inventories.items()
+        }
+        for loop in loops.values():
+            await _timed(loop.step, 3)
+        for _ in range(rounds):
+            for label, inv in inventories.items():
+                loop = loops[label]
+                await inv.set_cursor("growth", 0)
+                samples[(label, "lease")] += await _timed(loop.step, block)
 
                 async def history(inv: pbi.Inventory = inv) -> None:
                     await inv.history("files", 1500)
@@ -220,21 +241,22 @@ async def ledger_growth(backend: str, quick: bool, workdir: str) -> list[dict[st
                 async def backlog(inv: pbi.Inventory = inv) -> None:
                     await inv.backlog("growth")
 
-                results[label] = {
-                    "lease": statistics.mean(lease),
-                    "history": statistics.mean(await _timed(history, n)),
-                    "backlog": statistics.mean(await _timed(backlog, max(5, n // 10))),
-                }
-        finally:
+                samples[(label, "history")] += await _timed(history, block)
+                samples[(label, "backlog")] += await _timed(backlog, max(2, block // 10))
+    finally:
+        for inv in inventories.values():
+            await inv.aclose()
+        for db in dbs.values():
             await db.drop()
+    mean = {key: statistics.mean(values) for key, values in samples.items()}
     return [
         {
             "backend": backend,
             "measure": f"{what} with {attempts:,} ledger rows",
             "rows": "300,000",
-            "full_ms": round(results["full"][what] * 1000, 2),
-            "empty_ms": round(results["empty"][what] * 1000, 2),
-            "full_over_empty": round(results["full"][what] / results["empty"][what], 2),
+            "full_ms": round(mean[("full", what)] * 1000, 2),
+            "empty_ms": round(mean[("empty", what)] * 1000, 2),
+            "full_over_empty": round(mean[("full", what)] / mean[("empty", what)], 2),
         }
         for what in ("lease", "history", "backlog")
     ]
@@ -287,14 +309,83 @@ async def memory(backend: str, db: Database, quick: bool) -> list[dict[str, Any]
     ]
 
 
+# -- targets (the issue's numbers) --------------------------------------------------------
+
+LEASE_TARGETS = {  # leases/s, one worker: (count cap, weight cap)
+    "postgres": (800, 600),
+    "sqlite": (700, 700),
+    "mysql": (400, 400),
+}
+
+
+def _judge(row: dict[str, Any]) -> None:
+    """Add ``target`` and ``met`` to rows the issue sets a target for."""
+    measure = row["measure"]
+    checks: list[tuple[str, bool]] = []
+    if measure.startswith("lease, "):
+        count_target, weight_target = LEASE_TARGETS[row["backend"]]
+        target = count_target if "count cap" in measure else weight_target
+        checks.append((f">= {target}/s", row["ours_per_s"] >= target))
+        checks.append(("2M/20k <= 1.5", row["large_over_small"] <= 1.5))
+    elif measure.startswith("lease vs raw-SQL floor"):
+        checks.append(("overhead <= 1.5x", row["overhead"] <= 1.5))
+    elif "ledger rows" in measure:
+        checks.append(("full/empty <= 1.5", row["full_over_empty"] <= 1.5))
+    elif measure.startswith("peak RSS"):
+        checks.append(("iter_items constant", row["iter_items_mib"] <= 0.1 * row["items_mib"]))
+    elif "duplicate ranges" in measure:
+        checks.append(("no duplicates", row["ours_duplicates"] == 0))
+    elif "process" in measure and "useful_per_s" in row:
+        checks.append(("no duplicates", row["duplicates"] == 0))
+    if checks:
+        row["target"] = "; ".join(text for text, _ in checks)
+        row["met"] = "yes" if all(ok for _, ok in checks) else (
+            "no: " + "; ".join(text for text, ok in checks if not ok)
+        )
+
+
 def _markdown(rows: list[dict[str, Any]]) -> str:
     keys = ["backend", "measure", "rows"]
     for row in rows:
-        keys += [k for k in row if k not in keys]
+        keys += [k for k in row if k not in keys and k not in ("section", "target", "met")]
+    if any("target" in row for row in rows):
+        keys += ["target", "met"]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
         lines.append("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
     return "\n".join(lines)
+
+
+SECTIONS: dict[str, str] = {
+    "lease": "1, 3. Lease throughput, one worker (acquire + success), and the raw-SQL floor",
+    "seed": "2. Against pybatchintory 0.0.8 (the seed)",
+    "scaling": "4. Scaling with worker processes (count cap 100)",
+    "many": "5. acquire_many against repeated acquire; pgqueuer 1.6 as the queue reference",
+    "ledger": "6. Ledger growth",
+    "memory": "7. Memory of iter_items() against items()",
+}
+
+
+def _report(rows: list[dict[str, Any]]) -> str:
+    parts = []
+    for key, title in SECTIONS.items():
+        section = [r for r in rows if r.get("section") == key]
+        if section:
+            parts.append(f"### {title}\n\n{_markdown(section)}\n")
+    return "\n".join(parts)
+
+
+async def _in_fresh_db(
+    backend: str,
+    workdir: str,
+    bench: Callable[[str, Database, bool], Awaitable[list[dict[str, Any]]]],
+    quick: bool,
+) -> list[dict[str, Any]]:
+    db = await fresh_database(backend, workdir)
+    try:
+        return await bench(backend, db, quick)
+    finally:
+        await db.drop()
 
 
 async def main() -> None:
@@ -302,31 +393,65 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--backends", default="sqlite,postgres,mysql")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     args = parser.parse_args()
+    only = set(args.only.split(","))
+    quick = args.quick
     rows: list[dict[str, Any]] = []
+    began = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
         for backend in args.backends.split(","):
-            for bench in (lease_throughput, acquire_many, memory):
-                db = await fresh_database(backend, workdir)
+            plan: list[tuple[str, Any]] = [
+                ("lease", lease_throughput),
+                ("seed", compare.seed),
+                ("scaling", compare.scaling),
+                ("many", acquire_many),
+                ("many", compare.pgqueuer),
+                ("memory", memory),
+            ]
+            if quick:
+                # Under two minutes: the seed and scaling runs need process start-ups and
+                # table fills that dominate at small sizes; `make bench` runs them.
+                plan = [p for p in plan if p[0] in ("lease", "many", "memory")]
+            for section, bench in plan:
+                if section not in only:
+                    continue
                 try:
-                    rows += await bench(backend, db, args.quick)
-                finally:
-                    await db.drop()
-                print(_markdown(rows[-1:]).splitlines()[-1], flush=True)
-            rows += await ledger_growth(backend, args.quick, workdir)
+                    found = await _in_fresh_db(backend, workdir, bench, quick)
+                except Exception as exc:  # keep the other measurements; say what failed
+                    found = [
+                        {"backend": backend, "measure": f"{bench.__name__} FAILED", "rows": "",
+                         "error": f"{type(exc).__name__}: {exc}"[:300]}
+                    ]
+                for row in found:
+                    row["section"] = section
+                    _judge(row)
+                    print(json.dumps(row), flush=True)
+                rows += found
+            if "ledger" in only:
+                for row in await ledger_growth(backend, quick, workdir):
+                    row["section"] = "ledger"
+                    _judge(row)
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
     machine = (
         f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{platform.platform()}"
     )
-    table = _markdown(rows)
+    report = _report(rows)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    took = time.perf_counter() - began
+    header = f"{stamp}, {machine}, quick={quick}, {took:.0f} s"
     (RESULTS / "latest.json").write_text(
-        json.dumps({"when": stamp, "machine": machine, "quick": args.quick, "rows": rows},
-                   indent=2)
+        json.dumps(
+            {"when": stamp, "machine": machine, "quick": quick, "seconds": round(took),
+             "rows": rows},
+            indent=2,
+        )
     )
-    (RESULTS / "latest.md").write_text(f"{stamp}, {machine}, quick={args.quick}\n\n{table}\n")
-    print(f"\n{stamp} {machine}\n\n{table}")
+    (RESULTS / "latest.md").write_text(f"{header}\n\n{report}")
+    print(f"\n{header}\n\n{report}")
 
 
 if __name__ == "__main__":

@@ -274,6 +274,11 @@ class Inventory(Operations):
         return table
 
     async def _bind(self, source: MetadataSource | str) -> BoundSource:
+        cached = self._bound.get(id(source))
+        if cached is not None and cached[0] is source and self._store is not None:
+            # Before isinstance(): a runtime-checkable protocol check is slow on the hot path.
+            self._bound.move_to_end(id(source))
+            return cached[1]
         source = self._named(source)
         if not isinstance(source, MetadataSource):
             raise InvalidArgument(f"source must be a MetaTable or InventorySource, got {source!r}")

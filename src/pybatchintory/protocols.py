@@ -34,6 +34,7 @@ __all__ = (
     "PageSummary",
     "Planner",
     "RangeCount",
+    "StatementLink",
     "StoreAdapter",
 )
 
@@ -162,6 +163,22 @@ class MetadataSource(Protocol):
 
     async def bind(self, context: BindContext) -> BoundSource:
         """Validate against the real database and return a queryable source."""
+        ...
+
+
+@runtime_checkable
+class StatementLink(Protocol):
+    """A store's open transaction that sources on the same engine may read through.
+
+    Stores that run acquire on their own execution path (not an ``AsyncConnection``) pass
+    one of these as the planner's link, so page summaries stay one statement on the same
+    connection.
+    """
+
+    engine: AsyncEngine
+
+    async def fetch_one(self, statement: Any, params: Mapping[str, Any]) -> Sequence[Any] | None:
+        """The first row of a SQLAlchemy Core ``statement`` with bound ``params``."""
         ...
 
 

@@ -24,7 +24,13 @@ from pybatchintory.errors import (
     UnknownColumn,
     UnknownTable,
 )
-from pybatchintory.protocols import BindContext, PageRequest, PageSummary, RangeCount
+from pybatchintory.protocols import (
+    BindContext,
+    PageRequest,
+    PageSummary,
+    RangeCount,
+    StatementLink,
+)
 
 __all__ = ("Filter", "MetaTable")
 
@@ -274,7 +280,19 @@ class BoundMetaTable:
             return link
         return None
 
+    def _statement_link(self, link: object | None) -> StatementLink | None:
+        # Duck-typed: isinstance() against a runtime-checkable protocol costs more than
+        # the rest of a page summary's Python work.
+        if getattr(link, "engine", None) is self.engine and hasattr(link, "fetch_one"):
+            return link  # type: ignore[return-value]
+        return None
+
     async def _scalar_row(self, query: sa.Select[Any], link: object | None) -> tuple[Any, ...]:
+        direct = self._statement_link(link)
+        if direct is not None:
+            row = await direct.fetch_one(query, {})
+            assert row is not None, "an aggregate query returned no row"
+            return tuple(row)
         conn = self._link(link)
         if conn is not None:
             return tuple((await conn.execute(query)).one())
@@ -366,8 +384,13 @@ class BoundMetaTable:
             "p_max_weight": request.max_weight,
         }
         params = {k: v for k, v in params.items() if v is not None}
+        direct = self._statement_link(link)
         conn = self._link(link)
-        if conn is not None:
+        if direct is not None:
+            found = await direct.fetch_one(query, params)
+            assert found is not None, "an aggregate query returned no row"
+            row = found
+        elif conn is not None:
             row = (await conn.execute(query, params)).one()
         else:
             async with self.engine.connect() as own:

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from pybatchintory.errors import MissingDriver
 from pybatchintory_adapters._sqlalchemy.capabilities import Capabilities
+from pybatchintory_adapters._sqlalchemy.pooling import CLEAN_RETURN_OPTIONS, install_clean_return
 from pybatchintory_adapters._sqlalchemy.store import SQLAlchemyStore
 from pybatchintory_adapters._sqlalchemy.tables import build_tables
 
@@ -65,7 +66,10 @@ class SQLAlchemyAdapter:
 
     def create_engine(self, url: str, **options: Any) -> AsyncEngine:
         """An engine with this database's defaults and hooks."""
-        engine = create_async_engine(url, **{**self.engine_options, **options})
+        merged = {**CLEAN_RETURN_OPTIONS, **self.engine_options, **options}
+        engine = create_async_engine(url, **merged)
+        if merged["pool_reset_on_return"] is None:  # not overridden by the caller
+            install_clean_return(engine)
         if self._configure is not None:
             self._configure(engine)
         return engine

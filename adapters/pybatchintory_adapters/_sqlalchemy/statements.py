@@ -16,9 +16,31 @@ from pybatchintory.models import Status
 from pybatchintory_adapters._sqlalchemy.tables import Tables
 from pybatchintory_adapters._sqlalchemy.types import LedgerJSON, Timestamp, db_now, db_now_plus
 
-__all__ = ("Statements",)
+__all__ = ("ATTEMPT_COLUMNS", "Statements")
 
 _RUNNING = str(Status.RUNNING)
+
+ATTEMPT_COLUMNS = (
+    "meta_table",
+    "job",
+    "job_identifier",
+    "processing_start",
+    "meta_id_start",
+    "meta_id_end",
+    "weight",
+    "count",
+    "attempt",
+    "status",
+    "owner",
+    "token",
+    "heartbeat_at",
+    "expires_at",
+    "failures",
+    "dead",
+    "oversized",
+    "config",
+)
+"""The columns a new attempt is inserted with."""
 
 
 def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
@@ -79,17 +101,36 @@ class Statements:
             )
         )
         self.due_retries = (
-            sa.select(inv)
+            sa.select(
+                inv.c.id,
+                inv.c.meta_table,
+                inv.c.meta_id_start,
+                inv.c.meta_id_end,
+                inv.c.count,
+                inv.c.weight,
+                inv.c.oversized,
+                inv.c.attempt,
+                inv.c.failures,
+            )
             .where(inv.c.job == _p("job"), inv.c.retry_after <= now)
             .order_by(inv.c.meta_id_start, inv.c.id)
             .limit(_p("n", sa.Integer()))
         )
         self.clear_retry = sa.update(inv).where(inv.c.id == _p("id")).values(retry_after=None)
-        self.insert_attempt = sa.insert(inv)
+        # Every value is a ``p_`` parameter: plain column names are reserved in SET clauses
+        # (and in the UPDATE inside WITH below they would become more SET columns).
+        attempt_values = {name: _p(name, inv.c[name].type) for name in ATTEMPT_COLUMNS}
+        self.insert_attempt = sa.insert(inv).values(attempt_values)
+        self.insert_attempt_returning = self.insert_attempt.returning(inv.c.id)
         self.move_cursor = (
             sa.update(jobs)
             .where(jobs.c.name == _p("job"))
             .values(cursor=_p("cursor", sa.BigInteger()), updated_at=now)
+        )
+        # Where UPDATE may run inside WITH (PostgreSQL): the new range's attempt and the
+        # cursor move in one round trip.
+        self.insert_attempt_moving_cursor = self.insert_attempt_returning.add_cte(
+            self.move_cursor.cte("moved_cursor")
         )
         tokens: sa.BindParameter[Any] = sa.bindparam("p_tokens", expanding=True)
         live = sa.and_(

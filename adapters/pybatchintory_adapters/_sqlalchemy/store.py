@@ -12,13 +12,15 @@ import random
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.util import greenlet_spawn
 
 from pybatchintory.errors import (
     JobConflict,
@@ -40,6 +42,13 @@ from pybatchintory.models import (
 from pybatchintory.protocols import JobRecord, Planner
 from pybatchintory_adapters._sqlalchemy import queries
 from pybatchintory_adapters._sqlalchemy.capabilities import Capabilities
+from pybatchintory_adapters._sqlalchemy.direct import (
+    DirectConnection,
+    EngineLink,
+    HotPath,
+    Prepared,
+)
+from pybatchintory_adapters._sqlalchemy.pooling import mark_committed, returns_without_io
 from pybatchintory_adapters._sqlalchemy.records import aware, to_job
 from pybatchintory_adapters._sqlalchemy.statements import Statements
 from pybatchintory_adapters._sqlalchemy.tables import SCHEMA_VERSION, Tables
@@ -51,6 +60,21 @@ T = TypeVar("T")
 
 _RUNNING = str(Status.RUNNING)
 _TRANSIENT_TRIES = 6
+
+
+class _Check(NamedTuple):
+    status: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class _NewAttempt:
+    """An attempt about to be inserted: a new range or the next try of an old one."""
+
+    meta_table: str
+    cut: PlannedRange
+    attempt: int
+    failures: int
 
 
 class SQLAlchemyStore:
@@ -67,17 +91,68 @@ class SQLAlchemyStore:
         self.tables = tables
         self.capabilities = capabilities
         self.statements = Statements(tables)
+        self._prepared: dict[int, tuple[sa.Executable, Prepared]] = {}
+        self._raw_connection = engine.sync_engine.raw_connection
+        self._returns_without_io = returns_without_io(engine)
         self._ready = False
+        # Option engines share the pool; their options cost nothing per connection, unlike
+        # ``await conn.execution_options(...)`` on every transaction.
+        write = capabilities.write_options
+        self._write_engine = engine.execution_options(**write) if write else engine
+        single = capabilities.single_statement_options
+        self._single_engine = engine.execution_options(**single) if single is not None else None
 
     # -- transactions ---------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            if self.capabilities.write_options:
-                await conn.execution_options(**self.capabilities.write_options)
+    async def _write(self, single: bool = False) -> AsyncIterator[AsyncConnection]:
+        if single and self._single_engine is not None:
+            async with self._single_engine.connect() as conn:
+                yield conn
+                await conn.commit()  # nothing to commit: ends SQLAlchemy's own transaction
+                mark_committed(conn)
+            return
+        async with self._write_engine.connect() as conn:
             async with conn.begin():
                 yield conn
+            mark_committed(conn)
+
+    @asynccontextmanager
+    async def _hot(self, single: bool) -> AsyncIterator[tuple[HotPath, object]]:
+        """A write transaction for acquire and settle: ``(statements, planner link)``.
+
+        With the adapter's ``driver_session``, statements run on the pooled driver
+        connection (see ``direct``); otherwise through SQLAlchemy.
+        """
+        factory = self.capabilities.driver_session
+        if factory is None:
+            async with self._write(single) as conn:
+                yield EngineLink(conn), conn
+            return
+        # Straight from the pool: no Connection object, two greenlet hops (out and back).
+        fairy = await greenlet_spawn(self._raw_connection)
+        committed = False
+        try:
+            direct = DirectConnection(factory(fairy.driver_connection), self.engine, self._prepared)
+            await direct.begin(single)
+            try:
+                yield direct, direct
+                await direct.commit(single)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await direct.session.rollback()
+                    except Exception:
+                        await greenlet_spawn(fairy.invalidate)
+                raise
+            mark_committed(fairy)
+            committed = True
+        finally:
+            if committed and self._returns_without_io:
+                fairy.close()  # no reset, no I/O: no greenlet hop and no cancel scope
+            else:
+                with anyio.CancelScope(shield=True):
+                    await greenlet_spawn(fairy.close)
 
     def _translate(self, exc: DBAPIError) -> StoreError:
         mapped = self.capabilities.translate(exc)
@@ -89,12 +164,35 @@ class SQLAlchemyStore:
             return StoreConflict(f"the inventory database kept conflicting: {exc.orig}")
         return StoreError(f"the inventory database failed: {exc.orig}")
 
-    async def _transact(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-        """Run ``work`` in a write transaction, retrying deadlocks and dropped connections."""
+    async def _transact(
+        self, work: Callable[[AsyncConnection], Awaitable[T]], *, single: bool = False
+    ) -> T:
+        """Run ``work`` in a write transaction, retrying deadlocks and dropped connections.
+
+        ``single``: ``work``'s only write is one statement, atomic by itself; where the
+        database allows it, it runs without ``BEGIN``/``COMMIT`` round trips.
+        """
+        async def once() -> T:
+            async with self._write(single) as conn:
+                return await work(conn)
+
+        return await self._retrying(once)
+
+    async def _transact_hot(
+        self, work: Callable[[HotPath, object], Awaitable[T]], *, single: bool = False
+    ) -> T:
+        """``_transact`` for acquire and settle, on the hot path."""
+
+        async def once() -> T:
+            async with self._hot(single) as (statements, link):
+                return await work(statements, link)
+
+        return await self._retrying(once)
+
+    async def _retrying(self, once: Callable[[], Awaitable[T]]) -> T:
         for attempt in range(_TRANSIENT_TRIES):
             try:
-                async with self._write() as conn:
-                    return await work(conn)
+                return await once()
             except DBAPIError as exc:
                 transient = exc.connection_invalidated or self.capabilities.retryable(exc)
                 if not transient or attempt == _TRANSIENT_TRIES - 1:
@@ -212,9 +310,11 @@ class SQLAlchemyStore:
         """Lease up to ``n`` ranges: expire, then retries oldest first, then new ranges."""
         stored_config = None if config is None else dict(config)
         st = self.statements
+        returning = self.engine.dialect.insert_returning
+        insert = st.insert_attempt_returning if returning else st.insert_attempt
 
-        async def work(conn: AsyncConnection) -> list[LeaseGrant]:
-            locked = (await conn.execute(st.lock_job, {"p_job": job})).first()
+        async def work(ex: HotPath, link: object) -> list[LeaseGrant]:
+            locked = await ex.one(st.lock_job, {"p_job": job})
             if locked is None:
                 raise UnknownJob(f"job {job!r} is not recorded in the inventory")
             cursor, meta_table, oldest_expiry, next_retry = locked
@@ -222,115 +322,77 @@ class SQLAlchemyStore:
             expires = now + timedelta(seconds=ttl)
             params = {"p_job": job, "p_now": now}
             if oldest_expiry is not None and oldest_expiry <= now:
-                await conn.execute(st.expire, {**params, "p_max_attempts": max_attempts})
+                await ex.run(st.expire, {**params, "p_max_attempts": max_attempts})
                 next_retry = now  # the expired ranges are due now
-            grants: list[LeaseGrant] = []
+            rows: list[_NewAttempt] = []
             if next_retry is not None and next_retry <= now:
-                due = (
-                    (await conn.execute(st.due_retries, {**params, "p_n": n})).mappings().all()
-                )
-                for old in due:
-                    await conn.execute(st.clear_retry, {"p_id": old["id"]})
+                due = await ex.all(st.due_retries, {**params, "p_n": n})
+                for old_id, old_table, start, end, count, weight, oversized, *tries in due:
+                    await ex.run(st.clear_retry, {"p_id": old_id})
                     cut = PlannedRange(
-                        int(old["meta_id_start"]),
-                        int(old["meta_id_end"]),
-                        int(old["count"]),
-                        int(old["weight"]),
-                        bool(old["oversized"]),
+                        int(start), int(end), int(count), int(weight), bool(oversized)
                     )
-                    grants.append(
-                        await self._insert_attempt(
-                            conn,
-                            job=job,
-                            meta_table=old["meta_table"],
-                            cut=cut,
-                            attempt=int(old["attempt"]) + 1,
-                            failures=int(old["failures"]),
-                            owner=owner,
-                            now=now,
-                            expires=expires,
-                            config=stored_config,
-                        )
-                    )
+                    attempt, failures = (int(v) for v in tries)
+                    rows.append(_NewAttempt(old_table, cut, attempt + 1, failures))
             new_cursor = cursor
-            while len(grants) < n:
-                planned = await planner(conn, new_cursor)
+            while len(rows) < n:
+                planned = await planner(link, new_cursor)
                 if planned is None:
                     break
+                rows.append(_NewAttempt(meta_table, planned, 1, 0))
+                new_cursor = planned.meta_id_end
+            moved = new_cursor != cursor
+            # PostgreSQL: the one new range's attempt and the cursor move in one statement.
+            fuse = moved and len(rows) == 1 and self.capabilities.write_in_with
+            grants = []
+            for row in rows:
+                token = secrets.token_hex(16)
+                values = {
+                    "p_meta_table": row.meta_table,
+                    "p_job": job,
+                    "p_job_identifier": owner,
+                    "p_processing_start": now,
+                    "p_meta_id_start": row.cut.meta_id_start,
+                    "p_meta_id_end": row.cut.meta_id_end,
+                    "p_weight": row.cut.weight,
+                    "p_count": row.cut.count,
+                    "p_attempt": row.attempt,
+                    "p_status": _RUNNING,
+                    "p_owner": owner,
+                    "p_token": token,
+                    "p_heartbeat_at": now,
+                    "p_expires_at": expires,
+                    "p_failures": row.failures,
+                    "p_dead": False,
+                    "p_oversized": row.cut.oversized,
+                    "p_config": stored_config,
+                }
+                if fuse:
+                    values.update(p_cursor=new_cursor, p_now=now)
+                    attempt_id = await ex.insert(st.insert_attempt_moving_cursor, values)
+                else:
+                    attempt_id = await ex.insert(insert, values)
                 grants.append(
-                    await self._insert_attempt(
-                        conn,
+                    LeaseGrant(
+                        id=attempt_id,
                         job=job,
-                        meta_table=meta_table,
-                        cut=planned,
-                        attempt=1,
-                        failures=0,
-                        owner=owner,
-                        now=now,
-                        expires=expires,
-                        config=stored_config,
+                        meta_table=row.meta_table,
+                        meta_id_start=row.cut.meta_id_start,
+                        meta_id_end=row.cut.meta_id_end,
+                        count=row.cut.count,
+                        weight=row.cut.weight,
+                        attempt=row.attempt,
+                        failures=row.failures,
+                        oversized=row.cut.oversized,
+                        token=token,
+                        expires_at=aware(expires),  # type: ignore[arg-type]
                     )
                 )
-                new_cursor = planned.meta_id_end
-            if new_cursor != cursor:
-                await conn.execute(st.move_cursor, {**params, "p_cursor": new_cursor})
+            if moved and not fuse:
+                await ex.run(st.move_cursor, {**params, "p_cursor": new_cursor})
             return grants
 
-        return await self._transact(work)
-
-    async def _insert_attempt(
-        self,
-        conn: AsyncConnection,
-        *,
-        job: str,
-        meta_table: str,
-        cut: PlannedRange,
-        attempt: int,
-        failures: int,
-        owner: str,
-        now: datetime,
-        expires: datetime,
-        config: dict[str, Any] | None,
-    ) -> LeaseGrant:
-        token = secrets.token_hex(16)
-        result = await conn.execute(
-            self.statements.insert_attempt,
-            {
-                "meta_table": meta_table,
-                "job": job,
-                "job_identifier": owner,
-                "processing_start": now,
-                "meta_id_start": cut.meta_id_start,
-                "meta_id_end": cut.meta_id_end,
-                "weight": cut.weight,
-                "count": cut.count,
-                "attempt": attempt,
-                "status": _RUNNING,
-                "owner": owner,
-                "token": token,
-                "heartbeat_at": now,
-                "expires_at": expires,
-                "failures": failures,
-                "dead": False,
-                "oversized": cut.oversized,
-                "config": config,
-            },
-        )
-        (attempt_id,) = result.inserted_primary_key  # type: ignore[misc]
-        return LeaseGrant(
-            id=int(attempt_id),
-            job=job,
-            meta_table=meta_table,
-            meta_id_start=cut.meta_id_start,
-            meta_id_end=cut.meta_id_end,
-            count=cut.count,
-            weight=cut.weight,
-            attempt=attempt,
-            failures=failures,
-            oversized=cut.oversized,
-            token=token,
-            expires_at=aware(expires),  # type: ignore[arg-type]
-        )
+        return await self._transact_hot(work)
 
     async def heartbeat(self, owner: str, ttl: float, tokens: Collection[str]) -> set[str]:
         """Renew ``owner``'s live leases among ``tokens`` in one statement; return lost ones.
@@ -351,7 +413,7 @@ class SQLAlchemyStore:
             alive = set((await conn.execute(st.live_tokens, params)).scalars())
             return set(wanted) - alive
 
-        return await self._transact(work)
+        return await self._transact(work, single=True)
 
     async def settle(self, settlement: Settlement) -> None:
         """End an attempt if its lease is still held; otherwise raise ``LeaseLost``."""
@@ -371,11 +433,11 @@ class SQLAlchemyStore:
         if s.status is not Status.SUCCEEDED and not s.dead:
             params["p_delay"] = float(s.retry_delay)
 
-        async def work(conn: AsyncConnection) -> None:
-            done = await conn.execute(statement, params)
-            if done.rowcount == 1:
+        async def work(ex: HotPath, link: object) -> None:
+            if await ex.run(statement, params) == 1:
                 return
-            row = (await conn.execute(st.settle_check, {"p_id": s.attempt_id})).first()
+            found = await ex.one(st.settle_check, {"p_id": s.attempt_id})
+            row = None if found is None else _Check(*found)
             if row is not None and row.token == s.token and row.status == str(s.status):
                 return  # an earlier try committed before its connection dropped
             if row is None:
@@ -391,7 +453,8 @@ class SQLAlchemyStore:
                 f"its {s.status} was not recorded"
             )
 
-        await self._transact(work)
+        # The fenced UPDATE is the only write; the SELECT after a miss only explains it.
+        await self._transact_hot(work, single=True)
 
     # -- operator controls ----------------------------------------------------------------
 

@@ -8,6 +8,7 @@ deadlocks (1213) and lock wait timeouts (1205) retried.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -57,6 +58,41 @@ def _retryable(exc: BaseException) -> bool:
     return _errno(exc) in {_DEADLOCK, _LOCK_WAIT_TIMEOUT, *_UNAVAILABLE}
 
 
+class _AiomysqlSession:
+    """Acquire and settle on the pooled ``aiomysql.Connection`` (see ``_sqlalchemy.direct``).
+
+    The connection is not in autocommit: the first statement opens the transaction (no
+    ``BEGIN`` round trip) and ``COMMIT`` ends it, for a settle too. Row counts are rows
+    matched, not changed: SQLAlchemy connects with ``CLIENT.FOUND_ROWS``.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def begin(self, single: bool) -> None:
+        return None
+
+    async def commit(self, single: bool) -> None:
+        await self.conn.commit()
+
+    async def rollback(self) -> None:
+        await self.conn.rollback()
+
+    async def rows(self, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        async with self.conn.cursor() as cursor:
+            await cursor.execute(sql, tuple(args))
+            rows: Sequence[Sequence[Any]] = await cursor.fetchall()
+            return rows
+
+    async def run(self, sql: str, args: Sequence[Any]) -> tuple[int, int | None]:
+        async with self.conn.cursor() as cursor:
+            await cursor.execute(sql, tuple(args))
+            return int(cursor.rowcount), cursor.lastrowid
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        return isinstance(exc, (OSError, ConnectionError)) or _errno(exc) in _UNAVAILABLE
+
+
 def _translate(exc: DBAPIError) -> PybatchintoryError | None:
     code = _errno(exc)
     if code in _UNAVAILABLE:
@@ -72,6 +108,7 @@ adapter = SQLAlchemyAdapter(
         retryable=_retryable,
         translate=_translate,
         skip_locked=True,
+        driver_session=_AiomysqlSession,
     ),
     engine_options={"isolation_level": "READ COMMITTED", "pool_recycle": 3600},
 )

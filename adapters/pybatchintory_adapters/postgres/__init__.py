@@ -7,6 +7,7 @@ stored as ``JSONB``, and driver errors are classified by SQLSTATE.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -57,6 +58,46 @@ def _retryable(exc: BaseException) -> bool:
     return state in _RETRY_STATES or (state or "").startswith(_UNAVAILABLE_PREFIXES)
 
 
+class _AsyncpgSession:
+    """Acquire and settle on the pooled ``asyncpg.Connection`` (see ``_sqlalchemy.direct``).
+
+    asyncpg runs a statement without ``BEGIN`` in autocommit, so a single-statement settle
+    is one round trip; its own statement cache prepares each SQL string once.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def begin(self, single: bool) -> None:
+        if not single:
+            await self.conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+
+    async def commit(self, single: bool) -> None:
+        if not single:
+            await self.conn.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        if self.conn.is_in_transaction():
+            await self.conn.execute("ROLLBACK")
+
+    async def rows(self, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        rows: Sequence[Sequence[Any]] = await self.conn.fetch(sql, *args)
+        return rows
+
+    async def run(self, sql: str, args: Sequence[Any]) -> tuple[int, int | None]:
+        status: str = await self.conn.execute(sql, *args)  # e.g. "UPDATE 1"
+        count = status.rpartition(" ")[2]
+        return (int(count) if count.isdigit() else 0), None
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        if isinstance(exc, (OSError, ConnectionError)):
+            return True
+        state = _sqlstate(exc)
+        if state and state.startswith(_UNAVAILABLE_PREFIXES):
+            return True
+        return type(exc).__name__ in ("ConnectionDoesNotExistError", "InterfaceError")
+
+
 def _translate(exc: DBAPIError) -> PybatchintoryError | None:
     state = _sqlstate(exc)
     if state and state.startswith(_UNAVAILABLE_PREFIXES):
@@ -69,9 +110,13 @@ adapter = SQLAlchemyAdapter(
     extra="postgres",
     drivers={"asyncpg": "asyncpg"},
     capabilities=Capabilities(
+        # asyncpg's autocommit is a flag on the connection: no round trip to set or reset.
+        single_statement_options={"isolation_level": "AUTOCOMMIT"},
         retryable=_retryable,
         translate=_translate,
         skip_locked=True,
+        write_in_with=True,
+        driver_session=_AsyncpgSession,
     ),
     engine_options={"isolation_level": "READ COMMITTED"},
 )

@@ -2,13 +2,15 @@
 
 Differences from the shared implementation: write transactions start with ``BEGIN
 IMMEDIATE`` (SQLite's one writer lock serialises acquires, so no row locks are needed),
-the journal is WAL with a busy timeout so several processes can share one file, and the
-clock is ``strftime`` in UTC.
+single-statement writes (settle, heartbeat) run without ``BEGIN`` in SQLite's own
+autocommit, the journal is WAL with a busy timeout so several processes can share one
+file, and the clock is ``strftime`` in UTC.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import event
@@ -17,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.util import await_only
 
 from pybatchintory_adapters._sqlalchemy import Capabilities, SQLAlchemyAdapter
 from pybatchintory_adapters._sqlalchemy.types import db_now, db_now_plus, seconds_clause
@@ -24,6 +27,7 @@ from pybatchintory_adapters._sqlalchemy.types import db_now, db_now_plus, second
 __all__ = ("adapter",)
 
 _WRITE = "pybatchintory_write"
+_SINGLE = "pybatchintory_single_statement"
 _BUSY_TIMEOUT_MS = 30_000
 _BUSY_CODES = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 # strftime's %f has milliseconds; padding to six digits keeps the text comparable with
@@ -65,8 +69,52 @@ def _configure(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        mode = "IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "DEFERRED"
-        conn.exec_driver_sql(f"BEGIN {mode}")
+        options = conn.get_execution_options()
+        if options.get(_SINGLE):
+            return  # one statement: SQLite's autocommit makes it atomic by itself
+        statement = "BEGIN IMMEDIATE" if options.get(_WRITE) else "BEGIN DEFERRED"
+        # Straight to the driver: one hop to aiosqlite's thread instead of a cursor's
+        # create/execute/close through SQLAlchemy (the hot path begins twice per lease).
+        driver = conn.connection.driver_connection
+        assert driver is not None, "begin on a closed connection"
+        try:
+            await_only(driver.execute(statement))
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+
+
+class _AiosqliteSession:
+    """Acquire and settle on the pooled ``aiosqlite.Connection`` (see ``_sqlalchemy.direct``).
+
+    Each call is one hop to aiosqlite's thread (SQLAlchemy's cursor adaptation takes three
+    or four per statement). ``BEGIN IMMEDIATE`` takes the write lock up front; a single
+    statement runs in SQLite's autocommit.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def begin(self, single: bool) -> None:
+        if not single:
+            await self.conn.execute("BEGIN IMMEDIATE")
+
+    async def commit(self, single: bool) -> None:
+        if not single:
+            await self.conn.commit()
+
+    async def rollback(self) -> None:
+        await self.conn.rollback()
+
+    async def rows(self, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        rows: Sequence[Sequence[Any]] = await self.conn.execute_fetchall(sql, tuple(args))
+        return rows
+
+    async def run(self, sql: str, args: Sequence[Any]) -> tuple[int, int | None]:
+        cursor = await self.conn.execute(sql, tuple(args))
+        return int(cursor.rowcount), cursor.lastrowid
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        return False
 
 
 def _translate(exc: DBAPIError) -> None:
@@ -79,9 +127,11 @@ adapter = SQLAlchemyAdapter(
     drivers={"aiosqlite": "aiosqlite"},
     capabilities=Capabilities(
         write_options={_WRITE: True},
+        single_statement_options={_SINGLE: True},
         retryable=_retryable,
         translate=_translate,
         skip_locked=False,
+        driver_session=_AiosqliteSession,
     ),
     engine_options={"connect_args": {"timeout": _BUSY_TIMEOUT_MS / 1000}},
     configure=_configure,
