@@ -22,7 +22,6 @@ __all__ = (
     "CLEAN_RETURN_OPTIONS",
     "install_clean_return",
     "mark_committed",
-    "returns_without_io",
 )
 
 _COMMITTED = "pybatchintory_committed"
@@ -51,12 +50,3 @@ def install_clean_return(engine: AsyncEngine) -> None:
             return
         if state.asyncio_safe:
             dbapi_connection.rollback()
-
-
-def returns_without_io(engine: AsyncEngine) -> bool:
-    """True if a connection marked committed goes back to ``engine``'s pool with no I/O.
-
-    Then it may be returned outside a greenlet (``fairy.close()`` straight from the event
-    loop): the listener above skips the reset, and the pool's queue is a plain put.
-    """
-    return engine.sync_engine.pool in _CLEAN_POOLS

@@ -48,7 +48,7 @@ from pybatchintory_adapters._sqlalchemy.direct import (
     HotPath,
     Prepared,
 )
-from pybatchintory_adapters._sqlalchemy.pooling import mark_committed, returns_without_io
+from pybatchintory_adapters._sqlalchemy.pooling import mark_committed
 from pybatchintory_adapters._sqlalchemy.records import aware, to_job
 from pybatchintory_adapters._sqlalchemy.statements import Statements
 from pybatchintory_adapters._sqlalchemy.tables import SCHEMA_VERSION, Tables
@@ -93,7 +93,6 @@ class SQLAlchemyStore:
         self.statements = Statements(tables)
         self._prepared: dict[int, tuple[sa.Executable, Prepared]] = {}
         self._raw_connection = engine.sync_engine.raw_connection
-        self._returns_without_io = returns_without_io(engine)
         self._ready = False
         # Option engines share the pool; their options cost nothing per connection, unlike
         # ``await conn.execution_options(...)`` on every transaction.
@@ -131,7 +130,6 @@ class SQLAlchemyStore:
             return
         # Straight from the pool: no Connection object, two greenlet hops (out and back).
         fairy = await greenlet_spawn(self._raw_connection)
-        committed = False
         try:
             direct = DirectConnection(factory(fairy.driver_connection), self.engine, self._prepared)
             await direct.begin(single)
@@ -146,13 +144,12 @@ class SQLAlchemyStore:
                         await greenlet_spawn(fairy.invalidate)
                 raise
             mark_committed(fairy)
-            committed = True
         finally:
-            if committed and self._returns_without_io:
-                fairy.close()  # no reset, no I/O: no greenlet hop and no cancel scope
-            else:
-                with anyio.CancelScope(shield=True):
-                    await greenlet_spawn(fairy.close)
+            # Always inside a greenlet: even a committed connection may need I/O on its way
+            # back (an overflow connection is closed by the pool), and outside a greenlet
+            # that close fails silently and leaks the connection.
+            with anyio.CancelScope(shield=True):
+                await greenlet_spawn(fairy.close)
 
     def _translate(self, exc: DBAPIError) -> StoreError:
         mapped = self.capabilities.translate(exc)
@@ -318,7 +315,9 @@ class SQLAlchemyStore:
             if locked is None:
                 raise UnknownJob(f"job {job!r} is not recorded in the inventory")
             cursor, meta_table, oldest_expiry, next_retry = locked
-            now = (await conn.execute(st.clock)).scalar_one()
+            clock = await ex.one(st.clock, {})
+            assert clock is not None
+            now = clock[0]
             expires = now + timedelta(seconds=ttl)
             params = {"p_job": job, "p_now": now}
             if oldest_expiry is not None and oldest_expiry <= now:
