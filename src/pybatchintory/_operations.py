@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from pybatchintory._planning import RangeCutter, validate_window
+from pybatchintory._planning import RangeCutter, check_job_name, validate_window
 from pybatchintory.errors import InvalidArgument, UnknownJob
 from pybatchintory.models import (
     Attempt,
@@ -92,6 +92,7 @@ class Operations:
         ) -> tuple[BoundSource, Limits]: ...
 
     async def _job(self, job: str) -> JobRecord:
+        check_job_name(job)
         await self.open()
         record = await self.store.get_job(job)
         if record is None:
@@ -249,6 +250,7 @@ class Operations:
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidArgument(f"n must be a positive integer, got {n!r}")
+        check_job_name(job)
         await self.open()
         record = await self.store.get_job(job)
         # An existing job is compared with the call (JobConflict, never a write); a new one

@@ -192,3 +192,24 @@ class RangeCutter:
             weight=self._weight,
             oversized=self._oversized,
         )
+
+
+_MAX_JOB_NAME = 255
+
+
+def check_job_name(job: object) -> str:
+    """Return ``job`` if it is a usable job name.
+
+    Raises:
+        InvalidArgument: Not a non-empty string of at most 255 characters without NUL.
+    """
+    if (
+        not isinstance(job, str)
+        or not job.strip()
+        or len(job) > _MAX_JOB_NAME
+        or "\x00" in job  # PostgreSQL cannot store NUL; no store may accept it then
+    ):
+        raise InvalidArgument(
+            f"job must be a non-empty name of at most 255 characters, without NUL: {job!r}"
+        )
+    return job

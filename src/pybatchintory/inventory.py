@@ -25,7 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from pybatchintory._failure import describe_failure
 from pybatchintory._lease import Batch
 from pybatchintory._operations import Operations
-from pybatchintory._planning import RangeCutter, backoff_delay, validate_limits, validate_window
+from pybatchintory._planning import (
+    RangeCutter,
+    backoff_delay,
+    check_job_name,
+    validate_limits,
+    validate_window,
+)
 from pybatchintory._registry import adapter_for
 from pybatchintory.errors import InvalidArgument, LeaseLost, NoBatchAvailable, StoreError
 from pybatchintory.models import (
@@ -44,7 +50,6 @@ __all__ = ("Inventory",)
 
 log = logging.getLogger("pybatchintory")
 
-_MAX_JOB_NAME = 255
 _BOUND_SOURCES = 32
 """How many bound sources an ``Inventory`` keeps (least recently used are dropped)."""
 _SETTLE_RETRY_FIRST = 0.05
@@ -69,22 +74,6 @@ def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-def check_job_name(job: object) -> str:
-    """Return ``job`` if it is a usable job name.
-
-    Raises:
-        InvalidArgument: Not a non-empty string of at most 255 characters without NUL.
-    """
-    if (
-        not isinstance(job, str)
-        or not job.strip()
-        or len(job) > _MAX_JOB_NAME
-        or "\x00" in job  # PostgreSQL cannot store NUL; no store may accept it then
-    ):
-        raise InvalidArgument(
-            f"job must be a non-empty name of at most 255 characters, without NUL: {job!r}"
-        )
-    return job
 
 
 class Inventory(Operations):
