@@ -105,8 +105,11 @@ class Prepared:
 
     def __init__(self, statement: sa.Executable, dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)  # type: ignore[attr-defined]
-        if "POSTCOMPILE" in compiled.string or not dialect.positional:
-            raise ValueError("expanding parameters are not supported on the direct path")
+        if not dialect.positional:
+            raise ValueError("the direct path needs a positional paramstyle")
+        # ``IN`` lists (a filter ``{"kind": ["csv", "json"]}``) compile to expanding
+        # parameters; their SQL is rendered per call from the values (``statement_for``).
+        self.expanding = "POSTCOMPILE" in compiled.string
         self.compiled = compiled
         self.sql: str = compiled.string
         self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
@@ -125,6 +128,20 @@ class Prepared:
             self.results = tuple(
                 t.dialect_impl(dialect).result_processor(dialect, None) for t in types
             )
+
+    def statement_for(self, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        """The SQL and positional driver arguments for ``params``."""
+        if not self.expanding:
+            return self.sql, self.args(params)
+        state = self.compiled.construct_expanded_state(params)
+        args = list(state.positional_parameters or ())
+        processors = state.processors  # the expanded parameters' only
+        by_name = dict(zip(self.names, self.processors, strict=True))
+        for index, name in enumerate(state.positiontup or ()):
+            proc = processors.get(name) or by_name.get(name)
+            if proc is not None:
+                args[index] = proc(args[index])
+        return state.statement, args
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
         """Positional driver arguments for ``params`` (literal binds filled in)."""
@@ -182,7 +199,7 @@ class DirectConnection:
         """Every row ``statement`` returns."""
         prepared = self._get(statement)
         try:
-            raw = await self.session.rows(prepared.sql, prepared.args(params))
+            raw = await self.session.rows(*prepared.statement_for(params))
         except DBAPIError:
             raise
         except Exception as exc:
@@ -221,7 +238,7 @@ class DirectConnection:
     ) -> tuple[int, int | None]:
         prepared = self._get(statement)
         try:
-            return await self.session.run(prepared.sql, prepared.args(params))
+            return await self.session.run(*prepared.statement_for(params))
         except DBAPIError:
             raise
         except Exception as exc:
