@@ -129,15 +129,35 @@ class SQLAlchemyStore:
                 yield EngineLink(conn), conn
             return
         # Straight from the pool: no Connection object, two greenlet hops (out and back).
-        fairy = await greenlet_spawn(self._raw_connection)
+        try:
+            fairy = await greenlet_spawn(self._raw_connection)
+        except DBAPIError:
+            raise
+        except Exception as exc:
+            # The pool raises the driver's own error when it cannot connect (a refused or
+            # closed database); as engine.connect() would, say so as a lost connection.
+            dbapi = self.engine.dialect.loaded_dbapi
+            if not isinstance(exc, (OSError, dbapi.Error)):
+                raise
+            wrapped = DBAPIError.instance(
+                None, None, exc, dbapi.Error, connection_invalidated=True
+            )
+            raise wrapped from exc
         try:
             direct = DirectConnection(factory(fairy.driver_connection), self.engine, self._prepared)
             await direct.begin(single)
             try:
                 yield direct, direct
                 await direct.commit(single)
-            except BaseException:
+            except BaseException as exc:
                 with anyio.CancelScope(shield=True):
+                    # A dead connection must not go back to the pool: the rollback of a
+                    # single-statement write has nothing to send, so it would not notice.
+                    if (isinstance(exc, DBAPIError) and exc.connection_invalidated) or (
+                        direct.session.is_disconnect(exc)
+                    ):
+                        await greenlet_spawn(fairy.invalidate)
+                        raise
                     try:
                         await direct.session.rollback()
                     except Exception:
