@@ -59,6 +59,11 @@ async def test_an_unknown_table(
             await call(inventory, "job", pbi.MetaTable("no_such_table"))
         with pytest.raises(pbi.UnknownTable, match="'no_such_table' does not exist"):
             await call(inventory, "job", "no_such_table")
+    # A table name is an identifier, never spliced into SQL.
+    with pytest.raises(pbi.UnknownTable, match="does not exist"):
+        await inventory.acquire("job", pbi.MetaTable("files; DROP TABLE files"), max_count=5)
+    (row,) = await fetch_all(db_url, "SELECT COUNT(*) AS n FROM files")
+    assert row["n"] == 10
     await _nothing_written(db_url)
 
 
