@@ -27,7 +27,7 @@ from pybatchintory._operations import Operations
 from pybatchintory._planning import RangeCutter, backoff_delay, validate_limits, validate_window
 from pybatchintory._registry import adapter_for
 from pybatchintory.errors import InvalidArgument, LeaseLost, NoBatchAvailable, StoreError
-from pybatchintory.models import JobSpec, Limits, PlannedRange, Settlement, Status
+from pybatchintory.models import JobSpec, LeaseGrant, Limits, PlannedRange, Settlement, Status
 from pybatchintory.protocols import BindContext, BoundSource, InventoryStore, MetadataSource
 from pybatchintory.settings import Settings
 from pybatchintory.sources import MetaTable
@@ -321,21 +321,32 @@ class Inventory(Operations):
             id_start=id_start,
             id_end=id_end,
         )
-        grants = await self.store.acquire(
-            job,
-            owner=self.owner,
-            ttl=self.lease_ttl,
-            max_attempts=self.max_attempts,
-            n=n,
-            planner=self._planner(job, bound, limits, id_end),
-            config={
-                "max_count": limits.max_count,
-                "max_weight": limits.max_weight,
-                "lease_ttl": self.lease_ttl,
-                "max_attempts": self.max_attempts,
-                "code_version": self.code_version,
-            },
+        work = asyncio.get_running_loop().create_task(
+            self.store.acquire(
+                job,
+                owner=self.owner,
+                ttl=self.lease_ttl,
+                max_attempts=self.max_attempts,
+                n=n,
+                planner=self._planner(job, bound, limits, id_end),
+                config={
+                    "max_count": limits.max_count,
+                    "max_weight": limits.max_weight,
+                    "lease_ttl": self.lease_ttl,
+                    "max_attempts": self.max_attempts,
+                    "code_version": self.code_version,
+                },
+            )
         )
+        try:
+            grants = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # The acquire's transaction is never interrupted mid-conversation (a driver
+            # cancelled between a statement and its reply can hand its connection back to
+            # the pool in an unknown state); it finishes in the background, and whatever it
+            # granted is released at once instead of expiring later as a failed attempt.
+            self._track(asyncio.get_running_loop().create_task(self._give_back(work)))
+            raise
         batches = [Batch(self, grant, bound, timeout=timeout) for grant in grants]
         for batch in batches:
             self._held[batch.token] = batch
@@ -526,6 +537,26 @@ class Inventory(Operations):
         task.add_done_callback(self._settled)
         with anyio.CancelScope(shield=True):
             await asyncio.shield(task)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Keep a write in flight referenced, and drained by ``aclose``."""
+        self._pending.add(task)
+        task.add_done_callback(self._settled)
+
+    async def _give_back(self, work: asyncio.Task[list[LeaseGrant]]) -> None:
+        """Release the grants of an acquire whose caller was cancelled while it ran."""
+        try:
+            grants = await work
+        except Exception:
+            return  # it failed: nothing was granted
+        for grant in grants:
+            try:
+                await self.store.settle(
+                    Settlement(grant.id, grant.token, Status.RELEASED, retry_delay=0.0)
+                )
+            except (LeaseLost, StoreError) as exc:
+                log.warning("could not release attempt %s after a cancelled acquire: %s",
+                            grant.id, exc)
 
     def _settled(self, task: asyncio.Task[None]) -> None:
         self._pending.discard(task)
