@@ -113,10 +113,13 @@ class ConnectionKiller:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self.backend == "postgres":
-            await conn.close()
-        else:
-            conn.close()
+        try:
+            if self.backend == "postgres":
+                conn.terminate()  # never waits on a connection the server already dropped
+            else:
+                conn.close()
+        except Exception:  # already broken: nothing to release
+            pass
 
     async def _candidates(self) -> list[Candidate]:
         conn = await self._connect()
