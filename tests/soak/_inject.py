@@ -84,6 +84,8 @@ class Injector:
             self.faults["db_outage_dropped"] += dropped
         elif fault.kind == "pg_restart":
             seconds = await restart_postgres()
+            if self.killer is not None:
+                await self.killer.aclose()  # its connection did not survive the restart
             self.faults["pg_restart"] += 1
             self.faults["pg_restart_ready_ms"] += int(seconds * 1000)
 

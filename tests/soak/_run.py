@@ -353,6 +353,8 @@ class Controller(Injector):
                     self.pool.close()
                     if self.killer is not None:
                         await self.killer.aclose()
+            # Connections pooled before a restart or an outage are dead: start afresh.
+            await self.engine.dispose()
             findings = await check_ledger(self.engine, self.plan.jobs, self.fenced)
             self.phase("check")
         finally:
