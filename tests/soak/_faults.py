@@ -113,10 +113,13 @@ class ConnectionKiller:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self.backend == "postgres":
-            await conn.close()
-        else:
-            conn.close()
+        try:
+            if self.backend == "postgres":
+                conn.terminate()  # never waits on a connection the server already dropped
+            else:
+                conn.close()
+        except Exception:  # already broken: nothing to release
+            pass
 
     async def _candidates(self) -> list[Candidate]:
         conn = await self._connect()
@@ -199,9 +202,17 @@ class ConnectionKiller:
         which leaves every other database on the server alone. Returns how many
         connections were dropped.
         """
-        conn = await self._connect()
         name = self.database.replace('"', '""')
-        await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        for attempt in range(3):
+            try:
+                conn = await self._connect()
+                await conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+                break
+            except Exception:  # the killer's connection died with a server restart
+                await self.aclose()
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.5)
         try:
             protected = self.protected()
             victims = [c.id for c in await self._candidates() if c.id not in protected]

@@ -68,6 +68,7 @@ def test_soak(backend: str, any_db_url_factory: DatabaseFactory, tmp_path: Path)
     [
         pytest.param(b, s, t, marks=getattr(pytest.mark, b), id=f"{b}-seed{s}")
         for b, s, t, _ in REGRESSIONS
+        if SELECTED in ("all", b)
     ],
 )
 def test_regression_seed(
