@@ -16,7 +16,7 @@ from pybatchintory.models import Status
 from pybatchintory_adapters._sqlalchemy.tables import Tables
 from pybatchintory_adapters._sqlalchemy.types import LedgerJSON, Timestamp, db_now, db_now_plus
 
-__all__ = ("ATTEMPT_COLUMNS", "Statements")
+__all__ = ("ATTEMPT_COLUMNS", "MANY_ROWS", "Statements")
 
 _RUNNING = str(Status.RUNNING)
 
@@ -41,6 +41,9 @@ ATTEMPT_COLUMNS = (
     "config",
 )
 """The columns a new attempt is inserted with."""
+
+MANY_ROWS = 50
+"""Attempts per multi-row INSERT (18 parameters each: under SQLite's old 999 limit)."""
 
 
 def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
@@ -149,6 +152,20 @@ class Statements:
         )
         self.live_tokens = sa.select(inv.c.token).where(live)
         self.settle_check = sa.select(inv.c.status, inv.c.token).where(inv.c.id == _p("id"))
+
+    @cache  # noqa: B019 - one Statements per store, at most MANY_ROWS shapes
+    def insert_attempts(self, rows: int) -> sa.Insert:
+        """``rows`` attempts in one INSERT, returning ``(id, token)`` of each.
+
+        Parameters are ``p_<column>_<i>``; rows come back in no promised order, hence the
+        token to match them.
+        """
+        inv = self.tables.inventory
+        values = [
+            {name: _p(f"{name}_{i}", inv.c[name].type) for name in ATTEMPT_COLUMNS}
+            for i in range(rows)
+        ]
+        return sa.insert(inv).values(values).returning(inv.c.id, inv.c.token)
 
     @cache  # noqa: B019 - one Statements per store, a handful of shapes each
     def settle(self, status: Status, counts_as_failure: bool, dead: bool) -> sa.Update:

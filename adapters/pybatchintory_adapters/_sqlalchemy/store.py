@@ -50,7 +50,7 @@ from pybatchintory_adapters._sqlalchemy.direct import (
 )
 from pybatchintory_adapters._sqlalchemy.pooling import mark_committed
 from pybatchintory_adapters._sqlalchemy.records import aware, to_job
-from pybatchintory_adapters._sqlalchemy.statements import Statements
+from pybatchintory_adapters._sqlalchemy.statements import MANY_ROWS, Statements
 from pybatchintory_adapters._sqlalchemy.tables import SCHEMA_VERSION, Tables
 from pybatchintory_adapters._sqlalchemy.types import db_now
 
@@ -363,50 +363,68 @@ class SQLAlchemyStore:
             moved = new_cursor != cursor
             # PostgreSQL: the one new range's attempt and the cursor move in one statement.
             fuse = moved and len(rows) == 1 and self.capabilities.write_in_with
-            grants = []
-            for row in rows:
-                token = secrets.token_hex(16)
-                values = {
-                    "p_meta_table": row.meta_table,
-                    "p_job": job,
-                    "p_job_identifier": owner,
-                    "p_processing_start": now,
-                    "p_meta_id_start": row.cut.meta_id_start,
-                    "p_meta_id_end": row.cut.meta_id_end,
-                    "p_weight": row.cut.weight,
-                    "p_count": row.cut.count,
-                    "p_attempt": row.attempt,
-                    "p_status": _RUNNING,
-                    "p_owner": owner,
-                    "p_token": token,
-                    "p_heartbeat_at": now,
-                    "p_expires_at": expires,
-                    "p_failures": row.failures,
-                    "p_dead": False,
-                    "p_oversized": row.cut.oversized,
-                    "p_config": stored_config,
+            tokens = [secrets.token_hex(16) for _ in rows]
+            values = [
+                {
+                    "meta_table": row.meta_table,
+                    "job": job,
+                    "job_identifier": owner,
+                    "processing_start": now,
+                    "meta_id_start": row.cut.meta_id_start,
+                    "meta_id_end": row.cut.meta_id_end,
+                    "weight": row.cut.weight,
+                    "count": row.cut.count,
+                    "attempt": row.attempt,
+                    "status": _RUNNING,
+                    "owner": owner,
+                    "token": token,
+                    "heartbeat_at": now,
+                    "expires_at": expires,
+                    "failures": row.failures,
+                    "dead": False,
+                    "oversized": row.cut.oversized,
+                    "config": stored_config,
                 }
-                if fuse:
-                    values.update(p_cursor=new_cursor, p_now=now)
-                    attempt_id = await ex.insert(st.insert_attempt_moving_cursor, values)
-                else:
-                    attempt_id = await ex.insert(insert, values)
-                grants.append(
-                    LeaseGrant(
-                        id=attempt_id,
-                        job=job,
-                        meta_table=row.meta_table,
-                        meta_id_start=row.cut.meta_id_start,
-                        meta_id_end=row.cut.meta_id_end,
-                        count=row.cut.count,
-                        weight=row.cut.weight,
-                        attempt=row.attempt,
-                        failures=row.failures,
-                        oversized=row.cut.oversized,
-                        token=token,
-                        expires_at=aware(expires),  # type: ignore[arg-type]
-                    )
+                for row, token in zip(rows, tokens, strict=True)
+            ]
+            ids: dict[str, int] = {}
+            if len(values) > 1 and returning:
+                # acquire_many: one INSERT per MANY_ROWS attempts, keys matched by token.
+                for offset in range(0, len(values), MANY_ROWS):
+                    chunk = values[offset : offset + MANY_ROWS]
+                    merged = {
+                        f"p_{name}_{i}": value
+                        for i, one in enumerate(chunk)
+                        for name, value in one.items()
+                    }
+                    found = await ex.all(st.insert_attempts(len(chunk)), merged)
+                    ids.update((str(token), int(key)) for key, token in found)
+            else:
+                for one in values:
+                    prefixed = {f"p_{name}": value for name, value in one.items()}
+                    if fuse:
+                        prefixed.update(p_cursor=new_cursor, p_now=now)
+                        key = await ex.insert(st.insert_attempt_moving_cursor, prefixed)
+                    else:
+                        key = await ex.insert(insert, prefixed)
+                    ids[one["token"]] = key
+            grants = [
+                LeaseGrant(
+                    id=ids[token],
+                    job=job,
+                    meta_table=row.meta_table,
+                    meta_id_start=row.cut.meta_id_start,
+                    meta_id_end=row.cut.meta_id_end,
+                    count=row.cut.count,
+                    weight=row.cut.weight,
+                    attempt=row.attempt,
+                    failures=row.failures,
+                    oversized=row.cut.oversized,
+                    token=token,
+                    expires_at=aware(expires),  # type: ignore[arg-type]
                 )
+                for row, token in zip(rows, tokens, strict=True)
+            ]
             if moved and not fuse:
                 await ex.run(st.move_cursor, {**params, "p_cursor": new_cursor})
             return grants
