@@ -111,11 +111,11 @@ async def check_ledger(
         processed[token].add(int(e["meta_id"]))
         if attempt["status"] == "succeeded":
             done_by[(str(e["job"]), int(e["meta_id"]))].add(token)
-    for (job, meta_id), tokens in sorted(done_by.items()):
+    for (job_name, meta_id), tokens in sorted(done_by.items()):
         if len(tokens) > 1:
             found.duplicates += 1
             found.violate(
-                "duplicate", f"{job}: id {meta_id} processed by succeeded {sorted(tokens)}"
+                "duplicate", f"{job_name}: id {meta_id} processed by succeeded {sorted(tokens)}"
             )
     found.counts["effects"] = len(effects)
 

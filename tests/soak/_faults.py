@@ -73,7 +73,10 @@ class ConnectionKiller:
         self, backend: str, url: str, server_url: str, protected: Callable[[], set[int]]
     ) -> None:
         self.backend = backend
-        self.database = make_url(url).database
+        database = make_url(url).database
+        if not database:
+            raise ValueError(f"the soak needs a URL that names its database: {url!r}")
+        self.database: str = database
         self.server = make_url(server_url)
         if self.server.database == self.database:
             raise ValueError("the killer must not connect to the soak database itself")
