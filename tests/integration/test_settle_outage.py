@@ -73,3 +73,23 @@ async def test_a_settle_that_outlives_the_lease_lets_the_range_come_back(db_url:
         {"status": "expired", "attempt": 1},
         {"status": "succeeded", "attempt": 2},
     ]
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_leases_go_on_after_every_pooled_connection_died(db_url: str) -> None:
+    # As after a server restart: the pool holds only dead connections. The first
+    # statement of an acquire (BEGIN) fails on each; none may go back to the pool.
+    await create_meta_table(db_url, rows=100)
+    async with pbi.Inventory(db_url) as inv:
+        held = await inv.acquire_many("restart", FILES, 4, max_count=5)
+        for batch in held:
+            await batch.success()
+        name = make_url(db_url).database
+        await _pg_execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        )
+        for n in range(6):
+            async with inv.lease("restart", FILES, max_count=5) as batch:
+                assert batch.meta_id_start == 21 + 5 * n
+    rows = await fetch_all(db_url, "SELECT count(*) AS n FROM inventory WHERE status = 'succeeded'")
+    assert rows == [{"n": 10}]

@@ -145,8 +145,10 @@ class SQLAlchemyStore:
             raise wrapped from exc
         try:
             direct = DirectConnection(factory(fairy.driver_connection), self.engine, self._prepared)
-            await direct.begin(single)
             try:
+                # BEGIN inside: on a connection that died in the pool (a server restart),
+                # BEGIN is the first thing to fail, and that connection must not go back.
+                await direct.begin(single)
                 yield direct, direct
                 await direct.commit(single)
             except BaseException as exc:
@@ -156,7 +158,11 @@ class SQLAlchemyStore:
                     if (isinstance(exc, DBAPIError) and exc.connection_invalidated) or (
                         direct.session.is_disconnect(exc)
                     ):
-                        await greenlet_spawn(fairy.invalidate)
+                        # As SQLAlchemy's own Connection does: every connection of this
+                        # one's generation is recycled on its next checkout, so after a
+                        # restart the pool does not hand out its dead connections one by one.
+                        pool = self.engine.sync_engine.pool
+                        await greenlet_spawn(pool._invalidate, fairy, exc)
                         raise
                     try:
                         await direct.session.rollback()

@@ -95,7 +95,13 @@ class _AsyncpgSession:
         state = _sqlstate(exc)
         if state and state.startswith(_UNAVAILABLE_PREFIXES):
             return True
-        return type(exc).__name__ in ("ConnectionDoesNotExistError", "InterfaceError")
+        # InternalClientError: the protocol is mid-operation (an earlier one was cut off by
+        # a dropped connection); the connection cannot be used again either way.
+        return type(exc).__name__ in (
+            "ConnectionDoesNotExistError",
+            "InterfaceError",
+            "InternalClientError",
+        )
 
 
 def _translate(exc: DBAPIError) -> PybatchintoryError | None:
