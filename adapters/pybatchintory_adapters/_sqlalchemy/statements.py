@@ -75,14 +75,15 @@ class Statements:
                 jobs.c.meta_table,
                 oldest_expiry.label("oldest_expiry"),
                 next_retry.label("next_retry"),
+                db_now().label("now"),
             )
             .where(jobs.c.name == _p("job"))
             .with_for_update()
         )
-        # The clock of an acquire, read once the job lock is held. Read in the locking
-        # statement, it is the time that statement *started* (MySQL's UTC_TIMESTAMP;
-        # PostgreSQL evaluates it before waiting for the row lock), so a lease granted
-        # after waiting for another worker's lock was born already expired.
+        # The clock of an acquire, read again once the job lock is held when taking the
+        # lock took a while. The locking statement's own clock is the time it *started*
+        # (MySQL's UTC_TIMESTAMP; PostgreSQL evaluates it before waiting for the row lock),
+        # so a lease granted after waiting for another worker's lock would be born expired.
         self.clock = sa.select(db_now())
         exhausted = inv.c.failures + 1 >= _p("max_attempts", sa.Integer())
         now = _p("now", Timestamp())
