@@ -34,6 +34,7 @@ class Injector:
         faults: Counter[str]
         fenced: dict[str, dict[str, Any]]
         killer: ConnectionKiller | None
+        frozen: set[int]
 
         async def patient(self, text: str, **params: Any) -> list[dict[str, Any]]: ...
 
@@ -50,11 +51,17 @@ class Injector:
         return [r for r in rows if owner is None or r["owner"] == owner]
 
     async def pick_leaseholder(self, pick: float) -> SoakProcess | None:
-        """A live worker that holds a lease right now (polls up to 3 s)."""
+        """A live, running (not frozen) worker that holds a lease right now (polls up to 3 s)."""
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             owners = sorted({str(r["owner"]) for r in await self.running_attempts()})
-            holders = [p for o in owners if (p := self.pool.by_owner(o)) and p.proc.poll() is None]
+            holders = [
+                p
+                for o in owners
+                if (p := self.pool.by_owner(o))
+                and p.proc.poll() is None
+                and p.pid not in self.frozen
+            ]
             if holders:
                 return holders[int(pick * len(holders)) % len(holders)]
             await anyio.sleep(0.05)
@@ -95,6 +102,7 @@ class Injector:
         if victim is None:
             self.faults["sigstop_missed"] += 1
             return
+        self.frozen.add(victim.pid)
         os.kill(victim.pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
         try:
@@ -105,6 +113,7 @@ class Injector:
                 self.faults["sigstop_unexpired"] += 1
         finally:
             os.kill(victim.pid, signal.SIGCONT)
+            self.frozen.discard(victim.pid)
         self.faults["sigstop"] += 1
         self.faults["sigstop_frozen_ms"] += int((time.monotonic() - frozen_at) * 1000)
 
@@ -128,12 +137,45 @@ class Injector:
                 self.fenced[str(r["token"])] = r
                 self.faults["zombie_fenced"] += 1
 
+    async def timed(self, fault: FaultEvent) -> None:
+        began = time.monotonic()
+        await self.inject(fault)
+        self.faults[f"{fault.kind}_ms"] += int((time.monotonic() - began) * 1000)
+
     async def inject_all(self) -> None:
-        for fault in self.plan.faults:
-            await self.until(fault.at)
-            began = time.monotonic()
-            await self.inject(fault)
-            self.faults[f"{fault.kind}_ms"] += int((time.monotonic() - began) * 1000)
-        await self.until(self.config.seconds)
+        """Inject the plan's faults on schedule, within ``config.seconds``.
+
+        A freeze (SIGSTOP past the TTL) lasts several seconds, so it runs beside the other
+        faults, one freeze at a time; a sigstop that comes while one is in flight is
+        counted as ``sigstop_overlap`` and skipped. Injections that block (waiting for a
+        leaseholder, for a statement in flight) can put the schedule behind the clock:
+        faults still due when ``config.seconds`` is up are counted as ``late_skipped``
+        instead of stretching the run past its length.
+        """
+        deadline = self.t0 + self.config.seconds
+        async with anyio.create_task_group() as freezes:
+            freezing = False
+
+            async def freeze_one(fault: FaultEvent) -> None:
+                nonlocal freezing
+                try:
+                    await self.timed(fault)
+                finally:
+                    freezing = False
+
+            for index, fault in enumerate(self.plan.faults):
+                await self.until(fault.at)
+                if time.monotonic() >= deadline:
+                    self.faults["late_skipped"] += len(self.plan.faults) - index
+                    break
+                if fault.kind == "sigstop":
+                    if freezing:
+                        self.faults["sigstop_overlap"] += 1
+                        continue
+                    freezing = True
+                    freezes.start_soon(freeze_one, fault)
+                else:
+                    await self.timed(fault)
+            await self.until(self.config.seconds)
 
     # -- drain ----------------------------------------------------------------------------

@@ -84,6 +84,7 @@ class Controller(Injector):
         self.faults: Counter[str] = Counter()
         self.problems: list[str] = []
         self.fenced: dict[str, dict[str, Any]] = {}
+        self.frozen: set[int] = set()  # pids SIGSTOPped right now
         self.killer = (
             ConnectionKiller(backend, url, server_url, lambda: self.protected)
             if backend != "sqlite"
