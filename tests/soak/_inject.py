@@ -60,6 +60,7 @@ class Injector:
                 for o in owners
                 if (p := self.pool.by_owner(o))
                 and p.proc.poll() is None
+                and not p.expected_exit  # being killed
                 and p.pid not in self.frozen
             ]
             if holders:
@@ -103,7 +104,12 @@ class Injector:
             self.faults["sigstop_missed"] += 1
             return
         self.frozen.add(victim.pid)
-        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            os.kill(victim.pid, signal.SIGSTOP)
+        except ProcessLookupError:  # it exited by itself a moment ago: the supervisor saw
+            self.frozen.discard(victim.pid)
+            self.faults["sigstop_missed"] += 1
+            return
         frozen_at = time.monotonic()
         try:
             with anyio.move_on_after(8 * self.config.lease_ttl) as bound:
@@ -112,8 +118,9 @@ class Injector:
                 # SQLite: the victim may hold the one write lock; nobody can expire it then.
                 self.faults["sigstop_unexpired"] += 1
         finally:
-            os.kill(victim.pid, signal.SIGCONT)
             self.frozen.discard(victim.pid)
+            if victim.proc.poll() is None:
+                os.kill(victim.pid, signal.SIGCONT)
         self.faults["sigstop"] += 1
         self.faults["sigstop_frozen_ms"] += int((time.monotonic() - frozen_at) * 1000)
 
