@@ -1,5 +1,8 @@
 """The ``Batch`` handle: items, settling, and the exit policy of ``async with``.
 
+Also ``LeaseContext``, what ``Inventory.lease`` returns: acquire on enter (waiting for a
+range if asked to), then the batch's own exit policy.
+
 Exit policy (DESIGN §4): a clean exit records ``succeeded``; an ``Exception`` or an
 exception group records ``failed`` and is re-raised; cancellation, ``KeyboardInterrupt``,
 ``SystemExit`` and ``GeneratorExit`` record ``released`` and are re-raised. The settle write
@@ -22,14 +25,20 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from pybatchintory.errors import AlreadySettled, InvalidArgument, LeaseLost, StoreError
+from pybatchintory.errors import (
+    AlreadySettled,
+    InvalidArgument,
+    LeaseLost,
+    NoBatchAvailable,
+    StoreError,
+)
 from pybatchintory.models import LeaseGrant, Settlement, Status
 
 if TYPE_CHECKING:
     from pybatchintory.inventory import Inventory
-    from pybatchintory.protocols import BoundSource
+    from pybatchintory.protocols import BoundSource, MetadataSource
 
-__all__ = ("Batch",)
+__all__ = ("Batch", "LeaseContext")
 
 _LOST = "pybatchintory: lease lost"
 _RELEASE_ON = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
@@ -350,3 +359,49 @@ class Batch:
         if task is not None and not task.done():
             self._cancelled_for_loss = True
             task.cancel(_LOST)
+
+
+class LeaseContext:
+    """The async context manager returned by ``Inventory.lease``."""
+
+    def __init__(
+        self,
+        inventory: Inventory,
+        job: str,
+        source: MetadataSource | str,
+        limits: dict[str, Any],
+        *,
+        wait: bool,
+        poll_interval: float,
+        timeout: float | None,
+    ) -> None:
+        self._inventory = inventory
+        self._job = job
+        self._source = source
+        self._limits = limits
+        self._wait = wait
+        self._poll_interval = poll_interval
+        self._timeout = timeout
+        self._batch: Batch | None = None
+
+    async def __aenter__(self) -> Batch:
+        while True:
+            batch = await self._inventory.acquire(
+                self._job, self._source, timeout=self._timeout, **self._limits
+            )
+            if batch is not None:
+                break
+            if not self._wait:
+                raise NoBatchAvailable(f"nothing to hand out for job {self._job!r} right now")
+            await anyio.sleep(self._poll_interval)
+        self._batch = batch
+        return await batch.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        assert self._batch is not None
+        return await self._batch.__aexit__(exc_type, exc, tb)

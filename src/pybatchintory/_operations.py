@@ -178,7 +178,13 @@ class Operations:
         return await self.store.attempts(job, status=wanted, limit=limit)
 
     async def history(self, source: MetadataSource | str, meta_id: int) -> list[Attempt]:
-        """Every attempt of every job whose range covers ``meta_id`` of ``source``."""
+        """Every attempt of every job whose range covers ``meta_id`` of ``source``.
+
+        One index probe per job: the range with the greatest start at or before
+        ``meta_id``. After ``set_cursor`` back over ids a job already handed out, or
+        ``mark_done`` over ranges already recorded, a job's ranges overlap and only its
+        newest covering range is returned (see the docs' Lineage section).
+        """
         await self.open()
         if isinstance(meta_id, bool) or not isinstance(meta_id, int):
             raise InvalidArgument(f"meta_id must be an integer, got {meta_id!r}")

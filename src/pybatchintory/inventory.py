@@ -3,6 +3,10 @@
 It owns the inventory engine, the store, one heartbeat task renewing every lease it holds,
 and the settle writes still in flight; ``aclose()`` drains those writes (bounded), releases
 leases nobody settled, and disposes the engines it created.
+
+The class is put together from mixins, one per operation: ``Preparing`` (binding sources,
+recording jobs, planning ranges), ``Settling`` (settles, heartbeats, give-backs) and
+``Operations`` (the operator's reads and controls). Leasing itself is here.
 """
 
 from __future__ import annotations
@@ -13,56 +17,32 @@ import math
 import os
 import secrets
 import socket
-import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pybatchintory._failure import describe_failure
-from pybatchintory._lease import Batch
+from pybatchintory._lease import Batch, LeaseContext
 from pybatchintory._operations import Operations
-from pybatchintory._planning import (
-    RangeCutter,
-    backoff_delay,
-    check_job_name,
-    validate_limits,
-    validate_window,
-)
+from pybatchintory._preparing import Preparing
 from pybatchintory._registry import adapter_for
-from pybatchintory.errors import InvalidArgument, LeaseLost, NoBatchAvailable, StoreError
-from pybatchintory.models import (
-    JobSpec,
-    LeaseGrant,
-    Limits,
-    PlannedRange,
-    Settlement,
-    Status,
-)
-from pybatchintory.protocols import BindContext, BoundSource, InventoryStore, MetadataSource
+from pybatchintory._settling import Settling
+from pybatchintory.errors import InvalidArgument, LeaseLost, StoreError
+from pybatchintory.models import JobSpec
+from pybatchintory.protocols import BoundSource, InventoryStore, MetadataSource
 from pybatchintory.settings import Settings
 from pybatchintory.sources import MetaTable
 
-__all__ = ("Inventory",)
+__all__ = ("Inventory", "LeaseContext")
 
 log = logging.getLogger("pybatchintory")
 
-_BOUND_SOURCES = 32
-"""How many bound sources an ``Inventory`` keeps (least recently used are dropped)."""
-_SETTLE_RETRY_FIRST = 0.05
-_SETTLE_RETRY_MAX = 1.0
-
-
 def _seconds(value: object) -> bool:
     """A finite number of seconds (not a bool, not NaN or infinity)."""
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-    )
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _storable_name(value: object) -> bool:
@@ -74,9 +54,7 @@ def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-
-
-class Inventory(Operations):
+class Inventory(Preparing, Settling, Operations):
     """The ledger of ranges handed out to batch jobs.
 
     Args:
@@ -251,87 +229,6 @@ class Inventory(Operations):
             self._engines[url] = engine
         return engine
 
-    # -- preparing a job ------------------------------------------------------------------
-
-    def _named(self, source: MetadataSource | str) -> MetadataSource:
-        """A table given by name, as one ``MetaTable`` per name: bound once, not per call."""
-        if not isinstance(source, str):
-            return source
-        table = self._tables.get(source)
-        if table is None:
-            table = self._tables[source] = MetaTable(source)
-        return table
-
-    async def _bind(self, source: MetadataSource | str) -> BoundSource:
-        cached = self._bound.get(id(source))
-        if cached is not None and cached[0] is source and self._store is not None:
-            # Before isinstance(): a runtime-checkable protocol check is slow on the hot path.
-            self._bound.move_to_end(id(source))
-            return cached[1]
-        source = self._named(source)
-        if not isinstance(source, MetadataSource):
-            raise InvalidArgument(f"source must be a MetaTable or InventorySource, got {source!r}")
-        await self.open()
-        cached = self._bound.get(id(source))
-        if cached is not None and cached[0] is source:
-            self._bound.move_to_end(id(source))
-            return cached[1]
-        context = BindContext(
-            store=self.store, inventory_engine=self.engine, engine_for=self._engine_for
-        )
-        bound = await source.bind(context)
-        self._bound[id(source)] = (source, bound)
-        # Least recently used first out: callers that build a new MetaTable per call must
-        # not make the Inventory hold every one of them for good.
-        while len(self._bound) > _BOUND_SOURCES:
-            self._bound.popitem(last=False)
-        return bound
-
-    async def _prepare(
-        self,
-        job: str,
-        source: MetadataSource | str,
-        *,
-        max_count: int | None,
-        max_weight: int | None,
-        id_start: int | None,
-        id_end: int | None,
-        record: bool = True,
-    ) -> tuple[BoundSource, Limits]:
-        check_job_name(job)
-        validate_window(id_start, id_end)
-        validate_limits(max_count, max_weight)
-        bound = await self._bind(source)
-        limits = validate_limits(max_count, max_weight, has_weight=bound.has_weight)
-        spec = JobSpec(
-            name=job,
-            meta_table=bound.name,
-            source=bound.describe(),
-            id_start=id_start,
-            id_end=id_end,
-        )
-        if record and self._jobs.get(job) != spec:
-            await self.store.ensure_job(spec)
-            self._jobs[job] = spec
-        self._sources[job] = self._named(source)
-        return bound, limits
-
-    def _planner(self, job: str, bound: BoundSource, limits: Limits, id_end: int | None) -> Any:
-        async def plan(link: object | None, cursor: int | None) -> PlannedRange | None:
-            end = id_end
-            horizon = await bound.horizon(link)
-            if horizon is not None:
-                end = horizon if end is None else min(end, horizon)
-            cutter = RangeCutter(after=cursor, end=end, limits=limits, hint=self._hints.get(job))
-            while (request := cutter.request()) is not None:
-                cutter.feed(await bound.summarize(request, link))
-            cut = cutter.result()
-            if cut is not None and not cut.oversized:
-                self._hints[job] = cut.count
-            return cut
-
-        return plan
-
     # -- leasing --------------------------------------------------------------------------
 
     async def _acquire(
@@ -383,35 +280,6 @@ class Inventory(Operations):
         if batches:
             self._ensure_heartbeat()
         return batches
-
-    async def _lease(self, acquiring: Coroutine[Any, Any, list[LeaseGrant]]) -> list[LeaseGrant]:
-        """Run the store's acquire in its own task, shielded from the caller's cancellation.
-
-        Cancelling the caller must neither interrupt the transaction (a half-closed
-        connection can keep SQLite's write lock) nor strand leases it committed: those are
-        released once it is done, tracked like a settle so that ``aclose()`` drains it.
-        """
-        task = asyncio.get_running_loop().create_task(acquiring)
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            give_back = asyncio.get_running_loop().create_task(self._give_back(task))
-            self._pending.add(give_back)
-            give_back.add_done_callback(self._settled)
-            raise
-
-    async def _give_back(self, acquiring: asyncio.Task[list[LeaseGrant]]) -> None:
-        try:
-            grants = await acquiring
-        except Exception:
-            return  # nothing was leased
-        for grant in grants:
-            try:
-                await self.store.settle(
-                    Settlement(grant.id, grant.token, Status.RELEASED, retry_delay=0.0)
-                )
-            except (LeaseLost, StoreError) as exc:
-                log.warning("could not release attempt %s after a cancel: %s", grant.id, exc)
 
     async def acquire(
         self,
@@ -530,150 +398,3 @@ class Inventory(Operations):
                 return
             done += 1
             yield batch
-
-    # -- settling and heartbeats ----------------------------------------------------------
-
-    def _failure_settlement(self, batch: Batch, exc: BaseException) -> Settlement:
-        failure = describe_failure(exc)
-        failures = batch._grant.failures + 1
-        dead = failures >= self.max_attempts
-        return Settlement(
-            batch.id,
-            batch.token,
-            Status.FAILED,
-            error_type=failure.error_type,
-            error_message=failure.message,
-            traceback=failure.traceback,
-            fingerprint=failure.fingerprint,
-            code_version=self.code_version,
-            counts_as_failure=True,
-            dead=dead,
-            retry_delay=backoff_delay(self.retry_delay, failures),
-        )
-
-    async def _write_settle(self, batch: Batch, settlement: Settlement) -> None:
-        try:
-            await self._settle_while_leased(batch, settlement)
-        except LeaseLost:
-            batch._status = None
-            batch._lost = True
-            batch._loss_reported = True
-            self._held.pop(batch.token, None)
-            raise
-        except BaseException:
-            batch._status = None
-            # No more heartbeats for it: unless it is settled again in time, the lease runs
-            # out and the range comes back through the acquire order. Renewing it would keep
-            # the range held, unsettled, for as long as this process lives.
-            self._held.pop(batch.token, None)
-            raise
-        self._held.pop(batch.token, None)
-
-    async def _settle_while_leased(self, batch: Batch, settlement: Settlement) -> None:
-        """Write ``settlement``, retrying a failing database until the lease would run out.
-
-        A settle is fenced by token, so a late or repeated one changes nothing, and the
-        store recognises a try that committed before its connection dropped: retrying
-        rides out a server restart shorter than the lease.
-        """
-        delay = _SETTLE_RETRY_FIRST
-        while True:
-            try:
-                await self.store.settle(settlement)
-                return
-            except StoreError as exc:
-                left = batch._renewed_at + self.lease_ttl - time.monotonic()
-                if left <= delay:
-                    raise
-                log.warning("settle of %r failed, retrying in %.2fs: %s", batch, delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _SETTLE_RETRY_MAX)
-
-    async def _settle(self, batch: Batch, settlement: Settlement) -> None:
-        """Write a settle in its own task: shielded from cancellation, drained by aclose."""
-        task = asyncio.get_running_loop().create_task(self._write_settle(batch, settlement))
-        self._pending.add(task)
-        task.add_done_callback(self._settled)
-        with anyio.CancelScope(shield=True):
-            await asyncio.shield(task)
-
-    def _settled(self, task: asyncio.Task[None]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            pass  # retrieved here so an abandoned settle's error is not reported as lost
-
-    def _ensure_heartbeat(self) -> None:
-        task = self._heartbeat_task
-        if task is None or task.done():
-            self._heartbeat_task = asyncio.get_running_loop().create_task(
-                self._heartbeat_loop(), name=f"pybatchintory-heartbeat-{self.owner}"
-            )
-
-    async def _heartbeat_loop(self) -> None:
-        interval = self.lease_ttl / 3
-        while self._held and not self._closed:
-            await asyncio.sleep(interval)
-            tokens = [t for t, b in self._held.items() if b._status is None]
-            if not tokens:
-                continue
-            started = time.monotonic()
-            try:
-                lost = await self.store.heartbeat(self.owner, self.lease_ttl, tokens)
-            except StoreError as exc:
-                log.warning("heartbeat failed, retrying in %.1fs: %s", interval, exc)
-                continue
-            for token in tokens:
-                renewed = self._held.get(token)
-                if renewed is not None and token not in lost:
-                    renewed._renewed_at = started
-            for token in lost:
-                batch = self._held.pop(token, None)
-                if batch is not None:
-                    log.warning("lease lost: %r", batch)
-                    batch._on_lost()
-
-
-class LeaseContext:
-    """The async context manager returned by ``Inventory.lease``."""
-
-    def __init__(
-        self,
-        inventory: Inventory,
-        job: str,
-        source: MetadataSource | str,
-        limits: dict[str, Any],
-        *,
-        wait: bool,
-        poll_interval: float,
-        timeout: float | None,
-    ) -> None:
-        self._inventory = inventory
-        self._job = job
-        self._source = source
-        self._limits = limits
-        self._wait = wait
-        self._poll_interval = poll_interval
-        self._timeout = timeout
-        self._batch: Batch | None = None
-
-    async def __aenter__(self) -> Batch:
-        while True:
-            batch = await self._inventory.acquire(
-                self._job, self._source, timeout=self._timeout, **self._limits
-            )
-            if batch is not None:
-                break
-            if not self._wait:
-                raise NoBatchAvailable(f"nothing to hand out for job {self._job!r} right now")
-            await anyio.sleep(self._poll_interval)
-        self._batch = batch
-        return await batch.__aenter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        assert self._batch is not None
-        return await self._batch.__aexit__(exc_type, exc, tb)

@@ -242,10 +242,18 @@ class BoundMetaTable:
         if self.condition is None:
             return None
         try:
-            return str(self.condition.compile(compile_kwargs={"literal_binds": True}))
+            text = str(self.condition.compile(compile_kwargs={"literal_binds": True}))
         except Exception:
             compiled = self.condition.compile()
-            return f"{compiled} {sorted(compiled.params.items(), key=repr)!r}"
+            text = f"{compiled} {sorted(compiled.params.items(), key=repr)!r}"
+        if "\x00" in text:
+            # PostgreSQL stores no NUL in text or JSON: neither the query nor the job's
+            # recorded definition could be written. Refused here, before anything is.
+            raise InvalidArgument(
+                f"the filter of {self.spec.table!r} contains a NUL character, which no "
+                f"database compares or records as text: {text!r}"
+            )
+        return text
 
     def describe(self) -> dict[str, Any]:
         """JSON-able identity: what a job records and later compares."""

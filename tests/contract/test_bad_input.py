@@ -184,6 +184,23 @@ async def test_a_filter_of_the_wrong_kind_is_refused(
     await _nothing_written(db_url)
 
 
+async def test_a_nul_character_in_a_filter_is_refused(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    await make_files(rows=10)
+    filters: list[Any] = [
+        {"kind": "csv\x00"},
+        {"kind": ["csv", "json\x00"]},
+        lambda table: table.c.kind == "a\x00b",
+    ]
+    for where in filters:
+        files = pbi.MetaTable("files", weight="size_in_bytes", where=where)
+        for call in _entry_points(max_count=5):
+            with pytest.raises(pbi.InvalidArgument, match="NUL character"):
+                await call(inventory, "job", files)
+    await _nothing_written(db_url)
+
+
 async def test_filter_values_and_job_names_are_bound_not_spliced(
     inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
