@@ -4,24 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from pybatchintory._planning import RangeCutter, check_job_name, validate_window
+from pybatchintory._preparing import Preparing
 from pybatchintory.errors import InvalidArgument, UnknownJob
 from pybatchintory.models import (
     Attempt,
     Backlog,
     ErrorGroup,
     JobStatus,
-    Limits,
     PlannedRange,
     Status,
 )
 from pybatchintory.protocols import (
     BoundSource,
-    InventoryStore,
     JobRecord,
     MetadataSource,
     PageRequest,
@@ -64,32 +63,13 @@ class AuditFinding:
         )
 
 
-class Operations:
+class Operations(Preparing):
     """Mixed into ``Inventory``: reads of the ledger and operator controls."""
 
     if TYPE_CHECKING:
         owner: str
         max_attempts: int
-        _sources: dict[str, MetadataSource]
 
-        @property
-        def store(self) -> InventoryStore: ...
-
-        async def open(self) -> Any: ...
-
-        async def _bind(self, source: MetadataSource | str) -> BoundSource: ...
-
-        async def _prepare(
-            self,
-            job: str,
-            source: MetadataSource | str,
-            *,
-            max_count: int | None,
-            max_weight: int | None,
-            id_start: int | None,
-            id_end: int | None,
-            record: bool = True,
-        ) -> tuple[BoundSource, Limits]: ...
 
     async def _job(self, job: str) -> JobRecord:
         check_job_name(job)

@@ -4,9 +4,9 @@ It owns the inventory engine, the store, one heartbeat task renewing every lease
 and the settle writes still in flight; ``aclose()`` drains those writes (bounded), releases
 leases nobody settled, and disposes the engines it created.
 
-The class is put together from mixins, one per operation: ``Preparing`` (binding sources,
-recording jobs, planning ranges), ``Settling`` (settles, heartbeats, give-backs) and
-``Operations`` (the operator's reads and controls). Leasing itself is here.
+The class is put together from mixins, one per operation: ``Settling`` (settles, heartbeats,
+give-backs), ``Operations`` (the operator's reads and controls) and, under it, ``Preparing``
+(binding sources, recording jobs, planning ranges). Leasing itself is here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pybatchintory._lease import Batch, LeaseContext
 from pybatchintory._operations import Operations
-from pybatchintory._preparing import Preparing
 from pybatchintory._registry import adapter_for
 from pybatchintory._settling import Settling
 from pybatchintory.errors import InvalidArgument, LeaseLost, StoreError
@@ -54,7 +53,7 @@ def _default_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-class Inventory(Preparing, Settling, Operations):
+class Inventory(Settling, Operations):
     """The ledger of ranges handed out to batch jobs.
 
     Args:
