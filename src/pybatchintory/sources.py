@@ -8,20 +8,25 @@ databases lives in the adapters.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import NoSuchTableError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import ColumnElement
 
+from pybatchintory._filters import (
+    Filter,
+    check_filter_kind,
+    column_of,
+    describe_filter,
+    resolve_filter,
+)
 from pybatchintory.errors import (
     InvalidArgument,
     InvalidColumn,
-    UnknownColumn,
     UnknownTable,
 )
 from pybatchintory.protocols import (
@@ -34,32 +39,8 @@ from pybatchintory.protocols import (
 
 __all__ = ("Filter", "MetaTable")
 
-Filter = (
-    ColumnElement[bool]
-    | sa.TextClause
-    | Callable[[sa.Table], Any]
-    | Mapping[str, Any]
-    | None
-)
-"""What ``MetaTable(where=...)`` accepts."""
 
 _RECOUNT_CHUNK = 200
-
-
-def _check_filter_kind(where: object) -> None:
-    if where is None or isinstance(where, (ColumnElement, sa.TextClause, Mapping)):
-        return
-    if isinstance(where, (str, bytes)):
-        raise InvalidArgument(
-            "where= does not accept a raw SQL string; pass a SQLAlchemy expression "
-            "(sqlalchemy.column('kind') == 'csv'), a callable(table) -> expression, "
-            "or a mapping {'kind': 'csv'}"
-        )
-    if callable(where):
-        return
-    raise InvalidArgument(
-        f"where= must be a SQLAlchemy expression, a callable or a mapping, got {type(where)!r}"
-    )
 
 
 class MetaTable:
@@ -98,7 +79,7 @@ class MetaTable:
                 raise InvalidArgument(f"settle must be a non-negative timedelta, got {settle!r}")
             if timestamp is None:
                 raise InvalidArgument("settle= needs a timestamp column: MetaTable(timestamp=...)")
-        _check_filter_kind(where)
+        check_filter_kind(where)
         self.table = table
         self.id = id
         self.weight = weight
@@ -137,16 +118,6 @@ class MetaTable:
         return BoundMetaTable(self, engine, table)
 
 
-def _column(table: sa.Table, name: str, role: str) -> sa.Column[Any]:
-    try:
-        return table.c[name]
-    except KeyError:
-        columns = ", ".join(sorted(table.c.keys()))
-        raise UnknownColumn(
-            f"{role} column {name!r} not found in table {table.name!r} (columns: {columns})"
-        ) from None
-
-
 def _python_type(column: sa.Column[Any]) -> type | None:
     try:
         return column.type.python_type
@@ -162,7 +133,7 @@ class BoundMetaTable:
         self.engine = engine
         self.table = table
         self.name = spec.table
-        self.id_col = _column(table, spec.id, "id")
+        self.id_col = column_of(table, spec.id, "id")
         if not isinstance(self.id_col.type, sa.Integer):
             raise InvalidColumn(
                 f"id column {spec.id!r} of {spec.table!r} must be an integer column, "
@@ -170,7 +141,7 @@ class BoundMetaTable:
             )
         self.weight_col: sa.Column[Any] | None = None
         if spec.weight is not None:
-            self.weight_col = _column(table, spec.weight, "weight")
+            self.weight_col = column_of(table, spec.weight, "weight")
             if _python_type(self.weight_col) not in (int, float):
                 from decimal import Decimal
 
@@ -182,78 +153,10 @@ class BoundMetaTable:
         self.has_weight = self.weight_col is not None
         self.ts_col: sa.Column[Any] | None = None
         if spec.timestamp is not None:
-            self.ts_col = _column(table, spec.timestamp, "timestamp")
-        self.condition = self._resolve_filter(spec.where)
-        self._filter_text = self._describe_filter()
+            self.ts_col = column_of(table, spec.timestamp, "timestamp")
+        self.condition = resolve_filter(table, spec.where)
+        self._filter_text = describe_filter(self.condition, spec.table)
         self._page_queries: dict[tuple[bool, bool, bool, bool], Any] = {}
-
-    # -- filter ---------------------------------------------------------------------------
-
-    def _resolve_filter(self, where: Filter) -> ColumnElement[bool] | None:
-        if where is None:
-            return None
-        if isinstance(where, Mapping):
-            clauses: list[ColumnElement[bool]] = []
-            for key in sorted(where):
-                column = _column(self.table, key, "filter")
-                value = where[key]
-                if isinstance(value, (set, frozenset)):
-                    clauses.append(column.in_(sorted(value, key=repr)))
-                elif isinstance(value, (list, tuple)):
-                    clauses.append(column.in_(list(value)))
-                elif value is None:
-                    clauses.append(column.is_(None))
-                else:
-                    clauses.append(column == value)
-            return sa.and_(*clauses)
-        if isinstance(where, sa.TextClause):
-            return sa.and_(where)
-        if isinstance(where, ColumnElement):
-            expression: ColumnElement[bool] = where
-        else:
-            produced = where(self.table)
-            if isinstance(produced, (str, bytes)):
-                _check_filter_kind(produced)
-            if not isinstance(produced, (ColumnElement, sa.TextClause)):
-                raise InvalidArgument(
-                    f"the where= callable must return a SQLAlchemy expression, got {produced!r}"
-                )
-            expression = sa.and_(produced)
-        return self._rebind_columns(expression)
-
-    def _rebind_columns(self, expression: ColumnElement[bool]) -> ColumnElement[bool]:
-        """Point column references of any table (or bare ``column()``) at this table."""
-        table = self.table
-
-        def replace(element: Any, **_: Any) -> Any:
-            if isinstance(element, sa.ColumnClause) and not isinstance(element, sa.TextClause):
-                if element.table is table:
-                    return None
-                if element.name in table.c:
-                    return table.c[element.name]
-                raise UnknownColumn(
-                    f"filter column {element.name!r} not found in table {table.name!r}"
-                )
-            return None
-
-        return visitors.replacement_traverse(expression, {}, replace)
-
-    def _describe_filter(self) -> str | None:
-        if self.condition is None:
-            return None
-        try:
-            text = str(self.condition.compile(compile_kwargs={"literal_binds": True}))
-        except Exception:
-            compiled = self.condition.compile()
-            text = f"{compiled} {sorted(compiled.params.items(), key=repr)!r}"
-        if "\x00" in text:
-            # PostgreSQL stores no NUL in text or JSON: neither the query nor the job's
-            # recorded definition could be written. Refused here, before anything is.
-            raise InvalidArgument(
-                f"the filter of {self.spec.table!r} contains a NUL character, which no "
-                f"database compares or records as text: {text!r}"
-            )
-        return text
 
     def describe(self) -> dict[str, Any]:
         """JSON-able identity: what a job records and later compares."""
@@ -416,11 +319,7 @@ class BoundMetaTable:
         )
 
     def _range_query(self, start: int, end: int) -> sa.Select[Any]:
-        return (
-            sa.select(self.table)
-            .where(*self._where(start - 1, end))
-            .order_by(self.id_col)
-        )
+        return sa.select(self.table).where(*self._where(start - 1, end)).order_by(self.id_col)
 
     async def items(self, start: int, end: int) -> list[Mapping[str, Any]]:
         """Every row of ``[start, end]`` that passes the filter, in id order."""
