@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +21,9 @@ from typing import Any
 import pytest
 
 from tests.helpers import fetch_all
+from tests.processes import reap, spawn
 
 WORKER = Path(__file__).resolve().with_name("worker.py")
-ROOT = WORKER.parents[2]
 
 
 @dataclass
@@ -111,16 +109,7 @@ class WorkerPool:
             if value is None:
                 continue
             args += [f"--{key.replace('_', '-')}", str(value)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra_env}
-        with open(log, "wb") as log_handle:
-            proc = subprocess.Popen(
-                [sys.executable, str(script), *args],
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log_handle,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        proc = spawn(script, args, log, extra_env)
         worker = Worker(proc=proc, out=out, log=log, args=args)
         self.workers.append(worker)
         return worker
@@ -130,18 +119,7 @@ class WorkerPool:
             await worker.wait_for(lambda r: "ready" in r, timeout=timeout)
 
     def close(self) -> None:
-        for worker in self.workers:
-            proc = worker.proc
-            if proc.poll() is None:
-                try:
-                    os.kill(proc.pid, signal.SIGCONT)  # a stopped child: let it die cleanly
-                except ProcessLookupError:
-                    pass
-                proc.kill()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:  # pragma: no cover - the kernel is stuck
-                pass
+        reap(worker.proc for worker in self.workers)
 
 
 @pytest.fixture(name="workers")

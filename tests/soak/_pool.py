@@ -1,24 +1,23 @@
 """The soak's worker processes: started, replaced, signalled and always reaped.
 
 Only the pool's own children are ever signalled, by pid. ``close()`` SIGCONTs and
-SIGKILLs whatever still runs and waits for it, even when the run failed.
+SIGKILLs whatever still runs and waits for it, even when the run failed
+(``tests.processes``).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.processes import reap, spawn
+
 __all__ = ("SoakPool", "SoakProcess")
 
 WORKER = Path(__file__).resolve().with_name("soak_worker.py")
-ROOT = WORKER.parents[2]
 
 
 @dataclass
@@ -83,16 +82,7 @@ class SoakPool:
         log = self.directory / f"worker-{slot}-{generation}.log"
         args = [*self.common, "--slot", str(slot), "--generation", str(generation)]
         args += ["--out", str(out)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(log, "wb") as handle:
-            proc = subprocess.Popen(
-                [sys.executable, str(WORKER), *args],
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        proc = spawn(WORKER, args, log)
         process = SoakProcess(slot, generation, proc, out, log)
         self.processes.append(process)
         return process
@@ -110,15 +100,4 @@ class SoakPool:
         return [e for p in self.processes for e in p.events()]
 
     def close(self) -> None:
-        for process in self.processes:
-            proc = process.proc
-            if proc.poll() is None:
-                try:
-                    os.kill(proc.pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
-                proc.kill()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:  # pragma: no cover - the kernel is stuck
-                pass
+        reap(process.proc for process in self.processes)
