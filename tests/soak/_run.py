@@ -366,6 +366,15 @@ class Controller(Injector):
         self.faults["lease_lost_seen"] += kinds["lease_lost"]
         fenced_seen = {e.get("token") for e in events if e["ev"] in ("lease_lost", "cancelled")}
         self.faults["zombie_saw_lease_lost"] += sum(1 for t in self.fenced if t in fenced_seen)
+        # How each fenced zombie's lease ended in its own eyes. A release on cancellation
+        # (cancel_body) is fenced silently: the cancellation, not LeaseLost, propagates.
+        ended = {
+            e.get("token"): e["ev"]
+            for e in events
+            if e["ev"] not in ("acquired", "fault") and e.get("token") in self.fenced
+        }
+        for token in self.fenced:
+            self.faults[f"zombie_ended_{ended.get(token, 'unrecorded')}"] += 1
         ops = sum(kinds[k] for k in _OPS) + self.operator_calls
         return Report(
             self.backend,
