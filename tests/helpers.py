@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import create_async_engine
 
-__all__ = ("create_meta_table", "fetch_all", "insert_rows", "meta_table")
+__all__ = ("create_meta_table", "fetch_all", "holding_job_lock", "insert_rows", "meta_table")
 
 _CHUNK = 5000
 
@@ -90,5 +91,31 @@ async def fetch_all(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
             rows = [dict(row) for row in result.mappings()]
             await conn.commit()
             return rows
+    finally:
+        await engine.dispose()
+
+
+@asynccontextmanager
+async def holding_job_lock(url: str, backend: str, job: str) -> AsyncIterator[None]:
+    """Hold ``job``'s lock from another connection, as an acquire in progress does.
+
+    ``SELECT ... FOR UPDATE`` on the job's row; SQLite has no row locks, so the whole
+    database's write lock (``BEGIN IMMEDIATE``). Released (rolled back) on exit.
+    """
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            if backend == "sqlite":
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                locked = await conn.execute(
+                    sa.text("SELECT name FROM inventory_jobs WHERE name = :name FOR UPDATE"),
+                    {"name": job},
+                )
+                assert locked.scalar_one() == job, f"job {job!r} is not recorded"
+            try:
+                yield
+            finally:
+                await conn.rollback()
     finally:
         await engine.dispose()

@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 import pybatchintory as pbi
 
-from tests.helpers import create_meta_table, fetch_all
+from tests.helpers import create_meta_table, fetch_all, holding_job_lock
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -30,27 +28,14 @@ async def test_a_cancelled_acquire_releases_its_grant(db_url: str, backend: str)
         first = await inv.acquire("cancelled", FILES, max_count=10)
         assert first is not None
         await first.success()
-        engine = create_async_engine(db_url)
-        try:
-            async with engine.connect() as conn:
-                if backend == "sqlite":
-                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
-                else:
-                    await conn.execute(
-                        sa.text(
-                            "SELECT name FROM inventory_jobs WHERE name = 'cancelled' FOR UPDATE"
-                        )
-                    )
-                waiting = asyncio.get_running_loop().create_task(
-                    inv.acquire("cancelled", FILES, max_count=10)
-                )
-                await asyncio.sleep(0.5)  # the acquire waits for the job lock
-                waiting.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await waiting
-                await conn.rollback()
-        finally:
-            await engine.dispose()
+        async with holding_job_lock(db_url, backend, "cancelled"):
+            waiting = asyncio.get_running_loop().create_task(
+                inv.acquire("cancelled", FILES, max_count=10)
+            )
+            await asyncio.sleep(0.5)  # the acquire waits for the job lock
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
         for _ in range(100):
             rows = await fetch_all(
                 db_url, "SELECT status FROM inventory WHERE meta_id_start = 11 ORDER BY id"

@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 import pybatchintory as pbi
 
-from tests.helpers import create_meta_table, default_size
+from tests.helpers import create_meta_table, default_size, holding_job_lock
 from tests.integration._harness import (  # noqa: F401 - the `workers` fixture
     WorkerPool,
     go,
@@ -190,29 +188,18 @@ async def test_a_locked_job_row_does_not_block_another_job(
     )
     await workers.wait_all_ready([blocked, runner])
 
-    engine = create_async_engine(db_url)
-    try:
-        async with engine.connect() as conn:
-            transaction = await conn.begin()
-            locked = await conn.execute(
-                sa.text("SELECT name FROM inventory_jobs WHERE name = :name FOR UPDATE"),
-                {"name": "job_a"},
-            )
-            assert locked.scalar_one() == "job_a"
-            opened = go(start_file)
-            rc = await runner.wait_exit(timeout=30)
-            took = time.monotonic() - opened
-            assert rc == 0, runner.describe()
-            assert took < 10, f"job B needed {took:.1f} s while job A's row was locked"
-            assert blocked.proc.poll() is None and blocked.ranges() == [], (
-                "job A's worker got a batch while its job row was locked: "
-                f"the lock test proves nothing\n{blocked.describe()}"
-            )
-            await transaction.rollback()
-        rc = await blocked.wait_exit(timeout=30)
-        assert rc == 0, blocked.describe()
-    finally:
-        await engine.dispose()
+    async with holding_job_lock(db_url, backend, "job_a"):
+        opened = go(start_file)
+        rc = await runner.wait_exit(timeout=30)
+        took = time.monotonic() - opened
+        assert rc == 0, runner.describe()
+        assert took < 10, f"job B needed {took:.1f} s while job A's row was locked"
+        assert blocked.proc.poll() is None and blocked.ranges() == [], (
+            "job A's worker got a batch while its job row was locked: "
+            f"the lock test proves nothing\n{blocked.describe()}"
+        )
+    rc = await blocked.wait_exit(timeout=30)
+    assert rc == 0, blocked.describe()
 
     assert len(blocked.ranges()) == 1
     b = await ledger(db_url, "job_b")

@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
 
 import pybatchintory as pbi
 
-from tests.helpers import create_meta_table
+from tests.helpers import create_meta_table, holding_job_lock
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -34,24 +32,13 @@ async def test_a_lease_granted_after_a_lock_wait_is_not_born_expired(
         first = await inv.acquire("waits", FILES, max_count=10)
         assert first is not None
         await first.success()
-        engine = create_async_engine(db_url)
-        try:
-            async with engine.connect() as conn:
-                if backend == "sqlite":
-                    await conn.exec_driver_sql("BEGIN IMMEDIATE")
-                else:
-                    await conn.execute(
-                        sa.text("SELECT name FROM inventory_jobs WHERE name = 'waits' FOR UPDATE")
-                    )
-                waiting = asyncio.get_running_loop().create_task(
-                    inv.acquire("waits", FILES, max_count=10)
-                )
-                await asyncio.sleep(HOLD)
-                assert not waiting.done(), "the acquire did not wait for the job lock"
-                await conn.rollback()
-            batch = await waiting
-        finally:
-            await engine.dispose()
+        async with holding_job_lock(db_url, backend, "waits"):
+            waiting = asyncio.get_running_loop().create_task(
+                inv.acquire("waits", FILES, max_count=10)
+            )
+            await asyncio.sleep(HOLD)
+            assert not waiting.done(), "the acquire did not wait for the job lock"
+        batch = await waiting
         assert batch is not None
         await batch.success()  # raised LeaseLost: the lease had expired before it was handed out
         assert batch.status == pbi.Status.SUCCEEDED
