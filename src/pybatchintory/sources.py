@@ -157,6 +157,7 @@ class BoundMetaTable:
         self.condition = resolve_filter(table, spec.where)
         self._filter_text = describe_filter(self.condition, spec.table)
         self._page_queries: dict[tuple[bool, bool, bool, bool], Any] = {}
+        self._horizon_query: sa.Select[Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-able identity: what a job records and later compares."""
@@ -198,17 +199,24 @@ class BoundMetaTable:
             return link  # type: ignore[return-value]
         return None
 
-    async def _scalar_row(self, query: sa.Select[Any], link: object | None) -> tuple[Any, ...]:
+    async def _scalar_row(
+        self, query: sa.Select[Any], link: object | None, params: Mapping[str, Any] | None = None
+    ) -> tuple[Any, ...]:
+        """The one row of an aggregate ``query``.
+
+        On the store's open transaction if ``link`` is one on this engine, else on a fresh
+        connection.
+        """
         direct = self._statement_link(link)
         if direct is not None:
-            row = await direct.fetch_one(query, {})
+            row = await direct.fetch_one(query, params or {})
             assert row is not None, "an aggregate query returned no row"
             return tuple(row)
         conn = self._link(link)
         if conn is not None:
-            return tuple((await conn.execute(query)).one())
+            return tuple((await conn.execute(query, params)).one())
         async with self.engine.connect() as own:
-            return tuple((await own.execute(query)).one())
+            return tuple((await own.execute(query, params)).one())
 
     async def horizon(self, link: object | None) -> int | None:
         """Highest id older than ``settle`` (all rows when ``settle`` is not set)."""
@@ -218,10 +226,14 @@ class BoundMetaTable:
         cutoff = datetime.now(UTC) - self.spec.settle
         if not timezone_aware:
             cutoff = cutoff.replace(tzinfo=None)
-        query = sa.select(sa.func.min(self.id_col)).where(
-            sa.or_(self.ts_col > cutoff, self.ts_col.is_(None))
-        )
-        youngest = (await self._scalar_row(query, link))[0]
+        if self._horizon_query is None:  # built once: the cutoff is a bound parameter
+            self._horizon_query = sa.select(sa.func.min(self.id_col)).where(
+                sa.or_(
+                    self.ts_col > sa.bindparam("p_cutoff", type_=self.ts_col.type),
+                    self.ts_col.is_(None),
+                )
+            )
+        youngest = (await self._scalar_row(self._horizon_query, link, {"p_cutoff": cutoff}))[0]
         return None if youngest is None else int(youngest) - 1
 
     def _page_query(self, has_after: bool, has_end: bool, has_limit: bool, weighted: bool) -> Any:
@@ -295,17 +307,7 @@ class BoundMetaTable:
             "p_max_weight": request.max_weight,
         }
         params = {k: v for k, v in params.items() if v is not None}
-        direct = self._statement_link(link)
-        conn = self._link(link)
-        if direct is not None:
-            found = await direct.fetch_one(query, params)
-            assert found is not None, "an aggregate query returned no row"
-            row = found
-        elif conn is not None:
-            row = (await conn.execute(query, params)).one()
-        else:
-            async with self.engine.connect() as own:
-                row = (await own.execute(query, params)).one()
+        row = await self._scalar_row(query, link, params)
         count, first, first_w, last, weight, fit_rows, fit_last, fit_weight = row
         return PageSummary(
             rows=int(count),

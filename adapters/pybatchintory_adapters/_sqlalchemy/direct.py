@@ -21,6 +21,7 @@ retry and translation code is the same on both paths.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -34,9 +35,14 @@ __all__ = (
     "DriverSession",
     "EngineLink",
     "HotPath",
+    "PREPARED_STATEMENTS",
     "Prepared",
     "SessionFactory",
 )
+
+
+PREPARED_STATEMENTS = 256
+"""Compiled statements a store keeps (its own dozen plus the sources' page queries)."""
 
 
 class DriverSession(Protocol):
@@ -175,7 +181,7 @@ class DirectConnection:
         self,
         session: DriverSession,
         engine: AsyncEngine,
-        prepared: dict[int, tuple[sa.Executable, Prepared]],
+        prepared: OrderedDict[int, tuple[sa.Executable, Prepared]],
     ) -> None:
         self.session = session
         self.engine = engine
@@ -188,6 +194,11 @@ class DirectConnection:
         prepared = Prepared(statement, self.engine.dialect)
         # Keyed by identity and holding the statement, so an id is never reused for another.
         self._prepared[id(statement)] = (statement, prepared)
+        # Bounded: a caller that builds a statement per call (or sources dropped from the
+        # Inventory's cache) must not make the store hold every statement it ever ran.
+        # Oldest first out; a hot statement evicted is compiled again once.
+        while len(self._prepared) > PREPARED_STATEMENTS:
+            self._prepared.popitem(last=False)
         return prepared
 
     def _wrap(self, exc: Exception, prepared: Prepared) -> DBAPIError:

@@ -14,6 +14,7 @@ operation: ``leasing`` (acquire, heartbeat, settle), ``controls`` (the operator'
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -62,7 +63,7 @@ class SQLAlchemyStore:
         self.tables = tables
         self.capabilities = capabilities
         self.statements = Statements(tables)
-        self._prepared: dict[int, tuple[sa.Executable, Prepared]] = {}
+        self._prepared: OrderedDict[int, tuple[sa.Executable, Prepared]] = OrderedDict()
         self._raw_connection = engine.sync_engine.raw_connection
         self._ready = False
         # Option engines share the pool; their options cost nothing per connection, unlike
