@@ -105,12 +105,12 @@ def describe_filter(condition: ColumnElement[bool] | None, table_name: str) -> s
     """The condition compiled with its values: what a job records as its filter."""
     if condition is None:
         return None
+    compiled = condition.compile()
     try:
         text = str(condition.compile(compile_kwargs={"literal_binds": True}))
-    except Exception:
-        compiled = condition.compile()
+    except Exception:  # a value SQL cannot spell inline (JSON, intervals, ...)
         text = f"{compiled} {sorted(compiled.params.items(), key=repr)!r}"
-    if "\x00" in text:
+    if "\x00" in text or any(_has_nul(value) for value in compiled.params.values()):
         # PostgreSQL stores no NUL in text or JSON: neither the query nor the job's
         # recorded definition could be written. Refused here, before anything is.
         raise InvalidArgument(
@@ -118,3 +118,12 @@ def describe_filter(condition: ColumnElement[bool] | None, table_name: str) -> s
             f"database compares or records as text: {text!r}"
         )
     return text
+
+
+def _has_nul(value: object) -> bool:
+    """A NUL character in a bound value (a string, or strings in an ``IN`` list)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_has_nul(item) for item in value)
+    return False

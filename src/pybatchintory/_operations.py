@@ -70,7 +70,6 @@ class Operations(Preparing):
         owner: str
         max_attempts: int
 
-
     async def _job(self, job: str) -> JobRecord:
         check_job_name(job)
         await self.open()
@@ -147,6 +146,7 @@ class Operations(Preparing):
         limit: int | None = None,
     ) -> list[Attempt]:
         """Attempts of ``job``, newest first, optionally of some statuses only."""
+        check_job_name(job)
         await self.open()
         wanted: list[Status] | None
         if status is None:
@@ -286,6 +286,7 @@ class Operations(Preparing):
         A given ``source`` of an existing job must agree with the record (``JobConflict``
         otherwise); its recorded window stays as it is.
         """
+        check_job_name(job)
         await self.open()
         record = await self.store.get_job(job)
         if record is None and source is None:
@@ -367,9 +368,7 @@ class Operations(Preparing):
             job, start, end, current.count, current.weight, self.owner
         )
 
-    async def audit(
-        self, job: str, source: MetadataSource | None = None
-    ) -> list[AuditFinding]:
+    async def audit(self, job: str, source: MetadataSource | None = None) -> list[AuditFinding]:
         """Succeeded ranges of ``job`` whose current count or weight differs from the ledger.
 
         Recounts with one grouped query per chunk of ranges, not one per range.

@@ -39,6 +39,7 @@ __all__ = ("Inventory", "LeaseContext")
 
 log = logging.getLogger("pybatchintory")
 
+
 def _seconds(value: object) -> bool:
     """A finite number of seconds (not a bool, not NaN or infinity)."""
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)

@@ -6,6 +6,7 @@ schema's tables may exist).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -192,6 +193,11 @@ async def test_a_nul_character_in_a_filter_is_refused(
         {"kind": "csv\x00"},
         {"kind": ["csv", "json\x00"]},
         lambda table: table.c.kind == "a\x00b",
+        # A value SQL cannot spell inline: the description falls back to bound parameters.
+        lambda table: sa.and_(
+            table.c.kind == "a\x00b",
+            table.c.size_in_bytes > sa.bindparam("age", timedelta(days=1), type_=sa.Interval()),
+        ),
     ]
     for where in filters:
         files = pbi.MetaTable("files", weight="size_in_bytes", where=where)
@@ -267,6 +273,15 @@ async def test_a_bad_job_name(inventory: pbi.Inventory, make_files: MakeFiles, d
         for call in _entry_points(max_count=5):
             with pytest.raises(pbi.InvalidArgument, match="job must be a non-empty name"):
                 await call(inventory, name, files)
+        operator_calls = [
+            inventory.batches(name),
+            inventory.set_cursor(name, 5, source=files),
+            inventory.mark_done(name, 1, 5, source=files),
+            inventory.backlog(name),
+        ]
+        for operator_call in operator_calls:
+            with pytest.raises(pbi.InvalidArgument, match="job must be a non-empty name"):
+                await operator_call
     await _nothing_written(db_url)
 
 
