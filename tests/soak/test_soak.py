@@ -52,6 +52,16 @@ def _soak(factory: DatabaseFactory, backend: str, config: SoakConfig, tmp_path: 
     assert report.findings.duplicates == 0, line
     assert report.findings.lost == 0, line
     assert not report.violations, line + "\n" + "\n".join(report.violations)
+    # Nothing lost proves little if nothing happened: the run leased, retried, and faults
+    # landed (a missed pick or a connection kill that found nothing is only counted).
+    faults = report.faults
+    assert report.findings.counts.get("attempts", 0) > 0, line
+    assert report.findings.counts.get("retries", 0) > 0, line
+    assert faults["sigkill"] + faults["sigstop"] > 0, line
+    if backend != "sqlite":
+        kinds = ("acquire", "heartbeat", "settle", "idle")
+        dropped = sum(faults[f"conn_kill_{kind}"] for kind in kinds)
+        assert dropped + faults["db_outage_dropped"] > 0, line
 
 
 @pytest.mark.soak
