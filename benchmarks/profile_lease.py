@@ -27,7 +27,7 @@ from benchmarks.run import CAPS
 
 def _count_direct(count: Any) -> None:
     """Statements of the direct hot path do not pass SQLAlchemy's cursor events."""
-    from pybatchintory_adapters._sqlalchemy import direct
+    from pybatchintory_adapters._sqlalchemy import driver_path as direct
 
     for name in ("all", "_run"):
         original = getattr(direct.DirectConnection, name)

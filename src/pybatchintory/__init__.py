@@ -10,8 +10,8 @@ Quick start::
             rows = await batch.items()
 """
 
-from pybatchintory._defaults import acquire_batch, acquire_batches, lease, shutdown
-from pybatchintory._lease import Batch
+from pybatchintory._default_inventory import acquire_batch, acquire_batches, lease, shutdown
+from pybatchintory.batch import Batch
 from pybatchintory.errors import (
     AlreadySettled,
     ConfigurationError,

@@ -19,6 +19,8 @@ __all__ = (
     "MAX_PAGE",
     "RangeCutter",
     "backoff_delay",
+    "check_job_name",
+    "is_seconds",
     "validate_limits",
     "validate_window",
 )
@@ -27,6 +29,11 @@ MAX_PAGE = 50_000
 """Upper bound on the rows one page summary reads."""
 
 _FIRST_PAGE = 256
+
+
+def is_seconds(value: object) -> bool:
+    """A finite number of seconds (not a bool, not NaN or infinity)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def validate_limits(

@@ -1,60 +1,39 @@
-"""``Inventory``: the composition root users hold.
+"""``Inventory``: the object users hold, a thin facade over three parts.
 
-It owns the inventory engine, the store, one heartbeat task renewing every lease it holds,
-and the settle writes still in flight; ``aclose()`` drains those writes (bounded), releases
-leases nobody settled, and disposes the engines it created.
+- ``Leases`` (``_leases``): the leases this owner holds, their heartbeat, the settles in
+  flight and the give-backs of cancelled acquires; every ``Batch`` settles through it.
+- ``Jobs`` (``_jobs``): bound sources, recorded job definitions and the planner.
+- ``Operator`` (``_operator``): the reads of the ledger and the operator's controls.
 
-The class is put together from mixins, one per operation: ``Settling`` (settles, heartbeats,
-give-backs), ``Operations`` (the operator's reads and controls) and, under it, ``Preparing``
-(binding sources, recording jobs, planning ranges). Leasing itself is here.
+They share a ``Database`` (``_database``): the inventory engine and store, opened on first
+use. ``aclose()`` drains the settles in flight (bounded), releases leases nobody settled,
+and disposes the engines the ``Inventory`` created. See docs/architecture.md.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import math
-import os
-import secrets
-import socket
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Collection
 from types import TracebackType
 from typing import Any
 
-import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from pybatchintory._lease import Batch, LeaseContext
-from pybatchintory._operations import Operations
-from pybatchintory._registry import adapter_for
-from pybatchintory._settling import Settling
-from pybatchintory.errors import InvalidArgument, LeaseLost, StoreError
-from pybatchintory.models import JobSpec
-from pybatchintory.protocols import BoundSource, InventoryStore, MetadataSource
+from pybatchintory._database import Database
+from pybatchintory._jobs import Jobs
+from pybatchintory._leases import LeaseContext, Leases, lease_policy
+from pybatchintory._operator import AuditFinding, Operator
+from pybatchintory._planning import is_seconds
+from pybatchintory.batch import Batch
+from pybatchintory.errors import InvalidArgument
+from pybatchintory.models import Attempt, Backlog, ErrorGroup, JobStatus, PlannedRange, Status
+from pybatchintory.protocols import InventoryStore, MetadataSource
 from pybatchintory.settings import Settings
-from pybatchintory.sources import MetaTable
 
 __all__ = ("Inventory", "LeaseContext")
 
-log = logging.getLogger("pybatchintory")
 
-
-def _seconds(value: object) -> bool:
-    """A finite number of seconds (not a bool, not NaN or infinity)."""
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _storable_name(value: object) -> bool:
-    """A non-empty string that fits a 255-character column on every store."""
-    return isinstance(value, str) and bool(value) and len(value) <= 255 and "\x00" not in value
-
-
-def _default_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-class Inventory(Settling, Operations):
+class Inventory:
     """The ledger of ranges handed out to batch jobs.
 
     Args:
@@ -88,50 +67,28 @@ class Inventory(Settling, Operations):
         engine: AsyncEngine | None = None,
         settle_timeout: float = 30.0,
     ) -> None:
-        if not _seconds(lease_ttl) or lease_ttl <= 0:
-            raise InvalidArgument(f"lease_ttl must be a positive number of seconds: {lease_ttl!r}")
-        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-            raise InvalidArgument(f"max_attempts must be an integer >= 1: {max_attempts!r}")
-        if not _seconds(retry_delay) or retry_delay < 0:
-            raise InvalidArgument(f"retry_delay must be >= 0 seconds: {retry_delay!r}")
-        if not _seconds(settle_timeout) or settle_timeout < 0:
-            raise InvalidArgument(f"settle_timeout must be >= 0 seconds: {settle_timeout!r}")
-        # Both are written into 255-character columns with every attempt or failure: a value
-        # a store refuses would fail every settle, so it is refused here instead.
-        if owner is not None and not _storable_name(owner):
-            raise InvalidArgument(
-                f"owner must be a non-empty name of at most 255 characters, without NUL: {owner!r}"
-            )
-        if code_version and not _storable_name(code_version):
-            raise InvalidArgument(
-                "code_version must be a string of at most 255 characters, "
-                f"without NUL: {code_version!r}"
-            )
+        policy = lease_policy(
+            owner=owner,
+            lease_ttl=lease_ttl,
+            max_attempts=max_attempts,
+            retry_delay=retry_delay,
+            code_version=code_version,
+            settle_timeout=settle_timeout,
+        )
         if table_prefix and not table_prefix.replace("_", "").isalnum():
             raise InvalidArgument("table_prefix may contain only letters, digits and underscores")
         self.url = url or "sqlite+aiosqlite:///pybatchintory.db"
-        self._adapter, self._full_url = adapter_for(self.url)
-        self.owner = owner or _default_owner()
-        self.lease_ttl = float(lease_ttl)
-        self.max_attempts = max_attempts
-        self.retry_delay = float(retry_delay)
+        self.owner = policy.owner
+        self.lease_ttl = policy.lease_ttl
+        self.max_attempts = policy.max_attempts
+        self.retry_delay = policy.retry_delay
         self.table_prefix = table_prefix
-        self.code_version = code_version
-        self.settle_timeout = settle_timeout
-        self._given_engine = engine
-        self._engine: AsyncEngine | None = engine
-        self._store: InventoryStore | None = None
-        self._engines: dict[str, AsyncEngine] = {}
-        self._bound: OrderedDict[int, tuple[MetadataSource, BoundSource]] = OrderedDict()
-        self._tables: dict[str, MetaTable] = {}
-        self._jobs: dict[str, JobSpec] = {}
-        self._sources: dict[str, MetadataSource] = {}
-        self._hints: dict[str, int] = {}
-        self._held: dict[str, Batch] = {}
-        self._pending: set[asyncio.Task[None]] = set()
-        self._heartbeat_task: asyncio.Task[None] | None = None
-        self._open_lock = asyncio.Lock()
-        self._closed = False
+        self.code_version = policy.code_version
+        self.settle_timeout = policy.settle_timeout
+        self._db = Database(self.url, table_prefix=table_prefix, engine=engine)
+        self._leases = Leases(self._db, policy)
+        self._jobs = Jobs(self._db)
+        self._operator = Operator(self._db, self._jobs, owner=self.owner, max_attempts=max_attempts)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> Inventory:
@@ -158,30 +115,16 @@ class Inventory(Settling, Operations):
     @property
     def store(self) -> InventoryStore:
         """The store (after ``open()``)."""
-        if self._store is None:
-            raise RuntimeError("the Inventory is not open: use `async with Inventory(...)`")
-        return self._store
+        return self._db.store
 
     @property
     def engine(self) -> AsyncEngine:
         """The inventory database engine (after ``open()``)."""
-        if self._engine is None:
-            raise RuntimeError("the Inventory is not open: use `async with Inventory(...)`")
-        return self._engine
+        return self._db.engine
 
     async def open(self) -> Inventory:
         """Connect and create the schema if missing. Called by ``async with``."""
-        if self._store is not None:
-            return self
-        if self._closed:
-            raise RuntimeError("this Inventory was closed")
-        async with self._open_lock:
-            if self._store is None:
-                if self._engine is None:
-                    self._engine = self._adapter.create_engine(self._full_url)
-                store = self._adapter.create_store(self._engine, table_prefix=self.table_prefix)
-                await store.setup()
-                self._store = store
+        await self._db.open()
         return self
 
     async def __aenter__(self) -> Inventory:
@@ -197,37 +140,11 @@ class Inventory(Settling, Operations):
 
     async def aclose(self) -> None:
         """Drain settles in flight, release unsettled leases, stop heartbeats, dispose."""
-        if self._closed:
+        if self._db.closed:
             return
-        self._closed = True
-        with anyio.move_on_after(self.settle_timeout, shield=True):
-            for batch in list(self._held.values()):
-                if batch._status is None and not batch.lost:
-                    try:
-                        await batch.release()
-                    except (LeaseLost, StoreError) as exc:
-                        log.warning("could not release %r on close: %s", batch, exc)
-            if self._pending:
-                await asyncio.gather(*list(self._pending), return_exceptions=True)
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            with anyio.CancelScope(shield=True):
-                await asyncio.gather(self._heartbeat_task, return_exceptions=True)
-        if self._store is not None:
-            await self._store.aclose()
-        with anyio.CancelScope(shield=True):
-            for engine in self._engines.values():
-                await engine.dispose()
-            if self._engine is not None and self._given_engine is None:
-                await self._engine.dispose()
-
-    def _engine_for(self, url: str) -> AsyncEngine:
-        engine = self._engines.get(url)
-        if engine is None:
-            adapter, full = adapter_for(url)
-            engine = adapter.create_engine(full)
-            self._engines[url] = engine
-        return engine
+        self._db.closed = True
+        await self._leases.aclose()
+        await self._db.aclose()
 
     # -- leasing --------------------------------------------------------------------------
 
@@ -245,11 +162,11 @@ class Inventory(Settling, Operations):
     ) -> list[Batch]:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidArgument(f"n must be a positive integer, got {n!r}")
-        if timeout is not None and (not _seconds(timeout) or timeout <= 0):
+        if timeout is not None and (not is_seconds(timeout) or timeout <= 0):
             raise InvalidArgument(f"timeout must be a positive number of seconds: {timeout!r}")
-        if self._closed:
+        if self._db.closed:
             raise RuntimeError("this Inventory was closed")
-        bound, limits = await self._prepare(
+        bound, limits = await self._jobs.prepare(
             job,
             source,
             max_count=max_count,
@@ -257,29 +174,20 @@ class Inventory(Settling, Operations):
             id_start=id_start,
             id_end=id_end,
         )
-        grants = await self._lease(
-            self.store.acquire(
-                job,
-                owner=self.owner,
-                ttl=self.lease_ttl,
-                max_attempts=self.max_attempts,
-                n=n,
-                planner=self._planner(job, bound, limits, id_end),
-                config={
-                    "max_count": limits.max_count,
-                    "max_weight": limits.max_weight,
-                    "lease_ttl": self.lease_ttl,
-                    "max_attempts": self.max_attempts,
-                    "code_version": self.code_version,
-                },
-            )
+        return await self._leases.acquire(
+            job,
+            bound,
+            self._jobs.planner(job, bound, limits, id_end),
+            n=n,
+            config={
+                "max_count": limits.max_count,
+                "max_weight": limits.max_weight,
+                "lease_ttl": self.lease_ttl,
+                "max_attempts": self.max_attempts,
+                "code_version": self.code_version,
+            },
+            timeout=timeout,
         )
-        batches = [Batch(self, grant, bound, timeout=timeout) for grant in grants]
-        for batch in batches:
-            self._held[batch.token] = batch
-        if batches:
-            self._ensure_heartbeat()
-        return batches
 
     async def acquire(
         self,
@@ -351,17 +259,19 @@ class Inventory(Settling, Operations):
         Raises:
             NoBatchAvailable: On entry, when there is nothing to do and ``wait`` is false.
         """
-        if not _seconds(poll_interval) or poll_interval <= 0:
+        if not is_seconds(poll_interval) or poll_interval <= 0:
             raise InvalidArgument(f"poll_interval must be > 0 seconds: {poll_interval!r}")
-        return LeaseContext(
-            self,
+        acquire = functools.partial(
+            self.acquire,
             job,
             source,
-            dict(max_count=max_count, max_weight=max_weight, id_start=id_start, id_end=id_end),
-            wait=wait,
-            poll_interval=float(poll_interval),
+            max_count=max_count,
+            max_weight=max_weight,
+            id_start=id_start,
+            id_end=id_end,
             timeout=timeout,
         )
+        return LeaseContext(acquire, job, wait=wait, poll_interval=float(poll_interval))
 
     async def leases(
         self,
@@ -398,3 +308,121 @@ class Inventory(Settling, Operations):
                 return
             done += 1
             yield batch
+
+    # -- the operator's reads and controls (see ``_operator``) ----------------------------
+
+    async def backlog(self, job: str, source: MetadataSource | None = None) -> Backlog:
+        """What is left for ``job``: rows after the cursor, retries, dead ranges, ETA."""
+        return await self._operator.backlog(job, source)
+
+    async def batches(
+        self,
+        job: str,
+        status: Status | str | Collection[Status | str] | None = None,
+        *,
+        limit: int | None = None,
+    ) -> list[Attempt]:
+        """Attempts of ``job``, newest first, optionally of some statuses only."""
+        return await self._operator.batches(job, status, limit=limit)
+
+    async def history(self, source: MetadataSource | str, meta_id: int) -> list[Attempt]:
+        """Every attempt of every job whose range covers ``meta_id`` of ``source``.
+
+        One index probe per job: the range with the greatest start at or before
+        ``meta_id``. After ``set_cursor`` back over ids a job already handed out, or
+        ``mark_done`` over ranges already recorded, a job's ranges overlap and only its
+        newest covering range is returned (see the docs' Lineage section).
+        """
+        return await self._operator.history(source, meta_id)
+
+    async def status(self) -> list[JobStatus]:
+        """One line per job: cursor, window, attempts by status, last success."""
+        return await self._operator.status()
+
+    async def errors(self, job: str) -> list[ErrorGroup]:
+        """Failed attempts of ``job`` grouped by fingerprint, most frequent first."""
+        return await self._operator.errors(job)
+
+    async def retry(
+        self,
+        job: str,
+        *,
+        fingerprint: str | None = None,
+        batch_ids: Collection[int] | None = None,
+    ) -> int:
+        """Revive dead ranges of ``job`` (all, one fingerprint, or some attempt ids).
+
+        An attempt id names its range: any attempt of a dead range revives it.
+        Returns how many ranges were revived.
+        """
+        return await self._operator.retry(job, fingerprint=fingerprint, batch_ids=batch_ids)
+
+    async def plan(
+        self,
+        job: str,
+        source: MetadataSource | str,
+        *,
+        max_count: int | None = None,
+        max_weight: int | None = None,
+        id_start: int | None = None,
+        id_end: int | None = None,
+        n: int = 5,
+    ) -> list[PlannedRange]:
+        """Dry run: the next ``n`` ranges the job would get, in order. Writes nothing.
+
+        As an acquire would, it lists the ranges due for a retry first (with their attempt
+        number), then new ranges after the cursor, cut by the limits.
+
+        Raises:
+            JobConflict: The job is recorded with another source, window or filter.
+        """
+        return await self._operator.plan(
+            job,
+            source,
+            max_count=max_count,
+            max_weight=max_weight,
+            id_start=id_start,
+            id_end=id_end,
+            n=n,
+        )
+
+    async def set_cursor(
+        self, job: str, meta_id: int, *, source: MetadataSource | str | None = None
+    ) -> None:
+        """Move ``job``'s cursor: new ranges start after ``meta_id``.
+
+        ``source`` is needed only to create a job that does not exist yet.
+
+        Raises:
+            UnknownJob: The job is not recorded and no ``source`` was given.
+        """
+        return await self._operator.set_cursor(job, meta_id, source=source)
+
+    async def mark_done(
+        self,
+        job: str,
+        start: int,
+        end: int,
+        *,
+        source: MetadataSource | str | None = None,
+    ) -> int:
+        """Record ``[start, end]`` as processed elsewhere; the cursor moves past it.
+
+        Failed ranges inside it (waiting for a retry, or dead) count as done: they are not
+        handed out again. ``source`` is needed only to create a job that does not exist yet.
+
+        Returns the id of the recorded attempt.
+
+        Raises:
+            UnknownJob: The job is not recorded and no ``source`` was given.
+            InvalidArgument: The range leaves the job's window, or rows between the cursor
+                and ``start`` would never be handed out.
+        """
+        return await self._operator.mark_done(job, start, end, source=source)
+
+    async def audit(self, job: str, source: MetadataSource | None = None) -> list[AuditFinding]:
+        """Succeeded ranges of ``job`` whose current count or weight differs from the ledger.
+
+        Recounts with one grouped query per chunk of ranges, not one per range.
+        """
+        return await self._operator.audit(job, source)

@@ -29,8 +29,8 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from pybatchintory._defaults import resolve_seed_arguments
-from pybatchintory._lease import Batch
+from pybatchintory._default_inventory import resolve_seed_arguments
+from pybatchintory.batch import Batch
 from pybatchintory.errors import NoBatchAvailable
 from pybatchintory.inventory import Inventory
 from pybatchintory.models import Attempt, Backlog, ErrorGroup, JobStatus, PlannedRange, Status
@@ -163,7 +163,7 @@ class SyncBatch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._batch._status is not None:
+        if self._batch.status is not Status.RUNNING:
             return
         if exc is None:
             self.success()

@@ -13,7 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 import pybatchintory as pbi
-from pybatchintory_adapters._sqlalchemy.direct import PREPARED_STATEMENTS, DirectConnection
+from pybatchintory_adapters._sqlalchemy.driver_path import PREPARED_STATEMENTS, DirectConnection
 from pybatchintory_adapters._sqlalchemy.store import SQLAlchemyStore
 
 from tests.helpers import create_meta_table

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from pybatchintory.errors import PybatchintoryError
-from pybatchintory_adapters._sqlalchemy.direct import SessionFactory
+from pybatchintory_adapters._sqlalchemy.driver_path import SessionFactory
 
 __all__ = ("Capabilities",)
 

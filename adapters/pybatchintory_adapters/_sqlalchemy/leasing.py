@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from pybatchintory.errors import LeaseLost, UnknownJob
 from pybatchintory.models import LeaseGrant, PlannedRange, Settlement, Status
 from pybatchintory.protocols import Planner
-from pybatchintory_adapters._sqlalchemy.direct import HotPath
+from pybatchintory_adapters._sqlalchemy.driver_path import HotPath
 from pybatchintory_adapters._sqlalchemy.records import aware
 from pybatchintory_adapters._sqlalchemy.statements import MANY_ROWS, Statements
 

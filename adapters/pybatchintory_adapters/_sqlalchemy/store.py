@@ -23,14 +23,13 @@ import anyio
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.util import greenlet_spawn
 
 from pybatchintory.errors import StoreConflict, StoreError, StoreUnavailable
 from pybatchintory.models import Attempt, ErrorGroup, JobSpec, LeaseGrant, Settlement, Status
 from pybatchintory.protocols import JobRecord, Planner
-from pybatchintory_adapters._sqlalchemy import controls, jobs, queries
+from pybatchintory_adapters._sqlalchemy import compat, controls, jobs, queries
 from pybatchintory_adapters._sqlalchemy.capabilities import Capabilities
-from pybatchintory_adapters._sqlalchemy.direct import (
+from pybatchintory_adapters._sqlalchemy.driver_path import (
     DirectConnection,
     EngineLink,
     HotPath,
@@ -64,7 +63,6 @@ class SQLAlchemyStore:
         self.capabilities = capabilities
         self.statements = Statements(tables)
         self._prepared: OrderedDict[int, tuple[sa.Executable, Prepared]] = OrderedDict()
-        self._raw_connection = engine.sync_engine.raw_connection
         self._ready = False
         # Option engines share the pool; their options cost nothing per connection, unlike
         # ``await conn.execution_options(...)`` on every transaction.
@@ -93,7 +91,7 @@ class SQLAlchemyStore:
         """A write transaction for acquire and settle: ``(statements, planner link)``.
 
         With the adapter's ``driver_session``, statements run on the pooled driver
-        connection (see ``direct``); otherwise through SQLAlchemy.
+        connection (see ``driver_path``); otherwise through SQLAlchemy.
         """
         factory = self.capabilities.driver_session
         if factory is None:
@@ -102,7 +100,7 @@ class SQLAlchemyStore:
             return
         # Straight from the pool: no Connection object, two greenlet hops (out and back).
         try:
-            fairy = await greenlet_spawn(self._raw_connection)
+            fairy = await self.engine.raw_connection()
         except DBAPIError:
             raise
         except Exception as exc:
@@ -131,21 +129,17 @@ class SQLAlchemyStore:
                         # As SQLAlchemy's own Connection does: every connection of this
                         # one's generation is recycled on its next checkout, so after a
                         # restart the pool does not hand out its dead connections one by one.
-                        pool = self.engine.sync_engine.pool
-                        await greenlet_spawn(pool._invalidate, fairy, exc)
+                        await compat.recycle_generation(self.engine, fairy, exc)
                         raise
                     try:
                         await direct.session.rollback()
                     except Exception:
-                        await greenlet_spawn(fairy.invalidate)
+                        await compat.invalidate_borrowed(fairy)
                 raise
             mark_committed(fairy)
         finally:
-            # Always inside a greenlet: even a committed connection may need I/O on its way
-            # back (an overflow connection is closed by the pool), and outside a greenlet
-            # that close fails silently and leaks the connection.
             with anyio.CancelScope(shield=True):
-                await greenlet_spawn(fairy.close)
+                await compat.close_borrowed(fairy)
 
     def _translate(self, exc: DBAPIError) -> StoreError:
         mapped = self.capabilities.translate(exc)

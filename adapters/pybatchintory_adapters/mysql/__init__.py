@@ -59,7 +59,7 @@ def _retryable(exc: BaseException) -> bool:
 
 
 class _AiomysqlSession:
-    """Acquire and settle on the pooled ``aiomysql.Connection`` (see ``_sqlalchemy.direct``).
+    """Acquire and settle on the pooled ``aiomysql.Connection`` (see ``_sqlalchemy.driver_path``).
 
     The connection is not in autocommit: the first statement opens the transaction (no
     ``BEGIN`` round trip) and ``COMMIT`` ends it, for a settle too. Row counts are rows

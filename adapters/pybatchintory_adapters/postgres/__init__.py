@@ -59,7 +59,7 @@ def _retryable(exc: BaseException) -> bool:
 
 
 class _AsyncpgSession:
-    """Acquire and settle on the pooled ``asyncpg.Connection`` (see ``_sqlalchemy.direct``).
+    """Acquire and settle on the pooled ``asyncpg.Connection`` (see ``_sqlalchemy.driver_path``).
 
     asyncpg runs a statement without ``BEGIN`` in autocommit, so a single-statement settle
     is one round trip; its own statement cache prepares each SQL string once.

@@ -84,7 +84,7 @@ def _configure(engine: AsyncEngine) -> None:
 
 
 class _AiosqliteSession:
-    """Acquire and settle on the pooled ``aiosqlite.Connection`` (see ``_sqlalchemy.direct``).
+    """Acquire and settle on the pooled ``aiosqlite.Connection`` (see ``_sqlalchemy.driver_path``).
 
     Each call is one hop to aiosqlite's thread (SQLAlchemy's cursor adaptation takes three
     or four per statement). ``BEGIN IMMEDIATE`` takes the write lock up front; a single

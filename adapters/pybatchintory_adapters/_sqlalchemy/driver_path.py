@@ -1,4 +1,6 @@
-"""The hot path straight on the driver: SQLAlchemy compiles, pools and types; the driver runs.
+"""The driver path: acquire and settle straight on the driver.
+
+SQLAlchemy compiles, pools and types; the driver runs.
 
 Measured on asyncpg (process CPU per call, loaded 2-core machine): a prebuilt statement
 through ``AsyncConnection.execute`` costs ~130-165 us against ~35-50 us on the driver, and
@@ -14,6 +16,9 @@ driver connection from SQLAlchemy's pool and run statements compiled once per di
 - ``DirectConnection`` is what the store's acquire and settle work with; it is also the
   ``link`` the planner passes to sources (``StatementLink``), so page summaries run on the
   same connection and transaction.
+
+The only SQLAlchemy internals it needs (giving a borrowed connection back, recycling a
+dead pool generation) are in ``compat``.
 
 Driver errors are re-raised as SQLAlchemy ``DBAPIError`` (``orig`` kept) so the store's
 retry and translation code is the same on both paths.
@@ -101,6 +106,11 @@ class HotPath(Protocol):
         ...
 
 
+def _returns_rows(statement: sa.Executable) -> bool:
+    """An ``INSERT ... RETURNING`` (its ``exported_columns`` are the RETURNING columns)."""
+    return bool(getattr(statement, "exported_columns", ()))
+
+
 def _bind_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
     processor: Callable[[Any], Any] | None = type_.dialect_impl(dialect).bind_processor(dialect)
     return processor
@@ -115,7 +125,7 @@ class Prepared:
             raise ValueError("the direct path needs a positional paramstyle")
         # ``IN`` lists (a filter ``{"kind": ["csv", "json"]}``) compile to expanding
         # parameters; their SQL is rendered per call from the values (``statement_for``).
-        self.expanding = "POSTCOMPILE" in compiled.string
+        self.expanding = any(b.expanding or b.literal_execute for b in compiled.binds.values())
         self.compiled = compiled
         self.sql: str = compiled.string
         self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
@@ -127,12 +137,11 @@ class Prepared:
             (index, proc) for index, proc in enumerate(self.processors) if proc is not None
         )
         self.results: tuple[Callable[[Any], Any] | None, ...] = ()
-        columns = getattr(statement, "selected_columns", None)
-        returning = getattr(statement, "_returning", ())
-        if columns is not None or returning:
-            types = [c.type for c in (columns if columns is not None else returning)]
+        # A SELECT's columns, or an INSERT/UPDATE's RETURNING columns (public API of both).
+        columns = getattr(statement, "exported_columns", ())
+        if columns:
             self.results = tuple(
-                t.dialect_impl(dialect).result_processor(dialect, None) for t in types
+                c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
             )
 
     def statement_for(self, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
@@ -236,7 +245,7 @@ class DirectConnection:
 
     async def insert(self, statement: sa.Executable, params: Mapping[str, Any]) -> int:
         """Insert one row; its key (from ``RETURNING`` if the statement has it)."""
-        if getattr(statement, "_returning", ()):
+        if _returns_rows(statement):
             row = await self.one(statement, params)
             assert row is not None, "INSERT ... RETURNING returned nothing"
             return int(row[0])
@@ -304,6 +313,6 @@ class EngineLink:
     async def insert(self, statement: sa.Executable, params: Mapping[str, Any]) -> int:
         """Insert one row; its key."""
         result = await self.conn.execute(statement, params)
-        if getattr(statement, "_returning", ()):
+        if _returns_rows(statement):
             return int(result.scalar_one())
         return int(result.inserted_primary_key[0])  # type: ignore[index]

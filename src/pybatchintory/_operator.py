@@ -1,15 +1,19 @@
-"""Observability and operator controls of ``Inventory`` (the CLI calls these too)."""
+"""``Operator``: the reads of the ledger and the operator's controls behind ``Inventory``.
+
+Reads (``backlog``, ``batches``, ``history``, ``status``, ``errors``, ``plan``, ``audit``)
+never write; controls (``retry``, ``set_cursor``, ``mark_done``) write through the store,
+which takes the job lock where a control touches a cursor. ``Inventory`` forwards its
+public methods here; their documentation is there.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-
+from pybatchintory._database import Database
+from pybatchintory._jobs import Jobs
 from pybatchintory._planning import RangeCutter, check_job_name, validate_window
-from pybatchintory._preparing import Preparing
 from pybatchintory.errors import InvalidArgument, UnknownJob
 from pybatchintory.models import (
     Attempt,
@@ -19,19 +23,9 @@ from pybatchintory.models import (
     PlannedRange,
     Status,
 )
-from pybatchintory.protocols import (
-    BoundSource,
-    JobRecord,
-    MetadataSource,
-    PageRequest,
-)
-from pybatchintory.recursion import InventorySource
-from pybatchintory.sources import MetaTable
+from pybatchintory.protocols import JobRecord, MetadataSource, PageRequest, RangeCount
 
-if TYPE_CHECKING:
-    from pybatchintory.protocols import RangeCount
-
-__all__ = ("AuditFinding", "Operations")
+__all__ = ("AuditFinding", "Operator")
 
 _ETA_SAMPLE = 50
 _AUDIT_CHUNK = 1000
@@ -63,56 +57,31 @@ class AuditFinding:
         )
 
 
-class Operations(Preparing):
-    """Mixed into ``Inventory``: reads of the ledger and operator controls."""
+class Operator:
+    """The operator's reads of the ledger and controls of its jobs.
 
-    if TYPE_CHECKING:
-        owner: str
-        max_attempts: int
+    Args:
+        database: The inventory database.
+        jobs: The jobs part (bound sources, records).
+        owner: Recorded as the owner of ranges marked done.
+        max_attempts: The retry budget (for the dry run of retries).
+    """
 
-    async def _job(self, job: str) -> JobRecord:
-        check_job_name(job)
-        await self.open()
-        record = await self.store.get_job(job)
-        if record is None:
-            raise UnknownJob(f"job {job!r} is not recorded in the inventory")
-        return record
-
-    async def _source_of(self, record: JobRecord, source: MetadataSource | None) -> BoundSource:
-        if source is not None:
-            return await self._bind(source)
-        known = self._sources.get(record.name)
-        if known is not None:
-            return await self._bind(known)
-        described = dict(record.source)
-        if described.get("kind") == "meta_table" and described.get("database") == "inventory":
-            where = described.get("filter")
-            rebuilt = MetaTable(
-                described["table"],
-                id=described["id"],
-                weight=described.get("weight"),
-                where=None if where is None else sa.text(where),
-            )
-            self._sources[record.name] = rebuilt
-            return await self._bind(rebuilt)
-        if described.get("kind") == "inventory":
-            upstream = InventorySource(described["job"])
-            self._sources[record.name] = upstream
-            return await self._bind(upstream)
-        raise InvalidArgument(
-            f"job {record.name!r} reads a metadata database other than the inventory's; "
-            "pass source= to reach it"
-        )
+    def __init__(self, database: Database, jobs: Jobs, *, owner: str, max_attempts: int) -> None:
+        self._db = database
+        self._jobs = jobs
+        self._owner = owner
+        self._max_attempts = max_attempts
 
     async def backlog(self, job: str, source: MetadataSource | None = None) -> Backlog:
         """What is left for ``job``: rows after the cursor, retries, dead ranges, ETA."""
-        record = await self._job(job)
-        bound = await self._source_of(record, source)
+        record = await self._jobs.record(job)
+        bound = await self._jobs.source_of(record, source)
         after = record.cursor
         ahead = await bound.summarize(
             PageRequest(after=after, end=record.id_end, limit=None, max_weight=None), None
         )
-        ledger = await self.store.ledger_summary(job)
+        ledger = await self._db.store.ledger_summary(job)
         count = ahead.rows + ledger["retry_count"]
         return Backlog(
             count=count,
@@ -126,7 +95,7 @@ class Operations(Preparing):
     async def _eta(self, job: str, count: int) -> timedelta | None:
         if count == 0:
             return timedelta(0)
-        recent = await self.store.attempts(job, status=[Status.SUCCEEDED], limit=_ETA_SAMPLE)
+        recent = await self._db.store.attempts(job, status=[Status.SUCCEEDED], limit=_ETA_SAMPLE)
         timed = [a for a in recent if a.processing_start and a.processing_end]
         if len(timed) < 2:
             return None
@@ -147,7 +116,7 @@ class Operations(Preparing):
     ) -> list[Attempt]:
         """Attempts of ``job``, newest first, optionally of some statuses only."""
         check_job_name(job)
-        await self.open()
+        await self._db.open()
         wanted: list[Status] | None
         if status is None:
             wanted = None
@@ -155,50 +124,25 @@ class Operations(Preparing):
             wanted = [_status(status)]
         else:
             wanted = [_status(s) for s in status]
-        return await self.store.attempts(job, status=wanted, limit=limit)
+        return await self._db.store.attempts(job, status=wanted, limit=limit)
 
     async def history(self, source: MetadataSource | str, meta_id: int) -> list[Attempt]:
-        """Every attempt of every job whose range covers ``meta_id`` of ``source``.
-
-        One index probe per job: the range with the greatest start at or before
-        ``meta_id``. After ``set_cursor`` back over ids a job already handed out, or
-        ``mark_done`` over ranges already recorded, a job's ranges overlap and only its
-        newest covering range is returned (see the docs' Lineage section).
-        """
-        await self.open()
+        """Every attempt of every job whose range covers ``meta_id`` of ``source``."""
+        await self._db.open()
         if isinstance(meta_id, bool) or not isinstance(meta_id, int):
             raise InvalidArgument(f"meta_id must be an integer, got {meta_id!r}")
         name = source if isinstance(source, str) else source.name
-        return await self.store.history(name, meta_id)
+        return await self._db.store.history(name, meta_id)
 
     async def status(self) -> list[JobStatus]:
         """One line per job: cursor, window, attempts by status, last success."""
-        await self.open()
-        out: list[JobStatus] = []
-        for record in await self.store.list_jobs():
-            ledger = await self.store.ledger_summary(record.name)
-            last = await self.store.attempts(record.name, status=[Status.SUCCEEDED], limit=1)
-            out.append(
-                JobStatus(
-                    job=record.name,
-                    meta_table=record.meta_table,
-                    cursor=record.cursor,
-                    id_start=record.id_start,
-                    id_end=record.id_end,
-                    counts={
-                        "running": ledger["running"],
-                        "retry": ledger["retry_ranges"],
-                        "dead": ledger["dead_ranges"],
-                    },
-                    last_success=last[0].processing_end if last else None,
-                )
-            )
-        return out
+        store = await self._db.open()
+        return await store.job_statuses()
 
     async def errors(self, job: str) -> list[ErrorGroup]:
         """Failed attempts of ``job`` grouped by fingerprint, most frequent first."""
-        await self._job(job)
-        return await self.store.error_groups(job)
+        await self._jobs.record(job)
+        return await self._db.store.error_groups(job)
 
     async def retry(
         self,
@@ -207,13 +151,9 @@ class Operations(Preparing):
         fingerprint: str | None = None,
         batch_ids: Collection[int] | None = None,
     ) -> int:
-        """Revive dead ranges of ``job`` (all, one fingerprint, or some attempt ids).
-
-        An attempt id names its range: any attempt of a dead range revives it.
-        Returns how many ranges were revived.
-        """
-        await self._job(job)
-        return await self.store.revive(job, fingerprint=fingerprint, batch_ids=batch_ids)
+        """Revive dead ranges of ``job`` (all, one fingerprint, or some attempt ids)."""
+        await self._jobs.record(job)
+        return await self._db.store.revive(job, fingerprint=fingerprint, batch_ids=batch_ids)
 
     async def plan(
         self,
@@ -226,22 +166,15 @@ class Operations(Preparing):
         id_end: int | None = None,
         n: int = 5,
     ) -> list[PlannedRange]:
-        """Dry run: the next ``n`` ranges the job would get, in order. Writes nothing.
-
-        As an acquire would, it lists the ranges due for a retry first (with their attempt
-        number), then new ranges after the cursor, cut by the limits.
-
-        Raises:
-            JobConflict: The job is recorded with another source, window or filter.
-        """
+        """Dry run: the next ``n`` ranges the job would get, in order. Writes nothing."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise InvalidArgument(f"n must be a positive integer, got {n!r}")
         check_job_name(job)
-        await self.open()
-        record = await self.store.get_job(job)
+        await self._db.open()
+        record = await self._db.store.get_job(job)
         # An existing job is compared with the call (JobConflict, never a write); a new one
         # is not recorded: a dry run leaves no trace.
-        bound, limits = await self._prepare(
+        bound, limits = await self._jobs.prepare(
             job,
             source,
             max_count=max_count,
@@ -257,7 +190,7 @@ class Operations(Preparing):
             end = horizon if end is None else min(end, horizon)
         planned: list[PlannedRange] = []
         if record is not None:
-            due = await self.store.due_ranges(job, max_attempts=self.max_attempts, limit=n)
+            due = await self._db.store.due_ranges(job, max_attempts=self._max_attempts, limit=n)
             planned = [
                 PlannedRange(
                     a.meta_id_start,
@@ -287,15 +220,15 @@ class Operations(Preparing):
         otherwise); its recorded window stays as it is.
         """
         check_job_name(job)
-        await self.open()
-        record = await self.store.get_job(job)
+        await self._db.open()
+        record = await self._db.store.get_job(job)
         if record is None and source is None:
             raise UnknownJob(
                 f"job {job!r} is not recorded in the inventory; pass source= to create it"
             )
         if source is not None:
             window = (None, None) if record is None else (record.id_start, record.id_end)
-            await self._prepare(
+            await self._jobs.prepare(
                 job,
                 source,
                 max_count=None,
@@ -303,22 +236,16 @@ class Operations(Preparing):
                 id_start=window[0],
                 id_end=window[1],
             )
-        return await self._job(job)
+        return await self._jobs.record(job)
 
     async def set_cursor(
         self, job: str, meta_id: int, *, source: MetadataSource | str | None = None
     ) -> None:
-        """Move ``job``'s cursor: new ranges start after ``meta_id``.
-
-        ``source`` is needed only to create a job that does not exist yet.
-
-        Raises:
-            UnknownJob: The job is not recorded and no ``source`` was given.
-        """
+        """Move ``job``'s cursor: new ranges start after ``meta_id``."""
         if isinstance(meta_id, bool) or not isinstance(meta_id, int):
             raise InvalidArgument(f"meta_id must be an integer, got {meta_id!r}")
         await self._adopt(job, source)
-        await self.store.set_cursor(job, meta_id)
+        await self._db.store.set_cursor(job, meta_id)
 
     async def mark_done(
         self,
@@ -328,18 +255,7 @@ class Operations(Preparing):
         *,
         source: MetadataSource | str | None = None,
     ) -> int:
-        """Record ``[start, end]`` as processed elsewhere; the cursor moves past it.
-
-        Failed ranges inside it (waiting for a retry, or dead) count as done: they are not
-        handed out again. ``source`` is needed only to create a job that does not exist yet.
-
-        Returns the id of the recorded attempt.
-
-        Raises:
-            UnknownJob: The job is not recorded and no ``source`` was given.
-            InvalidArgument: The range leaves the job's window, or rows between the cursor
-                and ``start`` would never be handed out.
-        """
+        """Record ``[start, end]`` as processed elsewhere; the cursor moves past it."""
         validate_window(start, end)
         if start is None or end is None:
             raise InvalidArgument("mark_done needs both start and end")
@@ -351,7 +267,7 @@ class Operations(Preparing):
                 f"[{start}, {end}] is outside the window [{record.id_start}, "
                 f"{record.id_end}] of job {job!r}"
             )
-        bound = await self._source_of(record, source if not isinstance(source, str) else None)
+        bound = await self._jobs.source_of(record, source if not isinstance(source, str) else None)
         if record.cursor is None or start - 1 > record.cursor:
             skipped = await bound.summarize(
                 PageRequest(after=record.cursor, end=start - 1, limit=None, max_weight=None),
@@ -364,21 +280,18 @@ class Operations(Preparing):
                     "done too, or move the cursor with set_cursor() first"
                 )
         (current,) = await bound.recount([(start, end)])
-        return await self.store.record_done(
-            job, start, end, current.count, current.weight, self.owner
+        return await self._db.store.record_done(
+            job, start, end, current.count, current.weight, self._owner
         )
 
     async def audit(self, job: str, source: MetadataSource | None = None) -> list[AuditFinding]:
-        """Succeeded ranges of ``job`` whose current count or weight differs from the ledger.
-
-        Recounts with one grouped query per chunk of ranges, not one per range.
-        """
-        record = await self._job(job)
-        bound = await self._source_of(record, source)
+        """Succeeded ranges of ``job`` whose current count or weight differs from the ledger."""
+        record = await self._jobs.record(job)
+        bound = await self._jobs.source_of(record, source)
         findings: list[AuditFinding] = []
         after: int | None = None
         while True:
-            ranges = await self.store.succeeded_ranges(
+            ranges = await self._db.store.succeeded_ranges(
                 job, after=after, end=None, limit=_AUDIT_CHUNK
             )
             if not ranges:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pybatchintory._leases import LeaseContext
+from pybatchintory.batch import Batch
 from pybatchintory.errors import InvalidArgument
+from pybatchintory.inventory import Inventory
+from pybatchintory.protocols import MetadataSource
 from pybatchintory.settings import Settings
 from pybatchintory.sources import MetaTable
-
-if TYPE_CHECKING:
-    from pybatchintory._lease import Batch
-    from pybatchintory.inventory import Inventory, LeaseContext
-    from pybatchintory.protocols import MetadataSource
 
 __all__ = (
     "acquire_batch",
@@ -54,8 +53,6 @@ def settings_source(settings: Settings) -> MetaTable:
 
 async def default_inventory() -> Inventory:
     """The default ``Inventory`` of the running event loop (opened on first use)."""
-    from pybatchintory.inventory import Inventory
-
     loop = asyncio.get_running_loop()
     inventory = _defaults.get(loop)
     if inventory is None:
@@ -91,8 +88,10 @@ def resolve_seed_arguments(
         raise InvalidArgument("pass either count= or max_count=, not both")
     if source is None:
         source = settings_source(settings or Settings())
-    return source, (max_count if count is None else count), (
-        max_weight if weight is None else weight
+    return (
+        source,
+        (max_count if count is None else count),
+        (max_weight if weight is None else weight),
     )
 
 

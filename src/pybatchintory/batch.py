@@ -1,13 +1,15 @@
-"""The ``Batch`` handle: items, settling, and the exit policy of ``async with``.
+"""``Batch``: one leased attempt, its items, its settle, and the exit policy of ``async with``.
 
-Also ``LeaseContext``, what ``Inventory.lease`` returns: acquire on enter (waiting for a
-range if asked to), then the batch's own exit policy.
+A ``Batch`` owns its state machine: running, then settled (``succeeded``, ``failed``,
+``released``), or lost (a heartbeat or a settle found the lease gone). It writes through a
+``Settler``, the narrow protocol of whoever keeps its lease (``pybatchintory._leases``): it
+never sees the ``Inventory``.
 
-Exit policy (DESIGN §4): a clean exit records ``succeeded``; an ``Exception`` or an
-exception group records ``failed`` and is re-raised; cancellation, ``KeyboardInterrupt``,
-``SystemExit`` and ``GeneratorExit`` record ``released`` and are re-raised. The settle write
-runs in its own task, shielded from cancellation and tracked by the ``Inventory`` so that
-``aclose()`` waits for it.
+Exit policy (see docs/architecture.md, "The life of a lease"): a clean exit records
+``succeeded``; an ``Exception`` or an exception group records ``failed`` and is re-raised;
+cancellation, ``KeyboardInterrupt``, ``SystemExit`` and ``GeneratorExit`` record
+``released`` and are re-raised. The settle write runs in its own task, shielded from
+cancellation and tracked by the lease keeper so that ``aclose()`` waits for it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -29,16 +31,12 @@ from pybatchintory.errors import (
     AlreadySettled,
     InvalidArgument,
     LeaseLost,
-    NoBatchAvailable,
     StoreError,
 )
 from pybatchintory.models import LeaseGrant, Settlement, Status
+from pybatchintory.protocols import BoundSource
 
-if TYPE_CHECKING:
-    from pybatchintory.inventory import Inventory
-    from pybatchintory.protocols import BoundSource, MetadataSource
-
-__all__ = ("Batch", "LeaseContext")
+__all__ = ("Batch", "Settler")
 
 _LOST = "pybatchintory: lease lost"
 _RELEASE_ON = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
@@ -80,6 +78,23 @@ def _check_json(result: Any) -> None:
         )
 
 
+class Settler(Protocol):
+    """What a ``Batch`` needs from whoever keeps its lease: a way to write its settle."""
+
+    def failure(self, grant: LeaseGrant, exc: BaseException) -> Settlement:
+        """The settlement that records ``exc`` as the attempt's failure (retry or dead)."""
+        ...
+
+    async def settle(self, batch: Batch, settlement: Settlement) -> None:
+        """Write ``settlement`` (shielded from cancellation, drained on close).
+
+        Raises:
+            LeaseLost: The lease is gone; nothing changed.
+            StoreError: The database kept failing until the lease would have run out.
+        """
+        ...
+
+
 class Batch:
     """One leased attempt of one range of a job.
 
@@ -100,13 +115,13 @@ class Batch:
 
     def __init__(
         self,
-        inventory: Inventory,
+        settler: Settler,
         grant: LeaseGrant,
         source: BoundSource,
         *,
         timeout: float | None = None,
     ) -> None:
-        self._inventory = inventory
+        self._settler = settler
         self._grant = grant
         self._source = source
         self._timeout = timeout
@@ -126,46 +141,57 @@ class Batch:
 
     @property
     def id(self) -> int:
+        """The attempt's row in the inventory."""
         return self._grant.id
 
     @property
     def job(self) -> str:
+        """The job's name."""
         return self._grant.job
 
     @property
     def meta_table(self) -> str:
+        """The source's name."""
         return self._grant.meta_table
 
     @property
     def meta_id_start(self) -> int:
+        """First id of the range (inclusive)."""
         return self._grant.meta_id_start
 
     @property
     def meta_id_end(self) -> int:
+        """Last id of the range (inclusive)."""
         return self._grant.meta_id_end
 
     @property
     def count(self) -> int:
+        """Rows of the range that pass the job's filter."""
         return self._grant.count
 
     @property
     def weight(self) -> int:
+        """Their summed weight (0 without a weight column)."""
         return self._grant.weight
 
     @property
     def attempt(self) -> int:
+        """1 for a new range, 2 and up for retries."""
         return self._grant.attempt
 
     @property
     def oversized(self) -> bool:
+        """A single row heavier than ``max_weight``, handed out alone."""
         return self._grant.oversized
 
     @property
     def token(self) -> str:
+        """The lease token that fences every settle."""
         return self._grant.token
 
     @property
     def expires_at(self) -> datetime:
+        """When the lease runs out unless renewed (database clock, UTC)."""
         return self._grant.expires_at
 
     @property
@@ -226,7 +252,7 @@ class Batch:
         _check_json(value)
         self._claim_settle(Status.SUCCEEDED)
         self.result = value
-        await self._inventory._settle(
+        await self._settler.settle(
             self, Settlement(self.id, self.token, Status.SUCCEEDED, result=value)
         )
 
@@ -240,7 +266,7 @@ class Batch:
         if not isinstance(exc, BaseException):
             raise InvalidArgument(f"error() takes an exception, got {exc!r}")
         self._claim_settle(Status.FAILED)
-        await self._inventory._settle(self, self._inventory._failure_settlement(self, exc))
+        await self._settler.settle(self, self._settler.failure(self._grant, exc))
 
     async def release(self) -> None:
         """Give the range back without fault; it is due again at once, no attempt used.
@@ -250,7 +276,7 @@ class Batch:
             AlreadySettled: This handle was settled before.
         """
         self._claim_settle(Status.RELEASED)
-        await self._inventory._settle(
+        await self._settler.settle(
             self, Settlement(self.id, self.token, Status.RELEASED, retry_delay=0.0)
         )
 
@@ -350,6 +376,28 @@ class Batch:
         except LeaseLost as lost:
             raise lost from exc
 
+    # -- transitions the lease keeper reports ------------------------------------------
+
+    @property
+    def _unsettled(self) -> bool:
+        """Running: not settled (or its settle did not land), whether or not lost."""
+        return self._status is None
+
+    def _renewed(self, at: float) -> None:
+        """A heartbeat that started at ``at`` (monotonic clock) renewed the lease."""
+        self._renewed_at = at
+
+    def _lease_left(self, ttl: float) -> float:
+        """Seconds until the lease runs out, by the last renewal known here."""
+        return self._renewed_at + ttl - time.monotonic()
+
+    def _settle_failed(self, *, lost: bool) -> None:
+        """The settle write did not land: running again, and ``lost`` if the lease is gone."""
+        self._status = None
+        if lost:
+            self._lost = True
+            self._loss_reported = True
+
     def _on_lost(self) -> None:
         """Called by the heartbeat when the lease is gone: cancel a running body."""
         if self._status is not None or self._lost:
@@ -359,49 +407,3 @@ class Batch:
         if task is not None and not task.done():
             self._cancelled_for_loss = True
             task.cancel(_LOST)
-
-
-class LeaseContext:
-    """The async context manager returned by ``Inventory.lease``."""
-
-    def __init__(
-        self,
-        inventory: Inventory,
-        job: str,
-        source: MetadataSource | str,
-        limits: dict[str, Any],
-        *,
-        wait: bool,
-        poll_interval: float,
-        timeout: float | None,
-    ) -> None:
-        self._inventory = inventory
-        self._job = job
-        self._source = source
-        self._limits = limits
-        self._wait = wait
-        self._poll_interval = poll_interval
-        self._timeout = timeout
-        self._batch: Batch | None = None
-
-    async def __aenter__(self) -> Batch:
-        while True:
-            batch = await self._inventory.acquire(
-                self._job, self._source, timeout=self._timeout, **self._limits
-            )
-            if batch is not None:
-                break
-            if not self._wait:
-                raise NoBatchAvailable(f"nothing to hand out for job {self._job!r} right now")
-            await anyio.sleep(self._poll_interval)
-        self._batch = batch
-        return await batch.__aenter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        assert self._batch is not None
-        return await self._batch.__aexit__(exc_type, exc, tb)

@@ -1,0 +1,175 @@
+"""``Jobs``: the jobs an ``Inventory`` works on, their bound sources, their planning.
+
+A source is bound once per ``Inventory`` (a few are cached, least recently used out); a job
+is recorded in the ledger the first time this process names it, and compared with the
+record every time its definition changes; the planner cuts the next range from the cursor,
+starting from the size of the job's previous range.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import sqlalchemy as sa
+
+from pybatchintory._database import Database
+from pybatchintory._planning import (
+    RangeCutter,
+    check_job_name,
+    validate_limits,
+    validate_window,
+)
+from pybatchintory.errors import InvalidArgument, UnknownJob
+from pybatchintory.models import JobSpec, Limits, PlannedRange
+from pybatchintory.protocols import BindContext, BoundSource, JobRecord, MetadataSource, Planner
+from pybatchintory.recursion import InventorySource
+from pybatchintory.sources import MetaTable
+
+__all__ = ("Jobs",)
+
+_BOUND_SOURCES = 32
+"""How many bound sources an ``Inventory`` keeps (least recently used are dropped)."""
+
+
+class Jobs:
+    """Bound sources, recorded job definitions and range-size hints of one ``Inventory``."""
+
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self._bound: OrderedDict[int, tuple[MetadataSource, BoundSource]] = OrderedDict()
+        self._tables: dict[str, MetaTable] = {}
+        self._jobs: dict[str, JobSpec] = {}
+        self._sources: dict[str, MetadataSource] = {}
+        self._hints: dict[str, int] = {}
+
+    def _named(self, source: MetadataSource | str) -> MetadataSource:
+        """A table given by name, as one ``MetaTable`` per name: bound once, not per call."""
+        if not isinstance(source, str):
+            return source
+        table = self._tables.get(source)
+        if table is None:
+            table = self._tables[source] = MetaTable(source)
+        return table
+
+    async def bind(self, source: MetadataSource | str) -> BoundSource:
+        """``source`` bound to its database (cached per source object)."""
+        cached = self._bound.get(id(source))
+        if cached is not None and cached[0] is source and self._db.is_open:
+            # Before isinstance(): a runtime-checkable protocol check is slow on the hot path.
+            self._bound.move_to_end(id(source))
+            return cached[1]
+        source = self._named(source)
+        if not isinstance(source, MetadataSource):
+            raise InvalidArgument(f"source must be a MetaTable or InventorySource, got {source!r}")
+        store = await self._db.open()
+        cached = self._bound.get(id(source))
+        if cached is not None and cached[0] is source:
+            self._bound.move_to_end(id(source))
+            return cached[1]
+        context = BindContext(
+            store=store, inventory_engine=self._db.engine, engine_for=self._db.engine_for
+        )
+        bound = await source.bind(context)
+        self._bound[id(source)] = (source, bound)
+        # Least recently used first out: callers that build a new MetaTable per call must
+        # not make the Inventory hold every one of them for good.
+        while len(self._bound) > _BOUND_SOURCES:
+            self._bound.popitem(last=False)
+        return bound
+
+    async def prepare(
+        self,
+        job: str,
+        source: MetadataSource | str,
+        *,
+        max_count: int | None,
+        max_weight: int | None,
+        id_start: int | None,
+        id_end: int | None,
+        record: bool = True,
+    ) -> tuple[BoundSource, Limits]:
+        """Check the arguments, bind the source, record the job (unless ``record`` is false).
+
+        Raises:
+            InvalidArgument: A bad job name, window or limit.
+            JobConflict: The job is recorded with another source, window or filter.
+        """
+        check_job_name(job)
+        validate_window(id_start, id_end)
+        validate_limits(max_count, max_weight)
+        bound = await self.bind(source)
+        limits = validate_limits(max_count, max_weight, has_weight=bound.has_weight)
+        spec = JobSpec(
+            name=job,
+            meta_table=bound.name,
+            source=bound.describe(),
+            id_start=id_start,
+            id_end=id_end,
+        )
+        if record and self._jobs.get(job) != spec:
+            await self._db.store.ensure_job(spec)
+            self._jobs[job] = spec
+        self._sources[job] = self._named(source)
+        return bound, limits
+
+    def planner(self, job: str, bound: BoundSource, limits: Limits, id_end: int | None) -> Planner:
+        """Cuts ``job``'s next range inside an acquire, from the size of its previous one."""
+
+        async def plan(link: object | None, cursor: int | None) -> PlannedRange | None:
+            end = id_end
+            horizon = await bound.horizon(link)
+            if horizon is not None:
+                end = horizon if end is None else min(end, horizon)
+            cutter = RangeCutter(after=cursor, end=end, limits=limits, hint=self._hints.get(job))
+            while (request := cutter.request()) is not None:
+                cutter.feed(await bound.summarize(request, link))
+            cut = cutter.result()
+            if cut is not None and not cut.oversized:
+                self._hints[job] = cut.count
+            return cut
+
+        return plan
+
+    async def record(self, job: str) -> JobRecord:
+        """``job`` as recorded in the ledger.
+
+        Raises:
+            UnknownJob: It is not recorded.
+        """
+        check_job_name(job)
+        store = await self._db.open()
+        record = await store.get_job(job)
+        if record is None:
+            raise UnknownJob(f"job {job!r} is not recorded in the inventory")
+        return record
+
+    async def source_of(self, record: JobRecord, source: MetadataSource | None) -> BoundSource:
+        """The bound source of a recorded job: ``source``, the one last used, or rebuilt.
+
+        A job whose metadata table is in the inventory's database, or which reads another
+        job's successes, is rebuilt from its record; any other needs ``source``.
+        """
+        if source is not None:
+            return await self.bind(source)
+        known = self._sources.get(record.name)
+        if known is not None:
+            return await self.bind(known)
+        described = dict(record.source)
+        if described.get("kind") == "meta_table" and described.get("database") == "inventory":
+            where = described.get("filter")
+            rebuilt = MetaTable(
+                described["table"],
+                id=described["id"],
+                weight=described.get("weight"),
+                where=None if where is None else sa.text(where),
+            )
+            self._sources[record.name] = rebuilt
+            return await self.bind(rebuilt)
+        if described.get("kind") == "inventory":
+            upstream = InventorySource(described["job"])
+            self._sources[record.name] = upstream
+            return await self.bind(upstream)
+        raise InvalidArgument(
+            f"job {record.name!r} reads a metadata database other than the inventory's; "
+            "pass source= to reach it"
+        )

@@ -1,0 +1,359 @@
+"""``Leases``: the leases one owner holds, and every write a lease makes after its grant.
+
+It implements the ``Settler`` protocol every ``Batch`` settles through. Each write runs in a
+task of its own, shielded from the caller's cancellation and tracked so that ``aclose()``
+drains it:
+
+- an acquire runs the store's transaction in such a task; cancelled while it ran, the
+  leases it committed are given back;
+- a settle retries a failing database until the lease would run out (it is fenced by
+  token, so a late or repeated settle changes nothing);
+- one heartbeat task renews every lease held, every ``ttl/3``, and tells the batches whose
+  lease was lost.
+
+Also ``LeaseContext``, what ``Inventory.lease`` returns: acquire on enter (waiting for a
+range if asked to), then the batch's own exit policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import anyio
+
+from pybatchintory._database import Database
+from pybatchintory._failure import describe_failure
+from pybatchintory._planning import backoff_delay, is_seconds
+from pybatchintory.batch import Batch
+from pybatchintory.errors import InvalidArgument, LeaseLost, NoBatchAvailable, StoreError
+from pybatchintory.models import LeaseGrant, Settlement, Status
+from pybatchintory.protocols import BoundSource, InventoryStore, Planner
+
+__all__ = ("LeaseContext", "LeasePolicy", "Leases", "lease_policy")
+
+log = logging.getLogger("pybatchintory")
+
+_SETTLE_RETRY_FIRST = 0.05
+_SETTLE_RETRY_MAX = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class LeasePolicy:
+    """How one owner leases: its name, the lease's life, the retry budget.
+
+    Attributes:
+        owner: Lease owner name, unique per ``Inventory``.
+        lease_ttl: Seconds a lease lives without a heartbeat.
+        max_attempts: Failed or expired attempts before a range is dead.
+        retry_delay: Base of the backoff ``retry_delay * 2**(failures-1)``.
+        code_version: Recorded with every failure.
+        settle_timeout: How long ``aclose()`` waits for settle writes in flight.
+    """
+
+    owner: str
+    lease_ttl: float
+    max_attempts: int
+    retry_delay: float
+    code_version: str | None
+    settle_timeout: float
+
+
+def _storable_name(value: object) -> bool:
+    """A non-empty string that fits a 255-character column on every store."""
+    return isinstance(value, str) and bool(value) and len(value) <= 255 and "\x00" not in value
+
+
+def lease_policy(
+    *,
+    owner: str | None,
+    lease_ttl: float,
+    max_attempts: int,
+    retry_delay: float,
+    code_version: str | None,
+    settle_timeout: float,
+) -> LeasePolicy:
+    """The checked policy; ``owner`` defaults to host:pid:random.
+
+    Raises:
+        InvalidArgument: A setting is out of range.
+    """
+    if not is_seconds(lease_ttl) or lease_ttl <= 0:
+        raise InvalidArgument(f"lease_ttl must be a positive number of seconds: {lease_ttl!r}")
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise InvalidArgument(f"max_attempts must be an integer >= 1: {max_attempts!r}")
+    if not is_seconds(retry_delay) or retry_delay < 0:
+        raise InvalidArgument(f"retry_delay must be >= 0 seconds: {retry_delay!r}")
+    if not is_seconds(settle_timeout) or settle_timeout < 0:
+        raise InvalidArgument(f"settle_timeout must be >= 0 seconds: {settle_timeout!r}")
+    # Both are written into 255-character columns with every attempt or failure: a value
+    # a store refuses would fail every settle, so it is refused here instead.
+    if owner is not None and not _storable_name(owner):
+        raise InvalidArgument(
+            f"owner must be a non-empty name of at most 255 characters, without NUL: {owner!r}"
+        )
+    if code_version and not _storable_name(code_version):
+        raise InvalidArgument(
+            "code_version must be a string of at most 255 characters, "
+            f"without NUL: {code_version!r}"
+        )
+    return LeasePolicy(
+        owner=owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}",
+        lease_ttl=float(lease_ttl),
+        max_attempts=max_attempts,
+        retry_delay=float(retry_delay),
+        code_version=code_version,
+        settle_timeout=settle_timeout,
+    )
+
+
+class Leases:
+    """The held batches of one owner, their heartbeat, settles in flight and give-backs."""
+
+    def __init__(self, database: Database, policy: LeasePolicy) -> None:
+        self._db = database
+        self.policy = policy
+        self._held: dict[str, Batch] = {}
+        self._pending: set[asyncio.Task[None]] = set()
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def _store(self) -> InventoryStore:
+        return self._db.store
+
+    # -- acquire ----------------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        job: str,
+        bound: BoundSource,
+        planner: Planner,
+        *,
+        n: int,
+        config: dict[str, Any],
+        timeout: float | None,
+    ) -> list[Batch]:
+        """Lease up to ``n`` ranges of ``job`` and hold them (heartbeats start)."""
+        p = self.policy
+        grants = await self._shielded(
+            self._store.acquire(
+                job,
+                owner=p.owner,
+                ttl=p.lease_ttl,
+                max_attempts=p.max_attempts,
+                n=n,
+                planner=planner,
+                config=config,
+            )
+        )
+        batches = [Batch(self, grant, bound, timeout=timeout) for grant in grants]
+        for batch in batches:
+            self._held[batch.token] = batch
+        if batches:
+            self._ensure_heartbeat()
+        return batches
+
+    async def _shielded(self, acquiring: Coroutine[Any, Any, list[LeaseGrant]]) -> list[LeaseGrant]:
+        """Run the store's acquire in its own task, shielded from the caller's cancellation.
+
+        Cancelling the caller must neither interrupt the transaction (a half-closed
+        connection can keep SQLite's write lock) nor strand leases it committed: those are
+        released once it is done, tracked like a settle so that ``aclose()`` drains it.
+        """
+        task = asyncio.get_running_loop().create_task(acquiring)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._track(asyncio.get_running_loop().create_task(self._give_back(task)))
+            raise
+
+    async def _give_back(self, acquiring: asyncio.Task[list[LeaseGrant]]) -> None:
+        try:
+            grants = await acquiring
+        except Exception:
+            return  # nothing was leased
+        for grant in grants:
+            try:
+                await self._store.settle(
+                    Settlement(grant.id, grant.token, Status.RELEASED, retry_delay=0.0)
+                )
+            except (LeaseLost, StoreError) as exc:
+                log.warning("could not release attempt %s after a cancel: %s", grant.id, exc)
+
+    # -- Settler ----------------------------------------------------------------------------
+
+    def failure(self, grant: LeaseGrant, exc: BaseException) -> Settlement:
+        """The settlement recording ``exc``: a retry after a backoff, or dead."""
+        p = self.policy
+        failure = describe_failure(exc)
+        failures = grant.failures + 1
+        return Settlement(
+            grant.id,
+            grant.token,
+            Status.FAILED,
+            error_type=failure.error_type,
+            error_message=failure.message,
+            traceback=failure.traceback,
+            fingerprint=failure.fingerprint,
+            code_version=p.code_version,
+            counts_as_failure=True,
+            dead=failures >= p.max_attempts,
+            retry_delay=backoff_delay(p.retry_delay, failures),
+        )
+
+    async def settle(self, batch: Batch, settlement: Settlement) -> None:
+        """Write a settle in its own task: shielded from cancellation, drained by aclose."""
+        task = asyncio.get_running_loop().create_task(self._write_settle(batch, settlement))
+        self._track(task)
+        with anyio.CancelScope(shield=True):
+            await asyncio.shield(task)
+
+    async def _write_settle(self, batch: Batch, settlement: Settlement) -> None:
+        try:
+            await self._settle_while_leased(batch, settlement)
+        except LeaseLost:
+            batch._settle_failed(lost=True)
+            self._held.pop(batch.token, None)
+            raise
+        except BaseException:
+            batch._settle_failed(lost=False)
+            # No more heartbeats for it: unless it is settled again in time, the lease runs
+            # out and the range comes back through the acquire order. Renewing it would keep
+            # the range held, unsettled, for as long as this process lives.
+            self._held.pop(batch.token, None)
+            raise
+        self._held.pop(batch.token, None)
+
+    async def _settle_while_leased(self, batch: Batch, settlement: Settlement) -> None:
+        """Write ``settlement``, retrying a failing database until the lease would run out.
+
+        A settle is fenced by token, so a late or repeated one changes nothing, and the
+        store recognises a try that committed before its connection dropped: retrying
+        rides out a server restart shorter than the lease.
+        """
+        delay = _SETTLE_RETRY_FIRST
+        while True:
+            try:
+                await self._store.settle(settlement)
+                return
+            except StoreError as exc:
+                if batch._lease_left(self.policy.lease_ttl) <= delay:
+                    raise
+                log.warning("settle of %r failed, retrying in %.2fs: %s", batch, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _SETTLE_RETRY_MAX)
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._pending.add(task)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            pass  # retrieved here so an abandoned settle's error is not reported as lost
+
+    # -- heartbeat --------------------------------------------------------------------------
+
+    def _ensure_heartbeat(self) -> None:
+        task = self._heartbeat_task
+        if task is None or task.done():
+            self._heartbeat_task = asyncio.get_running_loop().create_task(
+                self._heartbeat_loop(), name=f"pybatchintory-heartbeat-{self.policy.owner}"
+            )
+
+    async def _heartbeat_loop(self) -> None:
+        p = self.policy
+        interval = p.lease_ttl / 3
+        while self._held and not self._closed:
+            await asyncio.sleep(interval)
+            tokens = [t for t, b in self._held.items() if b._unsettled]
+            if not tokens:
+                continue
+            started = time.monotonic()
+            try:
+                lost = await self._store.heartbeat(p.owner, p.lease_ttl, tokens)
+            except StoreError as exc:
+                log.warning("heartbeat failed, retrying in %.1fs: %s", interval, exc)
+                continue
+            for token in tokens:
+                renewed = self._held.get(token)
+                if renewed is not None and token not in lost:
+                    renewed._renewed(started)
+            for token in lost:
+                batch = self._held.pop(token, None)
+                if batch is not None:
+                    log.warning("lease lost: %r", batch)
+                    batch._on_lost()
+
+    # -- close ------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Release leases nobody settled, drain writes in flight (bounded), stop heartbeats."""
+        self._closed = True
+        with anyio.move_on_after(self.policy.settle_timeout, shield=True):
+            for batch in list(self._held.values()):
+                if batch._unsettled and not batch.lost:
+                    try:
+                        await batch.release()
+                    except (LeaseLost, StoreError) as exc:
+                        log.warning("could not release %r on close: %s", batch, exc)
+            if self._pending:
+                await asyncio.gather(*list(self._pending), return_exceptions=True)
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+
+
+class LeaseContext:
+    """The async context manager returned by ``Inventory.lease``.
+
+    Args:
+        acquire: Leases the next batch, or returns ``None`` when there is nothing to do.
+        job: The job's name (for the message of ``NoBatchAvailable``).
+        wait: Poll until a batch is available instead of raising ``NoBatchAvailable``.
+        poll_interval: Seconds between polls.
+    """
+
+    def __init__(
+        self,
+        acquire: Callable[[], Awaitable[Batch | None]],
+        job: str,
+        *,
+        wait: bool,
+        poll_interval: float,
+    ) -> None:
+        self._acquire = acquire
+        self._job = job
+        self._wait = wait
+        self._poll_interval = poll_interval
+        self._batch: Batch | None = None
+
+    async def __aenter__(self) -> Batch:
+        while True:
+            batch = await self._acquire()
+            if batch is not None:
+                break
+            if not self._wait:
+                raise NoBatchAvailable(f"nothing to hand out for job {self._job!r} right now")
+            await anyio.sleep(self._poll_interval)
+        self._batch = batch
+        return await batch.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        assert self._batch is not None
+        return await self._batch.__aexit__(exc_type, exc, tb)
