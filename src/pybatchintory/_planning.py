@@ -73,9 +73,7 @@ def validate_window(id_start: object, id_end: object) -> tuple[int | None, int |
     return id_start, id_end  # type: ignore[return-value]
 
 
-def backoff_delay(
-    retry_delay: float, failures: int, *, rng: random.Random | None = None
-) -> float:
+def backoff_delay(retry_delay: float, failures: int, *, rng: random.Random | None = None) -> float:
     """Seconds to wait before retrying a range that has failed ``failures`` times.
 
     ``retry_delay * 2**(failures-1)``, with up to ±25 % jitter so that ranges failed

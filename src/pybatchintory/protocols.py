@@ -15,6 +15,7 @@ from pybatchintory.models import (
     Attempt,
     ErrorGroup,
     JobSpec,
+    JobStatus,
     LeaseGrant,
     PlannedRange,
     Settlement,
@@ -126,9 +127,7 @@ class BoundSource(Protocol):
         """All rows of ``[start, end]`` that pass the source's filter, in id order."""
         ...
 
-    def iter_items(
-        self, start: int, end: int, chunk_size: int
-    ) -> AsyncIterator[Mapping[str, Any]]:
+    def iter_items(self, start: int, end: int, chunk_size: int) -> AsyncIterator[Mapping[str, Any]]:
         """Rows of ``[start, end]`` in id order, read ``chunk_size`` at a time."""
         ...
 
@@ -218,9 +217,11 @@ class InventoryStore(Protocol):
         planner: Planner,
         config: Mapping[str, Any] | None = None,
     ) -> list[LeaseGrant]:
-        """Lease up to ``n`` ranges of ``job`` in one transaction (DESIGN §4 order).
+        """Lease up to ``n`` ranges of ``job`` in one transaction.
 
-        ``config`` (JSON-able, no secrets) is stored with every new attempt.
+        The order (docs/architecture.md, "The life of a lease"): expire the leases that ran
+        out, then the retries that are due (oldest range first), then new ranges cut from
+        the cursor. ``config`` (JSON-able, no secrets) is stored with every new attempt.
         """
         ...
 
@@ -249,6 +250,10 @@ class InventoryStore(Protocol):
 
     async def ledger_summary(self, job: str) -> dict[str, int]:
         """Counts for backlog/status: running, retry ranges/count/weight, dead ranges."""
+        ...
+
+    async def job_statuses(self) -> list[JobStatus]:
+        """One line per job, by name: cursor, window, counts by status, last success."""
         ...
 
     async def error_groups(self, job: str) -> list[ErrorGroup]:
@@ -299,8 +304,11 @@ class InventoryStore(Protocol):
         """
         ...
 
-    async def oldest_running_start(self, job: str) -> int | None:
-        """Smallest ``meta_id_start`` of a running or retry-pending range of ``job``."""
+    async def oldest_open_start(self, job: str) -> int | None:
+        """Smallest ``meta_id_start`` of a range of ``job`` not finished yet.
+
+        Running, waiting for a retry, or dead: the recursion horizon of a downstream job.
+        """
         ...
 
     async def aclose(self) -> None:

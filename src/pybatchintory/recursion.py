@@ -89,7 +89,7 @@ class BoundInventorySource:
 
     async def horizon(self, link: object | None) -> int | None:
         """Just before the oldest upstream range that has not succeeded yet."""
-        oldest = await self.store.oldest_running_start(self.job)
+        oldest = await self.store.oldest_open_start(self.job)
         return None if oldest is None else oldest - 1
 
     async def _read(

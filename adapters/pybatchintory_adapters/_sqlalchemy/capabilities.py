@@ -36,17 +36,15 @@ class Capabilities:
         retryable: True for a driver error worth retrying the whole transaction
             (deadlock, serialisation failure, lock timeout, busy database).
         translate: Maps a driver error to a pybatchintory error, or ``None`` to keep it.
-        skip_locked: ``SELECT ... FOR UPDATE SKIP LOCKED`` is available.
         write_in_with: ``UPDATE`` may run inside ``WITH`` of an ``INSERT`` (PostgreSQL):
             a new range's attempt and the cursor move go in one statement.
         driver_session: Runs acquire and settle on the pooled driver connection (see
-            ``direct``); ``None`` runs them through SQLAlchemy.
+            ``driver_path``); ``None`` runs them through SQLAlchemy.
     """
 
     write_options: Mapping[str, Any] = field(default_factory=dict)
     single_statement_options: Mapping[str, Any] | None = None
     retryable: Callable[[BaseException], bool] = _never
     translate: Callable[[DBAPIError], PybatchintoryError | None] = _no_translation
-    skip_locked: bool = False
     write_in_with: bool = False
     driver_session: SessionFactory | None = None

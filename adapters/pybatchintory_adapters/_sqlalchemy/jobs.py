@@ -10,15 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pybatchintory.errors import JobConflict
 from pybatchintory.models import JobSpec
 from pybatchintory.protocols import JobRecord
+from pybatchintory_adapters._sqlalchemy.read_statements import ReadStatements
 from pybatchintory_adapters._sqlalchemy.records import to_job
-from pybatchintory_adapters._sqlalchemy.tables import Tables
-from pybatchintory_adapters._sqlalchemy.types import db_now
+from pybatchintory_adapters._sqlalchemy.statements import Statements
 
 __all__ = ("all_jobs", "compare", "insert_job", "one_job")
 
@@ -27,32 +26,29 @@ __all__ = ("all_jobs", "compare", "insert_job", "one_job")
 _NOT_IDENTITY = ("weight", "database")
 
 
-async def one_job(conn: AsyncConnection, tables: Tables, name: str) -> JobRecord | None:
+async def one_job(conn: AsyncConnection, rs: ReadStatements, name: str) -> JobRecord | None:
     """The recorded job ``name``, or ``None``."""
-    jobs = tables.jobs
-    row = (await conn.execute(sa.select(jobs).where(jobs.c.name == name))).first()
+    row = (await conn.execute(rs.job, {"p_name": name})).first()
     return None if row is None else to_job(row)
 
 
-async def all_jobs(conn: AsyncConnection, tables: Tables) -> list[JobRecord]:
+async def all_jobs(conn: AsyncConnection, rs: ReadStatements) -> list[JobRecord]:
     """Every recorded job, by name."""
-    jobs = tables.jobs
-    return [to_job(row) for row in await conn.execute(sa.select(jobs).order_by(jobs.c.name))]
+    return [to_job(row) for row in await conn.execute(rs.all_jobs)]
 
 
-async def insert_job(conn: AsyncConnection, tables: Tables, spec: JobSpec) -> None:
+async def insert_job(conn: AsyncConnection, st: Statements, spec: JobSpec) -> None:
     """Record ``spec`` as a new job, its cursor just before its window."""
     await conn.execute(
-        sa.insert(tables.jobs).values(
-            name=spec.name,
-            meta_table=spec.meta_table,
-            source=dict(spec.source),
-            id_start=spec.id_start,
-            id_end=spec.id_end,
-            cursor=None if spec.id_start is None else spec.id_start - 1,
-            created_at=db_now(),
-            updated_at=db_now(),
-        )
+        st.insert_job,
+        {
+            "p_name": spec.name,
+            "p_meta_table": spec.meta_table,
+            "p_source": dict(spec.source),
+            "p_id_start": spec.id_start,
+            "p_id_end": spec.id_end,
+            "p_cursor": None if spec.id_start is None else spec.id_start - 1,
+        },
     )
 
 

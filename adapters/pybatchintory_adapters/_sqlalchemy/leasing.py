@@ -29,18 +29,18 @@ from pybatchintory.models import LeaseGrant, PlannedRange, Settlement, Status
 from pybatchintory.protocols import Planner
 from pybatchintory_adapters._sqlalchemy.driver_path import HotPath
 from pybatchintory_adapters._sqlalchemy.records import aware
-from pybatchintory_adapters._sqlalchemy.statements import MANY_ROWS, Statements
+from pybatchintory_adapters._sqlalchemy.rules import RUNNING
+from pybatchintory_adapters._sqlalchemy.statements import MANY_ROWS, NewAttempt, Statements
 
 __all__ = ("Acquisition", "renewal", "settling")
 
-_RUNNING = str(Status.RUNNING)
 # How stale the locking statement's clock may be before an acquire reads it again (a lease
 # granted after a lock wait must not be born short by the wait); at most ttl/20 as well.
 _STALE_CLOCK = 0.05
 
 
 @dataclass(frozen=True, slots=True)
-class _NewAttempt:
+class _Next:
     """An attempt about to be inserted: a new range or the next try of an old one."""
 
     meta_table: str
@@ -89,7 +89,7 @@ class Acquisition:
             planned = await self.planner(link, new_cursor)
             if planned is None:
                 break
-            rows.append(_NewAttempt(locked.meta_table, planned, 1, 0))
+            rows.append(_Next(locked.meta_table, planned, 1, 0))
             new_cursor = planned.meta_id_end
         moved = new_cursor != locked.cursor
         # PostgreSQL: the one new range's attempt and the cursor move in one statement.
@@ -139,12 +139,12 @@ class Acquisition:
             locked = locked._replace(next_retry=now)  # the expired ranges are due now
         return locked
 
-    async def _due_retries(self, ex: HotPath, locked: _Locked) -> list[_NewAttempt]:
+    async def _due_retries(self, ex: HotPath, locked: _Locked) -> list[_Next]:
         """The next attempts of the ranges whose retry is due, oldest first."""
         if locked.next_retry is None or locked.next_retry > locked.now:
             return []
         st = self.statements
-        rows: list[_NewAttempt] = []
+        rows: list[_Next] = []
         params = {"p_job": self.job, "p_now": locked.now, "p_n": self.n}
         for old_id, old_table, start, end, count, weight, oversized, *tries in await ex.all(
             st.due_retries, params
@@ -152,33 +152,33 @@ class Acquisition:
             await ex.run(st.clear_retry, {"p_id": old_id})
             cut = PlannedRange(int(start), int(end), int(count), int(weight), bool(oversized))
             attempt, failures = (int(v) for v in tries)
-            rows.append(_NewAttempt(old_table, cut, attempt + 1, failures))
+            rows.append(_Next(old_table, cut, attempt + 1, failures))
         return rows
 
-    def _values(self, row: _NewAttempt, now: datetime, expires: datetime) -> dict[str, Any]:
-        return {
-            "meta_table": row.meta_table,
-            "job": self.job,
-            "job_identifier": self.owner,
-            "processing_start": now,
-            "meta_id_start": row.cut.meta_id_start,
-            "meta_id_end": row.cut.meta_id_end,
-            "weight": row.cut.weight,
-            "count": row.cut.count,
-            "attempt": row.attempt,
-            "status": _RUNNING,
-            "owner": self.owner,
-            "token": secrets.token_hex(16),
-            "heartbeat_at": now,
-            "expires_at": expires,
-            "failures": row.failures,
-            "dead": False,
-            "oversized": row.cut.oversized,
-            "config": self.config,
-        }
+    def _values(self, row: _Next, now: datetime, expires: datetime) -> NewAttempt:
+        return NewAttempt(
+            meta_table=row.meta_table,
+            job=self.job,
+            job_identifier=self.owner,
+            processing_start=now,
+            meta_id_start=row.cut.meta_id_start,
+            meta_id_end=row.cut.meta_id_end,
+            weight=row.cut.weight,
+            count=row.cut.count,
+            attempt=row.attempt,
+            status=RUNNING,
+            owner=self.owner,
+            token=secrets.token_hex(16),
+            heartbeat_at=now,
+            expires_at=expires,
+            failures=row.failures,
+            dead=False,
+            oversized=row.cut.oversized,
+            config=self.config,
+        )
 
     async def _insert(
-        self, ex: HotPath, values: list[dict[str, Any]], cursor: int | None, now: datetime
+        self, ex: HotPath, values: list[NewAttempt], cursor: int | None, now: datetime
     ) -> dict[str, int]:
         """Insert the attempts; their keys by token. ``cursor``: move it in the same statement."""
         st = self.statements
@@ -274,6 +274,6 @@ def _why(row: _Check | None, token: str) -> str:
         return "missing"
     if row.token != token:
         return "taken over"
-    if row.status == _RUNNING:
+    if row.status == RUNNING:
         return "lease expired"
     return f"already {row.status}"

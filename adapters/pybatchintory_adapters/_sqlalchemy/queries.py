@@ -1,32 +1,39 @@
-"""Read-side operations of the store: one function per question, index-backed."""
+"""Read-side operations of the store: run one prebuilt read, turn its rows into records.
+
+The statements are ``ReadStatements``'; each question is one statement.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from itertools import pairwise
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pybatchintory.models import Attempt, ErrorGroup, Status
+from pybatchintory.models import Attempt, ErrorGroup, JobStatus, Status
+from pybatchintory_adapters._sqlalchemy.read_statements import ReadStatements
 from pybatchintory_adapters._sqlalchemy.records import aware, to_attempt
-from pybatchintory_adapters._sqlalchemy.tables import Tables
-from pybatchintory_adapters._sqlalchemy.types import db_now
 
 __all__ = (
     "attempts",
     "due_ranges",
     "error_groups",
     "history",
+    "job_statuses",
     "ledger_summary",
     "oldest_open_start",
     "succeeded_ranges",
 )
 
 
+async def _attempts(conn: AsyncConnection, statement: Any, params: dict[str, Any]) -> list[Attempt]:
+    return [to_attempt(row) for row in (await conn.execute(statement, params)).mappings()]
+
+
 async def attempts(
     conn: AsyncConnection,
-    t: Tables,
+    rs: ReadStatements,
     job: str,
     *,
     status: Collection[Status] | None,
@@ -34,142 +41,71 @@ async def attempts(
     ids: Collection[int] | None,
 ) -> list[Attempt]:
     """Attempts of one job, newest first."""
-    inv = t.inventory
-    query = sa.select(inv).where(inv.c.job == job).order_by(inv.c.id.desc())
+    statement = rs.attempts(bool(status), ids is not None, limit is not None)
+    params: dict[str, Any] = {"p_job": job, "p_limit": limit}
     if status:
-        query = query.where(inv.c.status.in_([str(s) for s in status]))
+        params["p_status"] = [str(s) for s in status]
     if ids is not None:
-        query = query.where(inv.c.id.in_(list(ids)))
-    if limit is not None:
-        query = query.limit(limit)
-    return [to_attempt(row) for row in (await conn.execute(query)).mappings()]
+        params["p_ids"] = list(ids)
+    return await _attempts(conn, statement, params)
 
 
-async def history(conn: AsyncConnection, t: Tables, meta_table: str, meta_id: int) -> list[Attempt]:
-    """Every attempt of every job on ``meta_table`` whose range covers ``meta_id``.
+async def history(
+    conn: AsyncConnection, rs: ReadStatements, meta_table: str, meta_id: int
+) -> list[Attempt]:
+    """Every attempt of every job on ``meta_table`` whose range covers ``meta_id``."""
+    return await _attempts(conn, rs.history, {"p_meta_table": meta_table, "p_meta_id": meta_id})
 
-    Per job, the covering range is the one with the greatest start at or before
-    ``meta_id``: one index probe on ``(job, meta_id_start)``, whatever the ledger's size.
-    """
-    inv, jobs = t.inventory, t.jobs
-    names = (
-        await conn.execute(sa.select(jobs.c.name).where(jobs.c.meta_table == meta_table))
-    ).scalars()
-    found: list[Attempt] = []
-    for name in sorted(names):
-        start = (
-            await conn.execute(
-                sa.select(sa.func.max(inv.c.meta_id_start)).where(
-                    inv.c.job == name, inv.c.meta_id_start <= meta_id
-                )
-            )
-        ).scalar()
-        if start is None:
-            continue
-        rows = await conn.execute(
-            sa.select(inv)
-            .where(
-                inv.c.job == name,
-                inv.c.meta_id_start == start,
-                inv.c.meta_id_end >= meta_id,
-            )
-            .order_by(inv.c.attempt, inv.c.id)
+
+async def ledger_summary(conn: AsyncConnection, rs: ReadStatements, job: str) -> dict[str, int]:
+    """Running leases, ranges waiting for retry and dead ranges of one job."""
+    row = (await conn.execute(rs.ledger_summary, {"p_job": job})).mappings().one()
+    return {name: int(value) for name, value in row.items()}
+
+
+async def job_statuses(conn: AsyncConnection, rs: ReadStatements) -> list[JobStatus]:
+    """One line per job, by name: cursor, window, counts, last success."""
+    return [
+        JobStatus(
+            job=row["name"],
+            meta_table=row["meta_table"],
+            cursor=row["cursor"],
+            id_start=row["id_start"],
+            id_end=row["id_end"],
+            counts={
+                "running": int(row["running"]),
+                "retry": int(row["retry_ranges"]),
+                "dead": int(row["dead_ranges"]),
+            },
+            last_success=aware(row["last_success"]),
         )
-        found.extend(to_attempt(row) for row in rows.mappings())
-    return found
+        for row in (await conn.execute(rs.job_statuses)).mappings()
+    ]
 
 
-async def ledger_summary(conn: AsyncConnection, t: Tables, job: str) -> dict[str, int]:
-    """Running leases, ranges waiting for retry and dead ranges of one job.
-
-    Each count reads one small index range (running attempts, pending retries, dead
-    ranges), never the job's whole history.
-    """
-    inv = t.inventory
-    running = (
-        await conn.execute(
-            sa.select(sa.func.count()).where(
-                inv.c.job == job, inv.c.status == str(Status.RUNNING)
-            )
-        )
-    ).scalar_one()
-    retry = (
-        await conn.execute(
-            sa.select(
-                sa.func.count(),
-                sa.func.coalesce(sa.func.sum(inv.c.count), 0),
-                sa.func.coalesce(sa.func.sum(inv.c.weight), 0),
-            ).where(inv.c.job == job, inv.c.retry_after.is_not(None))
-        )
-    ).one()
-    dead = (
-        await conn.execute(
-            sa.select(
-                sa.func.count(),
-                sa.func.coalesce(sa.func.sum(inv.c.count), 0),
-                sa.func.coalesce(sa.func.sum(inv.c.weight), 0),
-            ).where(inv.c.job == job, inv.c.dead.is_(True))
-        )
-    ).one()
-    return {
-        "running": int(running),
-        "retry_ranges": int(retry[0]),
-        "retry_count": int(retry[1]),
-        "retry_weight": int(retry[2]),
-        "dead_ranges": int(dead[0]),
-        "dead_count": int(dead[1]),
-        "dead_weight": int(dead[2]),
-    }
-
-
-async def error_groups(conn: AsyncConnection, t: Tables, job: str) -> list[ErrorGroup]:
+async def error_groups(conn: AsyncConnection, rs: ReadStatements, job: str) -> list[ErrorGroup]:
     """Failed attempts of one job grouped by fingerprint, most frequent first."""
-    inv = t.inventory
-    failed = sa.and_(inv.c.job == job, inv.c.status == str(Status.FAILED))
-    grouped = await conn.execute(
-        sa.select(
-            inv.c.fingerprint,
-            sa.func.count(),
-            sa.func.min(inv.c.processing_end),
-            sa.func.max(inv.c.processing_end),
-            sa.func.max(inv.c.id),
+    rows = (await conn.execute(rs.error_groups, {"p_job": job})).mappings().all()
+    newest = [i for i, row in enumerate(rows) if row["newest_first"] == 1]
+    groups = [
+        ErrorGroup(
+            fingerprint=rows[first]["fingerprint"] or "",
+            error_type=rows[first]["error_type"] or "",
+            error_message=rows[first]["error_message"] or "",
+            count=int(rows[first]["group_size"]),
+            first_seen=aware(rows[first]["first_seen"]),  # type: ignore[arg-type]
+            last_seen=aware(rows[first]["last_seen"]),  # type: ignore[arg-type]
+            attempt_ids=tuple(int(row["id"]) for row in rows[first:after]),
         )
-        .where(failed)
-        .group_by(inv.c.fingerprint)
-    )
-    groups: list[ErrorGroup] = []
-    for fingerprint, count, first, last, newest in grouped.all():
-        sample = (
-            await conn.execute(
-                sa.select(inv.c.error_type, inv.c.error_message).where(inv.c.id == newest)
-            )
-        ).one()
-        ids = (
-            await conn.execute(
-                sa.select(inv.c.id)
-                .where(failed, inv.c.fingerprint == fingerprint)
-                .order_by(inv.c.id.desc())
-                .limit(100)
-            )
-        ).scalars()
-        groups.append(
-            ErrorGroup(
-                fingerprint=fingerprint or "",
-                error_type=sample.error_type or "",
-                error_message=sample.error_message or "",
-                count=int(count),
-                first_seen=aware(first),  # type: ignore[arg-type]
-                last_seen=aware(last),  # type: ignore[arg-type]
-                attempt_ids=tuple(int(i) for i in ids),
-            )
-        )
+        for first, after in pairwise([*newest, len(rows)])
+    ]
     groups.sort(key=lambda g: (-g.count, g.fingerprint))
     return groups
 
 
 async def succeeded_ranges(
     conn: AsyncConnection,
-    t: Tables,
+    rs: ReadStatements,
     job: str,
     *,
     after: int | None,
@@ -179,71 +115,30 @@ async def succeeded_ranges(
 ) -> list[Attempt]:
     """Succeeded attempts of ``job`` starting in ``(after, end]``, in id order.
 
-    ``before_open`` keeps only those before the oldest range that is running, waiting for
-    a retry, or dead. The bound is part of the same statement, so it and the successes come
-    from one snapshot: two separate reads could see a range still unleased in the first and
-    a later range already succeeded in the second, and let a reader pass the earlier one.
+    ``before_open``: only those before the oldest range that is running, waiting for a
+    retry, or dead, decided in the same statement (one snapshot).
     """
-    inv = t.inventory
-    query = (
-        sa.select(inv)
-        .where(inv.c.job == job, inv.c.status == str(Status.SUCCEEDED))
-        .order_by(inv.c.meta_id_start)
+    statement = rs.succeeded_ranges(
+        before_open, after is not None, end is not None, limit is not None
     )
-    if before_open:
-        for oldest in _oldest_open(t, job):
-            query = query.where(sa.or_(oldest.is_(None), inv.c.meta_id_start < oldest))
-    if after is not None:
-        query = query.where(inv.c.meta_id_start > after)
-    if end is not None:
-        query = query.where(inv.c.meta_id_start <= end)
-    if limit is not None:
-        query = query.limit(limit)
-    return [to_attempt(row) for row in (await conn.execute(query)).mappings()]
+    params = {"p_job": job, "p_after": after, "p_end": end, "p_limit": limit}
+    return await _attempts(conn, statement, params)
 
 
-def _oldest_open(t: Tables, job: str) -> tuple[sa.ScalarSelect[Any], sa.ScalarSelect[Any]]:
-    """Smallest start of a running range, and of one waiting for a retry or dead.
-
-    Two subqueries rather than one ``OR``: each reads its own index.
-    """
-    inv = t.inventory
-    running = sa.select(sa.func.min(inv.c.meta_id_start)).where(
-        inv.c.job == job, inv.c.status == str(Status.RUNNING)
-    )
-    pending = sa.select(sa.func.min(inv.c.meta_id_start)).where(
-        inv.c.job == job, sa.or_(inv.c.retry_after.is_not(None), inv.c.dead.is_(True))
-    )
-    return running.scalar_subquery(), pending.scalar_subquery()
-
-
-async def oldest_open_start(conn: AsyncConnection, t: Tables, job: str) -> int | None:
+async def oldest_open_start(conn: AsyncConnection, rs: ReadStatements, job: str) -> int | None:
     """Smallest start of a range of ``job`` that is running, waiting for a retry, or dead."""
-    running, pending = _oldest_open(t, job)
-    row = (await conn.execute(sa.select(running, pending))).one()
+    row = (await conn.execute(rs.oldest_open, {"p_job": job})).one()
     starts = [int(s) for s in row if s is not None]
     return min(starts) if starts else None
 
 
 async def due_ranges(
-    conn: AsyncConnection, t: Tables, job: str, *, max_attempts: int, limit: int
+    conn: AsyncConnection, rs: ReadStatements, job: str, *, max_attempts: int, limit: int
 ) -> list[Attempt]:
     """What an acquire would retry now, in its order; nothing is changed.
 
     Mirrors acquire: an expired lease with attempts left becomes due at once, and due
     ranges go out oldest first.
     """
-    inv = t.inventory
-    now = db_now()
-    expired = sa.and_(
-        inv.c.status == str(Status.RUNNING),
-        inv.c.expires_at <= now,
-        inv.c.failures + 1 < max_attempts,
-    )
-    query = (
-        sa.select(inv)
-        .where(inv.c.job == job, sa.or_(inv.c.retry_after <= now, expired))
-        .order_by(inv.c.meta_id_start, inv.c.id)
-        .limit(limit)
-    )
-    return [to_attempt(row) for row in (await conn.execute(query)).mappings()]
+    params = {"p_job": job, "p_max_attempts": max_attempts, "p_limit": limit}
+    return await _attempts(conn, rs.due_ranges, params)

@@ -1,45 +1,57 @@
-"""The store's hot-path statements, built once per table set and reused.
+"""The store's writes: every statement an acquire, heartbeat, settle or control runs.
 
-Building a SQLAlchemy statement and its cache key costs more than executing it on a local
-server, so acquire, settle and heartbeat run prebuilt statements with bound parameters.
-Bound parameter names start with ``p_``: names of columns are reserved in ``SET`` clauses.
+Each is built once per table set and reused: building a SQLAlchemy statement and its cache
+key costs more than executing it on a local server. Bound parameter names start with
+``p_``: names of columns are reserved in ``SET`` clauses. The modules that run them
+(``leasing``, ``controls``) build no SQL; the reads live in ``read_statements``.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, TypedDict
 
 import sqlalchemy as sa
 
 from pybatchintory.models import Status
+from pybatchintory_adapters._sqlalchemy.rules import (
+    dead,
+    exhausted_by_expiry,
+    lease_ran_out,
+    open_range,
+    running,
+)
 from pybatchintory_adapters._sqlalchemy.tables import Tables
 from pybatchintory_adapters._sqlalchemy.types import LedgerJSON, Timestamp, db_now, db_now_plus
 
-__all__ = ("ATTEMPT_COLUMNS", "MANY_ROWS", "Statements")
+__all__ = ("ATTEMPT_COLUMNS", "MANY_ROWS", "NewAttempt", "Statements")
 
-_RUNNING = str(Status.RUNNING)
 
-ATTEMPT_COLUMNS = (
-    "meta_table",
-    "job",
-    "job_identifier",
-    "processing_start",
-    "meta_id_start",
-    "meta_id_end",
-    "weight",
-    "count",
-    "attempt",
-    "status",
-    "owner",
-    "token",
-    "heartbeat_at",
-    "expires_at",
-    "failures",
-    "dead",
-    "oversized",
-    "config",
-)
+class NewAttempt(TypedDict):
+    """The columns a leased attempt is inserted with, in one place (``ATTEMPT_COLUMNS``)."""
+
+    meta_table: str
+    job: str
+    job_identifier: str
+    processing_start: datetime
+    meta_id_start: int
+    meta_id_end: int
+    weight: int
+    count: int
+    attempt: int
+    status: str
+    owner: str
+    token: str
+    heartbeat_at: datetime
+    expires_at: datetime
+    failures: int
+    dead: bool
+    oversized: bool
+    config: dict[str, Any] | None
+
+
+ATTEMPT_COLUMNS = tuple(NewAttempt.__annotations__)
 """The columns a new attempt is inserted with."""
 
 MANY_ROWS = 50
@@ -58,7 +70,7 @@ class Statements:
         self.tables = t
         oldest_expiry = (
             sa.select(sa.func.min(inv.c.expires_at))
-            .where(inv.c.job == jobs.c.name, inv.c.status == _RUNNING)
+            .where(inv.c.job == jobs.c.name, running(inv))
             .scalar_subquery()
         )
         next_retry = (
@@ -68,7 +80,8 @@ class Statements:
         )
         # Locks the job row (FOR UPDATE; SQLite: BEGIN IMMEDIATE) and says, with two index
         # probes, whether any lease may have expired and whether any retry may be due, so
-        # the common acquire skips both statements.
+        # the common acquire skips both statements. The operator's controls that touch a
+        # cursor take the same lock, so they never race a worker's cut.
         self.lock_job = (
             sa.select(
                 jobs.c.cursor,
@@ -85,7 +98,7 @@ class Statements:
         # (MySQL's UTC_TIMESTAMP; PostgreSQL evaluates it before waiting for the row lock),
         # so a lease granted after waiting for another worker's lock would be born expired.
         self.clock = sa.select(db_now())
-        exhausted = inv.c.failures + 1 >= _p("max_attempts", sa.Integer())
+        exhausted = exhausted_by_expiry(inv, _p("max_attempts", sa.Integer()))
         now = _p("now", Timestamp())
         # MySQL evaluates the assignments of an UPDATE from left to right, each one seeing
         # the columns already assigned: `dead` and `retry_after` must be computed before
@@ -93,7 +106,7 @@ class Statements:
         # both dead and due (it is retried, then revived and handed out a second time).
         self.expire = (
             sa.update(inv)
-            .where(inv.c.job == _p("job"), inv.c.status == _RUNNING, inv.c.expires_at <= now)
+            .where(inv.c.job == _p("job"), lease_ran_out(inv, now))
             .ordered_values(
                 (inv.c.status, str(Status.EXPIRED)),
                 (inv.c.processing_end, now),
@@ -140,7 +153,7 @@ class Statements:
         live = sa.and_(
             inv.c.owner == _p("owner"),
             inv.c.token.in_(tokens),
-            inv.c.status == _RUNNING,
+            running(inv),
             inv.c.expires_at > db_now(),
         )
         self.renew = (
@@ -153,6 +166,70 @@ class Statements:
         )
         self.live_tokens = sa.select(inv.c.token).where(live)
         self.settle_check = sa.select(inv.c.status, inv.c.token).where(inv.c.id == _p("id"))
+        self._controls(t)
+
+    def _controls(self, t: Tables) -> None:
+        """The other writes: a new job, a range recorded as done, dead ranges revived."""
+        inv, jobs = t.inventory, t.jobs
+        self.insert_job = sa.insert(jobs).values(
+            name=_p("name"),
+            meta_table=_p("meta_table"),
+            source=_p("source", jobs.c.source.type),
+            id_start=_p("id_start", sa.BigInteger()),
+            id_end=_p("id_end", sa.BigInteger()),
+            cursor=_p("cursor", sa.BigInteger()),
+            created_at=db_now(),
+            updated_at=db_now(),
+        )
+        start, end = _p("start", sa.BigInteger()), _p("end", sa.BigInteger())
+        self.insert_done = sa.insert(inv).values(
+            meta_table=_p("meta_table"),
+            job=_p("job"),
+            job_identifier=_p("owner"),
+            processing_start=db_now(),
+            processing_end=db_now(),
+            meta_id_start=start,
+            meta_id_end=end,
+            count=_p("count", sa.BigInteger()),
+            weight=_p("weight", sa.BigInteger()),
+            attempt=1,
+            status=str(Status.SUCCEEDED),
+            owner=_p("owner"),
+            failures=0,
+            dead=False,
+            oversized=False,
+            job_result={"marked_done": True},
+        )
+        # Ranges inside a range marked done are settled by it: neither retried nor dead.
+        self.settle_inside = (
+            sa.update(inv)
+            .where(
+                inv.c.job == _p("job"),
+                inv.c.meta_id_start >= start,
+                inv.c.meta_id_end <= end,
+                open_range(inv),
+            )
+            .values(retry_after=None, dead=False)
+        )
+        ids: sa.BindParameter[Any] = sa.bindparam("p_ids", expanding=True)
+        # Two statements: MySQL cannot update a table it reads in a subquery.
+        self.starts_of = (
+            sa.select(inv.c.meta_id_start)
+            .where(inv.c.job == _p("job"), inv.c.id.in_(ids))
+            .distinct()
+        )
+
+    @cache  # noqa: B019 - one Statements per store, four shapes
+    def revive(self, by_fingerprint: bool, by_starts: bool) -> sa.Update:
+        """Give dead ranges a fresh attempt budget, due now (some fingerprint or starts)."""
+        inv = self.tables.inventory
+        query = sa.update(inv).where(inv.c.job == _p("job"), dead(inv))
+        if by_fingerprint:
+            query = query.where(inv.c.fingerprint == _p("fingerprint"))
+        if by_starts:
+            starts: sa.BindParameter[Any] = sa.bindparam("p_starts", expanding=True)
+            query = query.where(inv.c.meta_id_start.in_(starts))
+        return query.values(dead=False, failures=0, retry_after=db_now())
 
     @cache  # noqa: B019 - one Statements per store, at most MANY_ROWS shapes
     def insert_attempts(self, rows: int) -> sa.Insert:
@@ -196,7 +273,7 @@ class Statements:
             .where(
                 inv.c.id == _p("id"),
                 inv.c.token == _p("token"),
-                inv.c.status == _RUNNING,
+                running(inv),
                 inv.c.expires_at > db_now(),
             )
             .values(**values)

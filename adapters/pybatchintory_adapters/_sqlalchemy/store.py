@@ -25,7 +25,15 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from pybatchintory.errors import StoreConflict, StoreError, StoreUnavailable
-from pybatchintory.models import Attempt, ErrorGroup, JobSpec, LeaseGrant, Settlement, Status
+from pybatchintory.models import (
+    Attempt,
+    ErrorGroup,
+    JobSpec,
+    JobStatus,
+    LeaseGrant,
+    Settlement,
+    Status,
+)
 from pybatchintory.protocols import JobRecord, Planner
 from pybatchintory_adapters._sqlalchemy import compat, controls, jobs, queries
 from pybatchintory_adapters._sqlalchemy.capabilities import Capabilities
@@ -37,6 +45,7 @@ from pybatchintory_adapters._sqlalchemy.driver_path import (
 )
 from pybatchintory_adapters._sqlalchemy.leasing import Acquisition, renewal, settling
 from pybatchintory_adapters._sqlalchemy.pooling import mark_committed
+from pybatchintory_adapters._sqlalchemy.read_statements import ReadStatements
 from pybatchintory_adapters._sqlalchemy.statements import Statements
 from pybatchintory_adapters._sqlalchemy.tables import SCHEMA_VERSION, Tables
 from pybatchintory_adapters._sqlalchemy.types import db_now
@@ -62,6 +71,7 @@ class SQLAlchemyStore:
         self.tables = tables
         self.capabilities = capabilities
         self.statements = Statements(tables)
+        self.reads = ReadStatements(tables)
         self._prepared: OrderedDict[int, tuple[sa.Executable, Prepared]] = OrderedDict()
         self._ready = False
         # Option engines share the pool; their options cost nothing per connection, unlike
@@ -231,7 +241,7 @@ class SQLAlchemyStore:
         record = await self.get_job(spec.name)
         if record is None:
             try:
-                await self._transact(lambda conn: jobs.insert_job(conn, self.tables, spec))
+                await self._transact(lambda conn: jobs.insert_job(conn, self.statements, spec))
             except (IntegrityError, StoreError):
                 pass  # created concurrently: compare with what the winner recorded
             record = await self.get_job(spec.name)
@@ -242,11 +252,11 @@ class SQLAlchemyStore:
 
     async def get_job(self, name: str) -> JobRecord | None:
         """The recorded job, or ``None``."""
-        return await self._read(lambda conn: jobs.one_job(conn, self.tables, name))
+        return await self._read(lambda conn: jobs.one_job(conn, self.reads, name))
 
     async def list_jobs(self) -> list[JobRecord]:
         """Every recorded job, by name."""
-        return await self._read(lambda conn: jobs.all_jobs(conn, self.tables))
+        return await self._read(lambda conn: jobs.all_jobs(conn, self.reads))
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -301,12 +311,12 @@ class SQLAlchemyStore:
         ``batch_ids`` are attempt ids; each names its range, whichever attempt it is (only
         the range's newest attempt carries the dead flag).
         """
-        work = controls.revival(self.tables, job, fingerprint=fingerprint, batch_ids=batch_ids)
+        work = controls.revival(self.statements, job, fingerprint=fingerprint, batch_ids=batch_ids)
         return await self._transact(work)
 
     async def set_cursor(self, job: str, meta_id: int) -> None:
         """Move a job's cursor (under the job lock)."""
-        await self._transact(controls.cursor_move(self.tables, job, meta_id))
+        await self._transact(controls.cursor_move(self.statements, job, meta_id))
 
     async def record_done(
         self, job: str, start: int, end: int, count: int, weight: int, owner: str
@@ -316,7 +326,7 @@ class SQLAlchemyStore:
         Ranges inside ``[start, end]`` that wait for a retry or are dead are settled by it:
         they are not handed out again and no longer hold back a downstream job.
         """
-        work = controls.done_record(self.tables, job, start, end, count, weight, owner)
+        work = controls.done_record(self.statements, job, start, end, count, weight, owner)
         return await self._transact(work)
 
     # -- reads ----------------------------------------------------------------------------
@@ -331,20 +341,24 @@ class SQLAlchemyStore:
     ) -> list[Attempt]:
         """Attempts of a job, newest first."""
         return await self._read(
-            lambda c: queries.attempts(c, self.tables, job, status=status, limit=limit, ids=ids)
+            lambda c: queries.attempts(c, self.reads, job, status=status, limit=limit, ids=ids)
         )
 
     async def history(self, meta_table: str, meta_id: int) -> list[Attempt]:
         """Every attempt of every job on ``meta_table`` whose range covers ``meta_id``."""
-        return await self._read(lambda c: queries.history(c, self.tables, meta_table, meta_id))
+        return await self._read(lambda c: queries.history(c, self.reads, meta_table, meta_id))
 
     async def ledger_summary(self, job: str) -> dict[str, int]:
         """Running, retry-pending and dead counts of one job."""
-        return await self._read(lambda c: queries.ledger_summary(c, self.tables, job))
+        return await self._read(lambda c: queries.ledger_summary(c, self.reads, job))
+
+    async def job_statuses(self) -> list[JobStatus]:
+        """One line per job, by name: cursor, window, counts, last success (one statement)."""
+        return await self._read(lambda c: queries.job_statuses(c, self.reads))
 
     async def error_groups(self, job: str) -> list[ErrorGroup]:
         """Failed attempts grouped by fingerprint."""
-        return await self._read(lambda c: queries.error_groups(c, self.tables, job))
+        return await self._read(lambda c: queries.error_groups(c, self.reads, job))
 
     async def succeeded_ranges(
         self,
@@ -358,21 +372,19 @@ class SQLAlchemyStore:
         """Succeeded attempts of ``job`` in id order (optionally before its oldest open range)."""
         return await self._read(
             lambda c: queries.succeeded_ranges(
-                c, self.tables, job, after=after, end=end, limit=limit, before_open=before_open
+                c, self.reads, job, after=after, end=end, limit=limit, before_open=before_open
             )
         )
 
     async def due_ranges(self, job: str, *, max_attempts: int, limit: int) -> list[Attempt]:
         """The newest attempts of the ranges an acquire would retry now."""
         return await self._read(
-            lambda c: queries.due_ranges(
-                c, self.tables, job, max_attempts=max_attempts, limit=limit
-            )
+            lambda c: queries.due_ranges(c, self.reads, job, max_attempts=max_attempts, limit=limit)
         )
 
-    async def oldest_running_start(self, job: str) -> int | None:
-        """Smallest start of a running or retry-pending range of ``job``."""
-        return await self._read(lambda c: queries.oldest_open_start(c, self.tables, job))
+    async def oldest_open_start(self, job: str) -> int | None:
+        """Smallest start of a range of ``job`` that is running, waiting for a retry, or dead."""
+        return await self._read(lambda c: queries.oldest_open_start(c, self.reads, job))
 
     async def aclose(self) -> None:
         """Nothing to release: the engine belongs to whoever created it."""

@@ -107,7 +107,6 @@ adapter = SQLAlchemyAdapter(
     capabilities=Capabilities(
         retryable=_retryable,
         translate=_translate,
-        skip_locked=True,
         driver_session=_AiomysqlSession,
     ),
     engine_options={"isolation_level": "READ COMMITTED", "pool_recycle": 3600},

@@ -120,7 +120,6 @@ adapter = SQLAlchemyAdapter(
         single_statement_options={"isolation_level": "AUTOCOMMIT"},
         retryable=_retryable,
         translate=_translate,
-        skip_locked=True,
         write_in_with=True,
         driver_session=_AsyncpgSession,
     ),

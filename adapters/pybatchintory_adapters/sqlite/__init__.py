@@ -130,7 +130,6 @@ adapter = SQLAlchemyAdapter(
         single_statement_options={_SINGLE: True},
         retryable=_retryable,
         translate=_translate,
-        skip_locked=False,
         driver_session=_AiosqliteSession,
     ),
     engine_options={"connect_args": {"timeout": _BUSY_TIMEOUT_MS / 1000}},

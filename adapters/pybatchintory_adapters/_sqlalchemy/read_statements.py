@@ -1,0 +1,224 @@
+"""The store's reads: every statement ``queries`` and ``jobs`` run to read the ledger.
+
+Built once per table set (a read whose shape depends on its arguments is built once per
+shape). Each answers its question in one statement, whatever the number of jobs or
+groups: per-job figures are correlated subqueries, each one probe of an index.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+
+from pybatchintory.models import Status
+from pybatchintory_adapters._sqlalchemy.rules import (
+    dead,
+    exhausted_by_expiry,
+    lease_ran_out,
+    open_range,
+    running,
+    waiting_for_retry,
+)
+from pybatchintory_adapters._sqlalchemy.tables import Tables
+from pybatchintory_adapters._sqlalchemy.types import db_now
+
+__all__ = ("ERROR_GROUP_IDS", "ReadStatements")
+
+ERROR_GROUP_IDS = 100
+"""How many attempt ids an error group lists (the newest)."""
+
+_SUCCEEDED = str(Status.SUCCEEDED)
+_FAILED = str(Status.FAILED)
+
+
+def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
+    return sa.bindparam(f"p_{name}", type_=type_)
+
+
+def _count(inv: sa.Table, *where: sa.ColumnElement[bool]) -> sa.ScalarSelect[Any]:
+    return sa.select(sa.func.count()).where(*where).scalar_subquery()
+
+
+def _total(inv: sa.Table, column: str, *where: sa.ColumnElement[bool]) -> sa.ScalarSelect[Any]:
+    return (
+        sa.select(sa.func.coalesce(sa.func.sum(inv.c[column]), 0)).where(*where).scalar_subquery()
+    )
+
+
+class ReadStatements:
+    """Prebuilt reads over one set of tables."""
+
+    def __init__(self, t: Tables) -> None:
+        inv, jobs = t.inventory, t.jobs
+        self.tables = t
+        self.job = sa.select(jobs).where(jobs.c.name == _p("name"))
+        self.all_jobs = sa.select(jobs).order_by(jobs.c.name)
+        self.ledger_summary = sa.select(*self._summary(inv, _p("job")).values())
+        self.job_statuses = self._job_statuses(t)
+        self.history = self._history(t)
+        self.error_groups = self._error_groups(t)
+        running_start, pending_start = self.oldest_open_starts(_p("job"))
+        self.oldest_open = sa.select(running_start, pending_start)
+        now = db_now()
+        expired_with_attempts_left = sa.and_(
+            lease_ran_out(inv, now), sa.not_(exhausted_by_expiry(inv, _p("max_attempts")))
+        )
+        self.due_ranges = (
+            sa.select(inv)
+            .where(
+                inv.c.job == _p("job"),
+                sa.or_(inv.c.retry_after <= now, expired_with_attempts_left),
+            )
+            .order_by(inv.c.meta_id_start, inv.c.id)
+            .limit(_p("limit", sa.Integer()))
+        )
+
+    @staticmethod
+    def _summary(inv: sa.Table, job: sa.ColumnElement[Any]) -> dict[str, sa.Label[Any]]:
+        """Running leases, ranges waiting for a retry and dead ranges of ``job``.
+
+        Each figure reads one small index range, never the job's whole history.
+        """
+        mine = inv.c.job == job
+        figures = {
+            "running": _count(inv, mine, running(inv)),
+            "retry_ranges": _count(inv, mine, waiting_for_retry(inv)),
+            "retry_count": _total(inv, "count", mine, waiting_for_retry(inv)),
+            "retry_weight": _total(inv, "weight", mine, waiting_for_retry(inv)),
+            "dead_ranges": _count(inv, mine, dead(inv)),
+            "dead_count": _total(inv, "count", mine, dead(inv)),
+            "dead_weight": _total(inv, "weight", mine, dead(inv)),
+        }
+        return {name: figure.label(name) for name, figure in figures.items()}
+
+    def _job_statuses(self, t: Tables) -> sa.Select[Any]:
+        """Every job with its counts and last success, by name (one statement)."""
+        inv, jobs = t.inventory, t.jobs
+        figures = self._summary(inv, jobs.c.name)
+        last_success = (
+            sa.select(inv.c.processing_end)
+            .where(inv.c.job == jobs.c.name, inv.c.status == _SUCCEEDED)
+            .order_by(inv.c.id.desc())
+            .limit(1)
+            .scalar_subquery()
+            .label("last_success")
+        )
+        return sa.select(
+            jobs,
+            figures["running"],
+            figures["retry_ranges"],
+            figures["dead_ranges"],
+            last_success,
+        ).order_by(jobs.c.name)
+
+    def _history(self, t: Tables) -> sa.Select[Any]:
+        """Per job on a metadata table, the attempts of its range covering an id.
+
+        The covering range is the one with the greatest start at or before the id: one
+        index probe on ``(job, meta_id_start)`` per job, whatever the ledger's size.
+        """
+        inv, jobs = t.inventory, t.jobs
+        meta_id = _p("meta_id", sa.BigInteger())
+        probe = inv.alias("probe")
+        covering_start = (
+            sa.select(sa.func.max(probe.c.meta_id_start))
+            .where(probe.c.job == jobs.c.name, probe.c.meta_id_start <= meta_id)
+            .scalar_subquery()
+        )
+        return (
+            sa.select(inv)
+            .join(jobs, inv.c.job == jobs.c.name)
+            .where(
+                jobs.c.meta_table == _p("meta_table"),
+                inv.c.meta_id_start == covering_start,
+                inv.c.meta_id_end >= meta_id,
+            )
+            .order_by(inv.c.job, inv.c.attempt, inv.c.id)
+        )
+
+    def _error_groups(self, t: Tables) -> sa.Select[Any]:
+        """Failed attempts of a job, the newest ``ERROR_GROUP_IDS`` of each fingerprint.
+
+        Each row carries its group's count and first and last time (window aggregates), so
+        the groups come back in one statement; the group's first row is its newest attempt.
+        """
+        inv = t.inventory
+        group = inv.c.fingerprint
+        ranked = (
+            sa.select(
+                inv.c.fingerprint,
+                inv.c.id,
+                inv.c.error_type,
+                inv.c.error_message,
+                sa.func.row_number()
+                .over(partition_by=group, order_by=inv.c.id.desc())
+                .label("newest_first"),
+                sa.func.count().over(partition_by=group).label("group_size"),
+                sa.func.min(inv.c.processing_end).over(partition_by=group).label("first_seen"),
+                sa.func.max(inv.c.processing_end).over(partition_by=group).label("last_seen"),
+            )
+            .where(inv.c.job == _p("job"), inv.c.status == _FAILED)
+            .subquery("ranked")
+        )
+        return (
+            sa.select(ranked)
+            .where(ranked.c.newest_first <= ERROR_GROUP_IDS)
+            .order_by(ranked.c.fingerprint, ranked.c.newest_first)
+        )
+
+    def oldest_open_starts(
+        self, job: sa.ColumnElement[Any]
+    ) -> tuple[sa.ScalarSelect[Any], sa.ScalarSelect[Any]]:
+        """Smallest start of a running range of ``job``, and of one waiting or dead.
+
+        Two subqueries rather than one ``OR``: each reads its own index.
+        """
+        inv = self.tables.inventory
+        mine = inv.c.job == job
+        running_start = sa.select(sa.func.min(inv.c.meta_id_start)).where(mine, running(inv))
+        pending_start = sa.select(sa.func.min(inv.c.meta_id_start)).where(mine, open_range(inv))
+        return running_start.scalar_subquery(), pending_start.scalar_subquery()
+
+    @cache  # noqa: B019 - one ReadStatements per store, eight shapes
+    def attempts(self, by_status: bool, by_ids: bool, limited: bool) -> sa.Select[Any]:
+        """Attempts of a job, newest first (``p_status``, ``p_ids``, ``p_limit``)."""
+        inv = self.tables.inventory
+        query = sa.select(inv).where(inv.c.job == _p("job")).order_by(inv.c.id.desc())
+        if by_status:
+            query = query.where(inv.c.status.in_(sa.bindparam("p_status", expanding=True)))
+        if by_ids:
+            query = query.where(inv.c.id.in_(sa.bindparam("p_ids", expanding=True)))
+        if limited:
+            query = query.limit(_p("limit", sa.Integer()))
+        return query
+
+    @cache  # noqa: B019 - one ReadStatements per store, sixteen shapes
+    def succeeded_ranges(
+        self, before_open: bool, after: bool, end: bool, limited: bool
+    ) -> sa.Select[Any]:
+        """Succeeded attempts of a job in id order (``p_after``, ``p_end``, ``p_limit``).
+
+        ``before_open`` keeps only those before the job's oldest range that is running,
+        waiting for a retry or dead: the bound is part of the same statement, so it and the
+        successes come from one snapshot. Two separate reads could see a range still
+        unleased in the first and a later range already succeeded in the second, and let a
+        reader pass the earlier one.
+        """
+        inv = self.tables.inventory
+        query = (
+            sa.select(inv)
+            .where(inv.c.job == _p("job"), inv.c.status == _SUCCEEDED)
+            .order_by(inv.c.meta_id_start)
+        )
+        if before_open:
+            for oldest in self.oldest_open_starts(_p("job")):
+                query = query.where(sa.or_(oldest.is_(None), inv.c.meta_id_start < oldest))
+        if after:
+            query = query.where(inv.c.meta_id_start > _p("after", sa.BigInteger()))
+        if end:
+            query = query.where(inv.c.meta_id_start <= _p("end", sa.BigInteger()))
+        if limited:
+            query = query.limit(_p("limit", sa.Integer()))
+        return query
