@@ -24,6 +24,7 @@ from pybatchintory._jobs import Jobs
 from pybatchintory._leases import LeaseContext, Leases, lease_policy
 from pybatchintory._operator import AuditFinding, Operator
 from pybatchintory._planning import is_seconds
+from pybatchintory._registry import normalise_url
 from pybatchintory.batch import Batch
 from pybatchintory.errors import InvalidArgument
 from pybatchintory.models import Attempt, Backlog, ErrorGroup, JobStatus, PlannedRange, Status
@@ -106,8 +107,6 @@ class Inventory:
         return cls(s.inventory_url.get_secret_value(), **options)
 
     def __repr__(self) -> str:
-        from pybatchintory._registry import normalise_url
-
         return f"Inventory({normalise_url(self.url)!r}, owner={self.owner!r})"
 
     # -- lifecycle ------------------------------------------------------------------------

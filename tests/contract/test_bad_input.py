@@ -1,4 +1,4 @@
-"""Bad input (DESIGN §7): a clear exception naming the problem, raised before anything is
+"""Bad input: a clear exception naming the problem, raised before anything is
 written. "Nothing written" is checked with plain SQL: no job row and no attempt row (the
 schema's tables may exist).
 """

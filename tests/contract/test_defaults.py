@@ -1,5 +1,5 @@
 """Top-level ``pbi.lease``/``acquire_batch``/``acquire_batches``: the seed's spelling, configured
-from ``PYBATCHINTORY_*`` settings (DESIGN §3, §6)."""
+from ``PYBATCHINTORY_*`` settings."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""How ``async with`` ends an attempt (DESIGN §4), read back from the ledger with plain SQL."""
+"""How ``async with`` ends an attempt, read back from the ledger with plain SQL.
+
+The exit policy: docs/architecture.md, "The life of a lease".
+"""
 
 from __future__ import annotations
 

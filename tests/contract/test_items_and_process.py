@@ -1,4 +1,4 @@
-"""A batch's rows (``items``, ``iter_items``) and ``Batch.process`` (DESIGN §3)."""
+"""A batch's rows (``items``, ``iter_items``) and ``Batch.process`` (docs/concepts.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Observability: backlog, batches, status, history, error groups and retry (DESIGN §3).
+"""Observability: backlog, batches, status, history, error groups and retry (docs/operations.md).
 
 Every expectation is computed independently of the library: from the metadata table with
 plain SQL, or from what the test itself leased and settled.

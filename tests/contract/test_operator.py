@@ -1,4 +1,7 @@
-"""Operator controls: ``plan`` (a dry run), ``set_cursor`` and ``mark_done`` (DESIGN §3)."""
+"""Operator controls: ``plan`` (a dry run), ``set_cursor`` and ``mark_done``.
+
+See docs/operations.md.
+"""
 
 from __future__ import annotations
 

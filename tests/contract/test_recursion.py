@@ -1,4 +1,7 @@
-"""Recursion: ``InventorySource(job)`` hands out another job's succeeded attempts (DESIGN §4)."""
+"""Recursion: ``InventorySource(job)`` hands out another job's succeeded attempts.
+
+See docs/recursion.md.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Several OS processes on one job get a disjoint, gap-free cover; other jobs never wait.
 
-DESIGN §4 "Concurrency": workers on one job never receive overlapping ranges and leave no
+Workers on one job never receive overlapping ranges and leave no
 gap, on every backend, across processes. Different jobs never wait on each other.
 """
 

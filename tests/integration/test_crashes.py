@@ -1,8 +1,9 @@
 """Crashed and frozen workers: leases expire by the database clock, late settles are fenced.
 
-DESIGN §4 "Lease": token per attempt, expiry from the database clock; every settle is fenced,
-a settle on a lost lease raises ``LeaseLost`` and changes nothing. "Acquire order": expired
-leases are closed as ``expired`` and their range is retried first, as a new attempt.
+The lease (docs/architecture.md): token per attempt, expiry from the database clock; every
+settle is fenced, a settle on a lost lease raises ``LeaseLost`` and changes nothing. In the
+acquire order, expired leases are closed as ``expired`` and their range is retried first, as
+a new attempt.
 """
 
 from __future__ import annotations

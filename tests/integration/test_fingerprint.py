@@ -1,4 +1,4 @@
-"""Failure fingerprints are stable across OS processes (DESIGN §4, exit policy).
+"""Failure fingerprints are stable across OS processes (the exit policy).
 
 "Exception -> failed with type, message, bounded traceback, a stable fingerprint (hash of
 normalised frames, equal across processes)". The same failure is raised by separate worker

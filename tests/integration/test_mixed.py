@@ -1,6 +1,6 @@
 """Mixed deployments: the metadata table in one database, the inventory in another.
 
-DESIGN §3: ``MetaTable(url=...)`` names the metadata database; ``None`` = the inventory's.
+``MetaTable(url=...)`` names the metadata database; ``None`` = the inventory's.
 Items, counts and weights must come from the metadata database; the ledger must land in the
 inventory database only. Each inventory database also holds a *decoy* ``files`` table with
 other weights and kinds, so reading the wrong database cannot go unnoticed.
