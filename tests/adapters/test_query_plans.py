@@ -6,6 +6,7 @@ server after 200k attempts of one job were written, so the planner sees a big ta
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,17 +68,23 @@ async def _plan(conn: AsyncConnection, backend: str, sql: str) -> str:
 
 
 def _assert_indexed(backend: str, plan: str, what: str) -> None:
+    # The ledger under any alias; the jobs table (``inventory_jobs``) is small and may be
+    # read whole (one line per job is what ``status`` asks for).
     if backend == "postgres":
-        assert "Seq Scan on inventory" not in plan, f"{what} scans the ledger:\n{plan}"
+        scan = re.search(r"Seq Scan on inventory(\s|$)", plan)
+        assert scan is None, f"{what} scans the ledger:\n{plan}"
     else:
         for line in plan.splitlines():
-            if "table=inventory" in line:
+            if re.search(r"table=(inventory|newest|inventory_\d+)( |$)", line):
                 assert "type=ALL" not in line, f"{what} scans the ledger:\n{plan}"
 
 
 @pytest.mark.parametrize(
-    "backend", [pytest.param("postgres", marks=pytest.mark.postgres),
-                pytest.param("mysql", marks=pytest.mark.mysql)]
+    "backend",
+    [
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
 )
 @pytest.mark.timeout(300)
 async def test_hot_queries_use_indexes(db_url: str, backend: str) -> None:
@@ -95,7 +102,7 @@ async def test_hot_queries_use_indexes(db_url: str, backend: str) -> None:
             await conn.execute(sa.text(FILL[backend].format(n=ATTEMPTS)))
         async with inv.engine.connect() as conn:
             await conn.execute(sa.text(ANALYZE[backend]))
-            inventory = store.tables.inventory
+            reads = store.reads
             checks = {
                 "job lock and due probes": _sql(conn, st.lock_job, {"p_job": "big"}),
                 "retry selection": _sql(
@@ -109,21 +116,13 @@ async def test_hot_queries_use_indexes(db_url: str, backend: str) -> None:
                     st.renew,
                     {"p_owner": "someone", "p_tokens": ["abc", "def"], "p_ttl": 60.0},
                 ),
-                "history probe": _sql(
-                    conn,
-                    sa.select(sa.func.max(inventory.c.meta_id_start)).where(
-                        inventory.c.job == "big", inventory.c.meta_id_start <= 1_000_000
-                    ),
-                    {},
+                "history": _sql(
+                    conn, reads.history, {"p_meta_table": "files", "p_meta_id": 1_000_000}
                 ),
-                "newest success": _sql(
-                    conn,
-                    sa.select(inventory.c.id)
-                    .where(inventory.c.job == "big", inventory.c.status == "succeeded")
-                    .order_by(inventory.c.id.desc())
-                    .limit(1),
-                    {},
-                ),
+                "status of every job": _sql(conn, reads.job_statuses, {}),
+                "backlog counts": _sql(conn, reads.ledger_summary, {"p_job": "big"}),
+                "error groups": _sql(conn, reads.error_groups, {"p_job": "big"}),
+                "recursion horizon": _sql(conn, reads.oldest_open, {"p_job": "big"}),
             }
             for what, sql in checks.items():
                 _assert_indexed(backend, await _plan(conn, backend, sql), what)

@@ -97,11 +97,18 @@ class ReadStatements:
         """Every job with its counts and last success, by name (one statement)."""
         inv, jobs = t.inventory, t.jobs
         figures = self._summary(inv, jobs.c.name)
+        # The newest success by id: max(id) is one probe of (job, status, id), and the row
+        # is one primary-key lookup (ORDER BY id DESC LIMIT 1 may walk the primary key).
+        newest = inv.alias("newest")
+        newest_success = (
+            sa.select(sa.func.max(newest.c.id))
+            .where(newest.c.job == jobs.c.name, newest.c.status == _SUCCEEDED)
+            .correlate(jobs)  # two levels down: not found by auto-correlation
+            .scalar_subquery()
+        )
         last_success = (
             sa.select(inv.c.processing_end)
-            .where(inv.c.job == jobs.c.name, inv.c.status == _SUCCEEDED)
-            .order_by(inv.c.id.desc())
-            .limit(1)
+            .where(inv.c.id == newest_success)
             .scalar_subquery()
             .label("last_success")
         )
@@ -117,24 +124,28 @@ class ReadStatements:
         """Per job on a metadata table, the attempts of its range covering an id.
 
         The covering range is the one with the greatest start at or before the id: one
-        index probe on ``(job, meta_id_start)`` per job, whatever the ledger's size.
+        index probe on ``(job, meta_id_start)`` per job, whatever the ledger's size, then
+        its attempts by the same index.
         """
         inv, jobs = t.inventory, t.jobs
         meta_id = _p("meta_id", sa.BigInteger())
-        probe = inv.alias("probe")
         covering_start = (
-            sa.select(sa.func.max(probe.c.meta_id_start))
-            .where(probe.c.job == jobs.c.name, probe.c.meta_id_start <= meta_id)
+            sa.select(sa.func.max(inv.c.meta_id_start))
+            .where(inv.c.job == jobs.c.name, inv.c.meta_id_start <= meta_id)
             .scalar_subquery()
+        )
+        covering = (
+            sa.select(jobs.c.name.label("job"), covering_start.label("start"))
+            .where(jobs.c.meta_table == _p("meta_table"))
+            .subquery("covering")
         )
         return (
             sa.select(inv)
-            .join(jobs, inv.c.job == jobs.c.name)
-            .where(
-                jobs.c.meta_table == _p("meta_table"),
-                inv.c.meta_id_start == covering_start,
-                inv.c.meta_id_end >= meta_id,
+            .join(
+                covering,
+                sa.and_(inv.c.job == covering.c.job, inv.c.meta_id_start == covering.c.start),
             )
+            .where(inv.c.meta_id_end >= meta_id)
             .order_by(inv.c.job, inv.c.attempt, inv.c.id)
         )
 

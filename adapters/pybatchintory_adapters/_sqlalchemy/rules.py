@@ -51,8 +51,11 @@ def waiting_for_retry(inv: sa.Table) -> sa.ColumnElement[bool]:
 
 
 def dead(inv: sa.Table) -> sa.ColumnElement[bool]:
-    """The newest attempt of a range whose attempts are used up."""
-    return inv.c.dead.is_(True)
+    """The newest attempt of a range whose attempts are used up.
+
+    ``= true``, not ``IS TRUE``: MySQL reads ``(job, dead)`` only for the former.
+    """
+    return inv.c.dead == sa.true()
 
 
 def open_range(inv: sa.Table) -> sa.ColumnElement[bool]:

@@ -48,7 +48,6 @@ from pybatchintory_adapters._sqlalchemy.pooling import mark_committed
 from pybatchintory_adapters._sqlalchemy.read_statements import ReadStatements
 from pybatchintory_adapters._sqlalchemy.statements import Statements
 from pybatchintory_adapters._sqlalchemy.tables import SCHEMA_VERSION, Tables
-from pybatchintory_adapters._sqlalchemy.types import db_now
 
 __all__ = ("SQLAlchemyStore",)
 
@@ -215,15 +214,12 @@ class SQLAlchemyStore:
         """Create the tables and indexes if missing; safe when several processes race."""
         if self._ready:
             return
-        t = self.tables
+        st = self.statements
 
         async def create(conn: AsyncConnection) -> None:
-            await conn.run_sync(t.metadata.create_all, checkfirst=True)
-            present = (await conn.execute(sa.select(sa.func.max(t.schema.c.version)))).scalar()
-            if present is None:
-                await conn.execute(
-                    sa.insert(t.schema).values(version=SCHEMA_VERSION, applied_at=db_now())
-                )
+            await conn.run_sync(self.tables.metadata.create_all, checkfirst=True)
+            if (await conn.execute(st.schema_version)).scalar() is None:
+                await conn.execute(st.record_schema, {"p_version": SCHEMA_VERSION})
 
         for attempt in range(5):
             try:
