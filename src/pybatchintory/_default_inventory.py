@@ -29,7 +29,7 @@ __all__ = (
     "shutdown",
 )
 
-_defaults: dict[asyncio.AbstractEventLoop, Inventory] = {}
+_by_loop: dict[asyncio.AbstractEventLoop, Inventory] = {}
 
 
 def settings_source(settings: Settings) -> MetaTable:
@@ -54,16 +54,16 @@ def settings_source(settings: Settings) -> MetaTable:
 async def default_inventory() -> Inventory:
     """The default ``Inventory`` of the running event loop (opened on first use)."""
     loop = asyncio.get_running_loop()
-    inventory = _defaults.get(loop)
+    inventory = _by_loop.get(loop)
     if inventory is None:
         inventory = Inventory.from_settings()
-        _defaults[loop] = inventory
+        _by_loop[loop] = inventory
     return await inventory.open()
 
 
 async def shutdown() -> None:
     """Close the default ``Inventory`` of the running loop (drains settles in flight)."""
-    inventory = _defaults.pop(asyncio.get_running_loop(), None)
+    inventory = _by_loop.pop(asyncio.get_running_loop(), None)
     if inventory is not None:
         await inventory.aclose()
 

@@ -169,7 +169,7 @@ def plan_all(
     first_hint: int | None = None,
     max_cuts: int | None = None,
 ) -> list[Cut]:
-    """Cut ranges until the planner finds nothing, like ``Operations.plan``/``Inventory``."""
+    """Cut ranges until the planner finds nothing, like ``Inventory.plan`` and the acquire planner."""
     cursor = None if id_start is None else id_start - 1
     hint = first_hint
     cuts: list[Cut] = []
