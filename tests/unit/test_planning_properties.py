@@ -169,7 +169,7 @@ def plan_all(
     first_hint: int | None = None,
     max_cuts: int | None = None,
 ) -> list[Cut]:
-    """Cut ranges until the planner finds nothing, like ``Inventory.plan`` and the acquire planner."""
+    """Cut ranges until the planner finds nothing, like ``Inventory.plan`` and acquire."""
     cursor = None if id_start is None else id_start - 1
     hint = first_hint
     cuts: list[Cut] = []
