@@ -11,6 +11,7 @@ import itertools
 import os
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from pybatchintory.sync import SyncBatch
@@ -22,6 +23,7 @@ __all__ = (
     "fail_always_on",
     "fail_once_on",
     "hang_once_on",
+    "raising_at",
 )
 
 SUCCEEDED_SQL = (
@@ -79,3 +81,20 @@ def assert_exact_cover(rows: list[dict[str, Any]], first: int, last: int) -> Non
     for (_, end), (start, _) in itertools.pairwise(ranges):
         assert start == end + 1, f"overlap or gap between {end} and {start}"
 
+
+
+def raising_at(meta_id: int, flag_dir: str | None = None) -> Callable[[int], int]:
+    """A Spark UDF body that raises on ``meta_id``: always, or once per ``flag_dir``."""
+
+    def check(value: int) -> int:
+        if value == meta_id:
+            if flag_dir is None:
+                raise RuntimeError(f"id {meta_id} is corrupt")
+            try:
+                (Path(flag_dir) / f"udf-{meta_id}").touch(exist_ok=False)
+            except FileExistsError:
+                return value
+            raise RuntimeError(f"transient failure on id {meta_id}")
+        return value
+
+    return check
