@@ -10,8 +10,8 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pybatchintory.sync import SyncBatch
@@ -80,7 +80,6 @@ def assert_exact_cover(rows: list[dict[str, Any]], first: int, last: int) -> Non
     assert ranges[-1][1] == last, ranges[-3:]
     for (_, end), (start, _) in itertools.pairwise(ranges):
         assert start == end + 1, f"overlap or gap between {end} and {start}"
-
 
 
 def raising_at(meta_id: int, flag_dir: str | None = None) -> Callable[[int], int]:

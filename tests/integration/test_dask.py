@@ -101,9 +101,7 @@ def test_a_worker_killed_mid_batch_leaves_a_lease_that_expires_and_is_retried(
 
     def drive() -> None:
         try:
-            outcome["run"] = pbi_run(
-                client, url, "dask_kill", func, max_count=100, lease_ttl=2.0
-            )
+            outcome["run"] = pbi_run(client, url, "dask_kill", func, max_count=100, lease_ttl=2.0)
         except BaseException as exc:  # handed to the test thread
             outcome["error"] = exc
 
@@ -122,7 +120,9 @@ def test_a_worker_killed_mid_batch_leaves_a_lease_that_expires_and_is_retried(
 
     assert_exact_cover(_sql(url, SUCCEEDED_SQL, job="dask_kill"), 1, 2000)
     victim_range = [
-        row for row in _attempts(url, "dask_kill") if row["meta_id_start"] <= 1050 <= row["meta_id_end"]
+        row
+        for row in _attempts(url, "dask_kill")
+        if row["meta_id_start"] <= 1050 <= row["meta_id_end"]
     ]
     assert [(r["attempt"], r["status"]) for r in victim_range] == [(1, "expired"), (2, "succeeded")]
     assert int(victim_range[0]["owner"].split(":")[1]) == victim

@@ -106,7 +106,10 @@ def test_driver_writes_each_range_once_and_settles_after_the_write(
     out = tmp_path / "out"
     done = run_on_driver(spark, "spark_driver", FILES, _writer(out), url=url, max_count=300)
     assert [(b.meta_id_start, b.meta_id_end, b.rows) for b in done] == [
-        (1, 300, 300), (301, 600, 300), (601, 900, 300), (901, 1200, 300)
+        (1, 300, 300),
+        (301, 600, 300),
+        (601, 900, 300),
+        (901, 1200, 300),
     ]
     assert _written_ids(spark, out) == list(range(1, 1201))
     assert_exact_cover(_sql(url, SUCCEEDED_SQL, job="spark_driver"), 1, 1200)
@@ -137,8 +140,9 @@ def test_driver_a_failed_write_records_spark_s_exception_and_the_next_run_retrie
     asyncio.run(create_meta_table(url, rows=600))
     out = tmp_path / "out"
     with pytest.raises(Exception, match="corrupt") as raised:
-        run_on_driver(spark, "spark_fail", FILES, _writer(out, raising_at(450)), url=url,
-                      max_count=200)
+        run_on_driver(
+            spark, "spark_fail", FILES, _writer(out, raising_at(450)), url=url, max_count=200
+        )
     failed = _attempts_of(url, "spark_fail", 450)
     assert [(r["attempt"], r["status"]) for r in failed] == [(1, "failed")]
     spark_error = type(raised.value)
@@ -149,7 +153,8 @@ def test_driver_a_failed_write_records_spark_s_exception_and_the_next_run_retrie
     done = run_on_driver(spark, "spark_fail", FILES, _writer(out), url=url, max_count=200)
     assert [(b.meta_id_start, b.attempt) for b in done] == [(401, 2)]
     assert [(r["attempt"], r["status"]) for r in _attempts_of(url, "spark_fail", 450)] == [
-        (1, "failed"), (2, "succeeded")
+        (1, "failed"),
+        (2, "succeeded"),
     ]
     assert_exact_cover(_sql(url, SUCCEEDED_SQL, job="spark_fail"), 1, 600)
     assert _written_ids(spark, out) == list(range(1, 601))
@@ -164,8 +169,16 @@ def test_executors_lease_in_their_own_processes_and_cover_every_id_once(
 ) -> None:
     url = any_db_url_factory("postgres")
     asyncio.run(create_meta_table(url, rows=4000))
-    reports = run_on_executors(spark, "spark_exec", FILES, count_rows, url=url, partitions=4,
-                               max_count=100, poll_interval=0.2)
+    reports = run_on_executors(
+        spark,
+        "spark_exec",
+        FILES,
+        count_rows,
+        url=url,
+        partitions=4,
+        max_count=100,
+        poll_interval=0.2,
+    )
     assert len(reports) == 4
     assert sum(r.succeeded for r in reports) == 40 and sum(r.rows for r in reports) == 4000
     assert_exact_cover(_sql(url, SUCCEEDED_SQL, job="spark_exec"), 1, 4000)
@@ -183,15 +196,16 @@ def test_executors_a_failed_task_is_recorded_and_retried_by_spark(
     asyncio.run(create_meta_table(url, rows=1000))
     func = functools.partial(fail_once_on, str(tmp_path), 420)
     # One task: only Spark's retry of that task can lease the failed range again.
-    reports = run_on_executors(spark, "spark_task_retry", FILES, func, url=url, partitions=1,
-                               max_count=100)
+    reports = run_on_executors(
+        spark, "spark_task_retry", FILES, func, url=url, partitions=1, max_count=100
+    )
     # The first task attempt settled 1..400 and failed on 401..500; the retried task
     # leased 401..500 again (attempt 2) and went on to the end.
     assert [r.succeeded for r in reports] == [6]
-    assert [(r["attempt"], r["status"], r["error_type"]) for r in
-            _attempts_of(url, "spark_task_retry", 420)] == [
-        (1, "failed", "RuntimeError"), (2, "succeeded", None)
-    ]
+    assert [
+        (r["attempt"], r["status"], r["error_type"])
+        for r in _attempts_of(url, "spark_task_retry", 420)
+    ] == [(1, "failed", "RuntimeError"), (2, "succeeded", None)]
     assert_exact_cover(_sql(url, SUCCEEDED_SQL, job="spark_task_retry"), 1, 1000)
 
 
@@ -203,22 +217,43 @@ def test_executors_a_range_that_fails_every_task_retry_is_done_by_the_next_run(
     asyncio.run(create_meta_table(url, rows=1000))
     broken = functools.partial(fail_always_on, 420)
     with pytest.raises(Exception, match="corrupt"):
-        run_on_executors(spark, "spark_next_run", FILES, broken, url=url, partitions=2,
-                         max_count=100, lease_ttl=3.0, max_attempts=10, poll_interval=0.2)
+        run_on_executors(
+            spark,
+            "spark_next_run",
+            FILES,
+            broken,
+            url=url,
+            partitions=2,
+            max_count=100,
+            lease_ttl=3.0,
+            max_attempts=10,
+            poll_interval=0.2,
+        )
     failures = [r for r in _attempts_of(url, "spark_next_run", 420) if r["status"] == "failed"]
     assert len(failures) >= 2, "Spark retried the task, the range failed again"
     assert {r["error_type"] for r in failures} == {"RuntimeError"}
 
-    reports = run_on_executors(spark, "spark_next_run", FILES, count_rows, url=url,
-                               partitions=2, max_count=100, lease_ttl=3.0, max_attempts=10,
-                               poll_interval=0.2)
+    reports = run_on_executors(
+        spark,
+        "spark_next_run",
+        FILES,
+        count_rows,
+        url=url,
+        partitions=2,
+        max_count=100,
+        lease_ttl=3.0,
+        max_attempts=10,
+        poll_interval=0.2,
+    )
     assert reports
     attempts = _attempts_of(url, "spark_next_run", 420)
     assert attempts[-1]["status"] == "succeeded"
     assert all(r["status"] != "succeeded" for r in attempts[:-1])
     assert_exact_cover(_sql(url, SUCCEEDED_SQL, job="spark_next_run"), 1, 1000)
-    running = _sql(url, "SELECT count(*) AS n FROM inventory WHERE job = 'spark_next_run' "
-                        "AND status = 'running'")
+    running = _sql(
+        url,
+        "SELECT count(*) AS n FROM inventory WHERE job = 'spark_next_run' AND status = 'running'",
+    )
     assert running[0]["n"] == 0
 
 

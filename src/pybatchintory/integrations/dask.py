@@ -147,7 +147,7 @@ def run_on_dask(
         drain=drain,
     )
     if tasks is None:
-        tasks = sum(client.nthreads().values())
+        tasks = sum(client.nthreads().values())  # type: ignore[no-untyped-call]
     if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 1:
         raise InvalidArgument(f"tasks must be an integer >= 1 (a cluster with workers): {tasks!r}")
     run_id = uuid.uuid4().hex[:8]
@@ -155,5 +155,5 @@ def run_on_dask(
         client.submit(lease_loop, spec, key=f"pybatchintory-{job}-{run_id}-{i}", pure=False)
         for i in range(tasks)
     ]
-    reports: list[LoopReport] = client.gather(futures)
+    reports: list[LoopReport] = client.gather(futures)  # type: ignore[no-untyped-call]
     return DaskRun(tuple(reports))

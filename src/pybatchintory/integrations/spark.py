@@ -291,7 +291,9 @@ def run_on_executors(
         source=source,
         func=func,
         url=url,
-        limits=_limits(max_count=max_count, max_weight=max_weight, id_start=id_start, id_end=id_end),
+        limits=_limits(
+            max_count=max_count, max_weight=max_weight, id_start=id_start, id_end=id_end
+        ),
         inventory_options=inventory_options,
         poll_interval=poll_interval,
         drain=drain,
@@ -306,4 +308,3 @@ def run_on_executors(
         functools.partial(_partition_loop, spec)
     ).collect()
     return reports
-
