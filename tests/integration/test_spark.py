@@ -265,3 +265,36 @@ def test_executors_refuse_an_sqlite_inventory_with_the_reason(
     with pytest.raises(pbi.InvalidArgument, match="cannot share an embedded SQLite file"):
         run_on_executors(spark, "x", FILES, count_rows, url=url)
     assert not (tmp_path / "inventory.db").exists(), "something was written"
+
+
+# -- the example -----------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_the_spark_example_both_ways(
+    spark: SparkSession,
+    any_db_url_factory: DatabaseFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from examples import spark_driver
+
+    url = any_db_url_factory("postgres")
+    asyncio.run(create_meta_table(url, rows=3000))
+    monkeypatch.setenv("PYBATCHINTORY_INVENTORY_URL", url)
+    monkeypatch.setenv("PYBATCHINTORY_META_TABLE", "files")
+    monkeypatch.setenv("PYBATCHINTORY_META_WEIGHT", "size_in_bytes")
+    out = tmp_path / "out"
+    done = spark_driver.write_ranges(spark, "spark_example", str(out), max_weight=200_000)
+    assert sum(b.rows for b in done) == 3000
+    assert _written_ids(spark, out) == list(range(1, 3001))
+    assert_exact_cover(_sql(url, SUCCEEDED_SQL, job="spark_example"), 1, 3000)
+
+    reports = spark_driver.count_in_executors(spark, url, "spark_example_exec")
+    assert sum(r.rows for r in reports) == 3000
+    total = _sql(
+        url,
+        "SELECT sum(CAST(job_result->>'bytes' AS BIGINT)) AS b FROM inventory "
+        "WHERE job = 'spark_example_exec' AND status = 'succeeded'",
+    )[0]["b"]
+    assert total == _sql(url, "SELECT sum(size_in_bytes) AS b FROM files")[0]["b"]
