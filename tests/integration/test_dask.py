@@ -69,24 +69,24 @@ def _attempts(url: str, job: str) -> list[dict[str, Any]]:
     )
 
 
+def _run(client: Any, url: str, job: str, func: Any, **options: Any) -> Any:
+    from pybatchintory.integrations.dask import run_on_dask
+
+    return run_on_dask(client, job, FILES, func, url=url, poll_interval=0.2, **options)
+
+
 @pytest.mark.postgres
 def test_workers_lease_on_their_own_and_cover_every_id_once(
     client: Any, any_db_url_factory: DatabaseFactory
 ) -> None:
     url = any_db_url_factory("postgres")
     asyncio.run(create_meta_table(url, rows=3000))
-    run = pbi_run(client, url, "dask_cover", count_rows, max_count=100)
+    run = _run(client, url, "dask_cover", count_rows, max_count=100)
     assert run.succeeded == 30 and run.rows == 3000 and run.failed == 0
     assert_exact_cover(_sql(url, SUCCEEDED_SQL, job="dask_cover"), 1, 3000)
     owners = {row["owner"] for row in _attempts(url, "dask_cover")}
     worker_pids = set(client.run(os.getpid).values())
     assert {int(owner.split(":")[1]) for owner in owners} == worker_pids, owners
-
-
-def pbi_run(client: Any, url: str, job: str, func: Any, **options: Any) -> Any:
-    from pybatchintory.integrations.dask import run_on_dask
-
-    return run_on_dask(client, job, FILES, func, url=url, poll_interval=0.2, **options)
 
 
 @pytest.mark.postgres
@@ -101,7 +101,7 @@ def test_a_worker_killed_mid_batch_leaves_a_lease_that_expires_and_is_retried(
 
     def drive() -> None:
         try:
-            outcome["run"] = pbi_run(client, url, "dask_kill", func, max_count=100, lease_ttl=2.0)
+            outcome["run"] = _run(client, url, "dask_kill", func, max_count=100, lease_ttl=2.0)
         except BaseException as exc:  # handed to the test thread
             outcome["error"] = exc
 
@@ -144,7 +144,7 @@ def test_one_process_worker_on_sqlite_records_a_failure_and_retries_it(
     asyncio.run(create_meta_table(url, rows=1000))
     func = functools.partial(fail_once_on, str(tmp_path), 420)
     with _cluster(1, 2) as cluster, distributed.Client(cluster) as sqlite_client:
-        run = pbi_run(sqlite_client, url, "dask_sqlite", func, max_count=50)
+        run = _run(sqlite_client, url, "dask_sqlite", func, max_count=50)
     assert run.failed == 1 and run.succeeded == 20 and run.rows == 1000
     assert_exact_cover(_sql(url, SUCCEEDED_SQL, job="dask_sqlite"), 1, 1000)
     failed = _sql(

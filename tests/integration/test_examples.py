@@ -7,9 +7,7 @@ The Dask example runs on a real ``LocalCluster`` here; the Spark example runs in
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import anyio.to_thread
 import pytest

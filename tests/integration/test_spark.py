@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 import pybatchintory as pbi
 from pybatchintory.sync import SyncBatch
 
-from tests.conftest import DatabaseFactory
+from tests.conftest import REQUIRED, DatabaseFactory
 from tests.helpers import create_meta_table, fetch_all
 from tests.integration._cluster_jobs import (
     SUCCEEDED_SQL,
@@ -51,6 +52,11 @@ FILES = pbi.MetaTable("files", weight="size_in_bytes")
 
 @pytest.fixture(scope="module")
 def spark() -> Iterator[SparkSession]:
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        message = "Spark needs a Java runtime (17 for Spark 4): no java on PATH, no JAVA_HOME"
+        if "spark" in REQUIRED:
+            pytest.fail(f"{message} (required by PYBATCHINTORY_TEST_REQUIRE)")
+        pytest.skip(message)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = (
         SparkSession.builder.master("local[4,2]")
