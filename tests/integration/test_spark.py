@@ -110,17 +110,16 @@ def test_driver_writes_each_range_once_and_settles_after_the_write(
     url = any_db_url_factory("sqlite")
     asyncio.run(create_meta_table(url, rows=1200))
     out = tmp_path / "out"
-    done = run_on_driver(spark, "spark_driver", FILES, _writer(out), url=url, max_count=300)
+    done = run_on_driver(spark, "spark_driver", FILES, _writer(out), url=url, max_count=400)
     assert [(b.meta_id_start, b.meta_id_end, b.rows) for b in done] == [
-        (1, 300, 300),
-        (301, 600, 300),
-        (601, 900, 300),
-        (901, 1200, 300),
+        (1, 400, 400),
+        (401, 800, 400),
+        (801, 1200, 400),
     ]
     assert _written_ids(spark, out) == list(range(1, 1201))
     assert_exact_cover(_sql(url, SUCCEEDED_SQL, job="spark_driver"), 1, 1200)
     results = _sql(url, "SELECT job_result FROM inventory WHERE job = 'spark_driver'")
-    assert all('"written": 300' in str(r["job_result"]) for r in results)
+    assert all('"written": 400' in str(r["job_result"]) for r in results)
 
 
 @pytest.mark.postgres
@@ -131,7 +130,7 @@ def test_driver_a_task_failing_once_is_absorbed_by_spark_s_task_retry(
     asyncio.run(create_meta_table(url, rows=600))
     out = tmp_path / "out"
     check = raising_at(250, flag_dir=str(tmp_path))
-    run_on_driver(spark, "spark_retry", FILES, _writer(out, check), url=url, max_count=200)
+    run_on_driver(spark, "spark_retry", FILES, _writer(out, check), url=url, max_count=300)
     assert (tmp_path / "udf-250").exists(), "the task never failed"
     statuses = _sql(url, "SELECT status, attempt FROM inventory WHERE job = 'spark_retry'")
     assert {(r["status"], r["attempt"]) for r in statuses} == {("succeeded", 1)}
@@ -147,7 +146,7 @@ def test_driver_a_failed_write_records_spark_s_exception_and_the_next_run_retrie
     out = tmp_path / "out"
     with pytest.raises(Exception, match="corrupt") as raised:
         run_on_driver(
-            spark, "spark_fail", FILES, _writer(out, raising_at(450)), url=url, max_count=200
+            spark, "spark_fail", FILES, _writer(out, raising_at(450)), url=url, max_count=300
         )
     failed = _attempts_of(url, "spark_fail", 450)
     assert [(r["attempt"], r["status"]) for r in failed] == [(1, "failed")]
@@ -156,8 +155,8 @@ def test_driver_a_failed_write_records_spark_s_exception_and_the_next_run_retrie
     assert failed[0]["error_type"] == f"{spark_error.__module__}.{spark_error.__qualname__}"
     assert "corrupt" in failed[0]["error_message"]
 
-    done = run_on_driver(spark, "spark_fail", FILES, _writer(out), url=url, max_count=200)
-    assert [(b.meta_id_start, b.attempt) for b in done] == [(401, 2)]
+    done = run_on_driver(spark, "spark_fail", FILES, _writer(out), url=url, max_count=300)
+    assert [(b.meta_id_start, b.attempt) for b in done] == [(301, 2)]
     assert [(r["attempt"], r["status"]) for r in _attempts_of(url, "spark_fail", 450)] == [
         (1, "failed"),
         (2, "succeeded"),
@@ -291,7 +290,7 @@ def test_the_spark_example_both_ways(
     monkeypatch.setenv("PYBATCHINTORY_META_TABLE", "files")
     monkeypatch.setenv("PYBATCHINTORY_META_WEIGHT", "size_in_bytes")
     out = tmp_path / "out"
-    done = spark_driver.write_ranges(spark, "spark_example", str(out), max_weight=200_000)
+    done = spark_driver.write_ranges(spark, "spark_example", str(out), max_weight=1_000_000)
     assert sum(b.rows for b in done) == 3000
     assert _written_ids(spark, out) == list(range(1, 3001))
     assert_exact_cover(_sql(url, SUCCEEDED_SQL, job="spark_example"), 1, 3000)
