@@ -171,5 +171,9 @@ def test_bad_arguments_raise_before_anything_is_submitted(client: Any) -> None:
         run_on_dask(client, "x", FILES, count_rows, url="sqlite+aiosqlite://", tasks=0)
     with pytest.raises(pbi.InvalidArgument, match="owner"):
         run_on_dask(client, "x", FILES, count_rows, url="sqlite+aiosqlite://", owner="me")
+    with pytest.raises(pbi.InvalidArgument, match="max_count"):
+        run_on_dask(client, "x", FILES, count_rows, url="sqlite+aiosqlite://", max_count=0)
+    with pytest.raises(pbi.InvalidArgument, match="id_start 9 is after id_end 3"):
+        run_on_dask(client, "x", FILES, count_rows, url="sqlite+aiosqlite://", id_start=9, id_end=3)
     with pytest.raises(pbi.InvalidArgument, match="callable"):
         run_on_dask(client, "x", FILES, "not a function", url="sqlite+aiosqlite://")  # type: ignore[arg-type]

@@ -269,6 +269,11 @@ def test_executors_refuse_an_sqlite_inventory_with_the_reason(
     url = f"sqlite+aiosqlite:///{tmp_path / 'inventory.db'}"
     with pytest.raises(pbi.InvalidArgument, match="cannot share an embedded SQLite file"):
         run_on_executors(spark, "x", FILES, count_rows, url=url)
+    postgres = "postgresql+asyncpg://postgres@127.0.0.1:5432/never_used"
+    with pytest.raises(pbi.InvalidArgument, match="max_weight"):
+        run_on_executors(spark, "x", FILES, count_rows, url=postgres, max_weight=-1)
+    with pytest.raises(pbi.InvalidArgument, match="partitions"):
+        run_on_executors(spark, "x", FILES, count_rows, url=postgres, partitions=0)
     assert not (tmp_path / "inventory.db").exists(), "something was written"
 
 

@@ -69,12 +69,31 @@ class LoopSpec:
             raise InvalidArgument(
                 f"unknown limits {sorted(unknown)}; allowed: {', '.join(_LIMITS)}"
             )
+        _check_limits(self.limits)
         if (
             isinstance(self.poll_interval, bool)
             or not isinstance(self.poll_interval, (int, float))
             or self.poll_interval <= 0
         ):
             raise InvalidArgument(f"poll_interval must be > 0 seconds: {self.poll_interval!r}")
+
+
+def _number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def _check_limits(limits: Mapping[str, Any]) -> None:
+    """The checks ``acquire`` makes, on the driver: a worker would only find them later."""
+    for name in ("max_count", "max_weight"):
+        value = limits.get(name)
+        if value is not None and (not _number(value) or value <= 0):
+            raise InvalidArgument(f"{name} must be a number > 0, got {value!r}")
+    start, end = limits.get("id_start"), limits.get("id_end")
+    for name, value in (("id_start", start), ("id_end", end)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidArgument(f"{name} must be an integer id, got {value!r}")
+    if start is not None and end is not None and start > end:
+        raise InvalidArgument(f"id_start {start} is after id_end {end}")
 
 
 @dataclass(frozen=True)
