@@ -36,8 +36,13 @@ def _covers(batch: SyncBatch, meta_id: int) -> bool:
     return int(batch.meta_id_start) <= meta_id <= int(batch.meta_id_end)
 
 
-def count_rows(batch: SyncBatch) -> dict[str, int]:
-    """Read the batch's rows on the worker; the result is what was seen."""
+def count_rows(batch: SyncBatch, pause: float = 0.0) -> dict[str, int]:
+    """Read the batch's rows on the worker; the result is what was seen.
+
+    ``pause`` seconds of sleep per batch keep a job running long enough for every worker
+    to start leasing (a fast worker could otherwise drain a small job alone).
+    """
+    time.sleep(pause)
     rows = batch.items
     ids = [int(row["id"]) for row in rows]
     assert ids == list(range(int(batch.meta_id_start), int(batch.meta_id_end) + 1))

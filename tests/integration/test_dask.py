@@ -81,7 +81,8 @@ def test_workers_lease_on_their_own_and_cover_every_id_once(
 ) -> None:
     url = any_db_url_factory("postgres")
     asyncio.run(create_meta_table(url, rows=3000))
-    run = _run(client, url, "dask_cover", count_rows, max_count=100)
+    slow = functools.partial(count_rows, pause=0.05)
+    run = _run(client, url, "dask_cover", slow, max_count=100)
     assert run.succeeded == 30 and run.rows == 3000 and run.failed == 0
     assert_exact_cover(_sql(url, SUCCEEDED_SQL, job="dask_cover"), 1, 3000)
     owners = {row["owner"] for row in _attempts(url, "dask_cover")}

@@ -178,7 +178,7 @@ def test_executors_lease_in_their_own_processes_and_cover_every_id_once(
         spark,
         "spark_exec",
         FILES,
-        count_rows,
+        functools.partial(count_rows, pause=0.05),
         url=url,
         partitions=4,
         max_count=100,
