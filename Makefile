@@ -9,7 +9,7 @@ SEED ?= 1
 SECONDS ?= 600
 BACKEND ?= sqlite
 
-.PHONY: venv demo test lint bench bench-quick soak docs clean
+.PHONY: venv demo test lint bench bench-quick bench-cluster soak docs clean
 
 venv: $(STAMP)
 
@@ -48,3 +48,6 @@ docs: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache site
+
+bench-cluster: $(STAMP)
+	$(BIN)/python -m benchmarks.cluster

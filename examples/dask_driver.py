@@ -1,44 +1,59 @@
-"""A Dask-style driver: several batches in flight at once, settled as they finish.
+"""A Dask job whose workers lease their own batches.
 
-``acquire_many`` leases a wave of disjoint ranges in one transaction; each is processed by
-a worker (with Dask: ``client.submit(process, rows)``; here a thread pool) and settled from
-the driver thread as its future completes. The facade is thread-safe, so settling from the
-pool's threads would work too.
+The driver submits one lease loop per worker thread to a ``distributed.Client``; each loop
+opens its own inventory on its worker, leases a range, counts the csv files in it there,
+settles it there, and goes on until the job is drained. Rows never pass through the driver.
+Without a ``client`` the example starts a ``LocalCluster`` of process workers.
+
+Run: ``python -m examples.dask_driver postgresql+asyncpg://postgres@127.0.0.1:5432/test``
+(a database with a ``files(id, size_in_bytes, kind)`` table).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+import sys
 from typing import Any
 
 from pybatchintory import MetaTable
+from pybatchintory.integrations.dask import run_on_dask
 from pybatchintory.sync import SyncBatch, SyncInventory
 
 
-def process(rows: Sequence[Mapping[str, Any]]) -> int:
-    """What one Dask task would do with a batch: here, count csv files."""
-    return sum(1 for r in rows if r["kind"] == "csv")
+def count_csv(batch: SyncBatch) -> dict[str, int]:
+    """Runs on a Dask worker: read the range's rows and count the csv files."""
+    return {"csv": sum(1 for row in batch.items if row["kind"] == "csv")}
 
 
-def run_driver(url: str, job: str, *, wave: int = 4, max_count: int = 500) -> int:
-    """Process every batch of ``job`` in waves of ``wave`` leases; return csv files seen."""
+def run_driver(
+    url: str, job: str, *, client: Any = None, workers: int = 2, max_count: int = 500
+) -> int:
+    """Process every batch of ``job`` on the cluster; return the csv files counted."""
+    from distributed import Client, LocalCluster
+
     files = MetaTable("files", weight="size_in_bytes")
-    total = 0
-    with SyncInventory(url) as inv, ThreadPoolExecutor(max_workers=wave) as cluster:
-        while True:
-            batches = inv.acquire_many(job, files, wave, max_count=max_count)
-            if not batches:
-                return total
-            futures: dict[Future[int], SyncBatch] = {
-                cluster.submit(process, batch.items): batch for batch in batches
-            }
-            for future in as_completed(futures):
-                batch = futures[future]
-                try:
-                    found = future.result()
-                except Exception as exc:
-                    batch.error(exc)
-                    raise
-                batch.success({"csv": found})
-                total += found
+    if client is None:
+        with (
+            LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=50,
+            ) as cluster,
+            Client(cluster) as local_client,
+        ):
+            run_on_dask(local_client, job, files, count_csv, url=url, max_count=max_count)
+    else:
+        run_on_dask(client, job, files, count_csv, url=url, max_count=max_count)
+    # The counts were stored by the workers as each attempt's result: read them back.
+    with SyncInventory(url) as inv:
+        return sum(attempt.result["csv"] for attempt in inv.batches(job, status="succeeded"))
+
+
+def main() -> None:
+    """Run the example against the URL given on the command line."""
+    print(f"csv files: {run_driver(sys.argv[1], 'dask_example')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,18 +1,20 @@
-"""The examples in examples/ run as documented, with threads standing in for a cluster."""
+"""The examples in examples/ run as documented.
+
+The Dask example runs on a real ``LocalCluster`` here; the Spark example runs in
+``test_spark.py``, on that module's SparkSession (one JVM start for all Spark tests).
+"""
 
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import anyio.to_thread
 import pytest
 
 import pybatchintory.sync
 
-from examples import dask_driver, recursion, spark_driver
+from examples import dask_driver, recursion
 from tests.helpers import create_meta_table, fetch_all
 
 ROWS = 6000
@@ -43,40 +45,6 @@ def _assert_exact_cover(ranges: list[tuple[int, int, int]], first: int, last: in
     assert ranges[-1][1] == last
     for (_, end, _), (start, _, _) in itertools.pairwise(ranges):
         assert start == end + 1, "ranges overlap or leave a gap"
-
-
-async def test_spark_driver_from_four_threads(sync_env: str) -> None:
-    await create_meta_table(sync_env, rows=ROWS)
-
-    def drive() -> list[dict[str, int]]:
-        with ThreadPoolExecutor(max_workers=2) as cluster:
-            return spark_driver.run_driver(
-                "spark_example",
-                weight=20_000,
-                submit=lambda func, rows: cluster.submit(func, rows).result(),
-            )
-
-    results: list[list[dict[str, int]]] = []
-    lock = threading.Lock()
-
-    def driver_thread() -> None:
-        out = drive()
-        with lock:
-            results.append(out)
-
-    def run_all() -> None:
-        threads = [threading.Thread(target=driver_thread) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-
-    await anyio.to_thread.run_sync(run_all)
-    processed = sum(r["rows"] for out in results for r in out)
-    assert processed == ROWS
-    ranges = await _succeeded_ranges(sync_env, "spark_example")
-    _assert_exact_cover(ranges, 1, ROWS)
-    assert all(r["bytes"] <= 20_000 for out in results for r in out)
 
 
 async def test_seed_spelling_and_process(sync_env: str) -> None:
@@ -113,10 +81,13 @@ async def test_seed_spelling_and_process(sync_env: str) -> None:
     assert rows[-1]["error_type"] == "RuntimeError"
 
 
-async def test_dask_driver_waves(db_url: str) -> None:
+@pytest.mark.dask
+@pytest.mark.slow
+async def test_dask_driver_on_a_local_cluster(db_url: str) -> None:
+    pytest.importorskip("distributed")
     await create_meta_table(db_url, rows=ROWS)
     csv = await anyio.to_thread.run_sync(
-        lambda: dask_driver.run_driver(db_url, "dask_example", wave=4, max_count=500)
+        lambda: dask_driver.run_driver(db_url, "dask_example", workers=2, max_count=500)
     )
     pybatchintory.sync.shutdown()
     assert csv == ROWS // 2
