@@ -184,6 +184,25 @@ class Inventory(Settling, Operations):
                 self._store = store
         return self
 
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        """Bring the inventory's schema up to date (``pybatchintory migrate``).
+
+        Works on a schema too old to ``open()``. Returns the SQL statements applied (or,
+        with ``dry_run``, that would be), in order: none when the schema is current.
+
+        Raises:
+            SchemaMismatch: The schema is newer than this pybatchintory.
+        """
+        if self._closed:
+            raise RuntimeError("this Inventory was closed")
+        if self._engine is None:
+            self._engine = self._adapter.create_engine(self._full_url)
+        store = self._adapter.create_store(self._engine, table_prefix=self.table_prefix)
+        try:
+            return await store.migrate(dry_run=dry_run)
+        finally:
+            await store.aclose()
+
     async def __aenter__(self) -> Inventory:
         return await self.open()
 

@@ -303,6 +303,10 @@ class InventoryStore(Protocol):
         """Smallest ``meta_id_start`` of a running or retry-pending range of ``job``."""
         ...
 
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        """Bring the ledger's schema up to date; return its statements (run or, dry, not)."""
+        ...
+
     async def aclose(self) -> None:
         """Release the store's own resources (never an engine it was handed)."""
         ...

@@ -28,7 +28,7 @@ from sqlalchemy.util import greenlet_spawn
 from pybatchintory.errors import StoreConflict, StoreError, StoreUnavailable
 from pybatchintory.models import Attempt, ErrorGroup, JobSpec, LeaseGrant, Settlement, Status
 from pybatchintory.protocols import JobRecord, Planner
-from pybatchintory_adapters._sqlalchemy import controls, jobs, queries
+from pybatchintory_adapters._sqlalchemy import controls, jobs, migrations, queries
 from pybatchintory_adapters._sqlalchemy.capabilities import Capabilities
 from pybatchintory_adapters._sqlalchemy.direct import (
     DirectConnection,
@@ -39,8 +39,7 @@ from pybatchintory_adapters._sqlalchemy.direct import (
 from pybatchintory_adapters._sqlalchemy.leasing import Acquisition, renewal, settling
 from pybatchintory_adapters._sqlalchemy.pooling import mark_committed
 from pybatchintory_adapters._sqlalchemy.statements import Statements
-from pybatchintory_adapters._sqlalchemy.tables import SCHEMA_VERSION, Tables
-from pybatchintory_adapters._sqlalchemy.types import db_now
+from pybatchintory_adapters._sqlalchemy.tables import Tables
 
 __all__ = ("SQLAlchemyStore",)
 
@@ -208,22 +207,18 @@ class SQLAlchemyStore:
     # -- schema and jobs ------------------------------------------------------------------
 
     async def setup(self) -> None:
-        """Create the tables and indexes if missing; safe when several processes race."""
+        """Create the tables and indexes if missing; safe when several processes race.
+
+        Raises:
+            SchemaMismatch: An existing inventory's schema is older or newer than the code.
+        """
         if self._ready:
             return
         t = self.tables
 
-        async def create(conn: AsyncConnection) -> None:
-            await conn.run_sync(t.metadata.create_all, checkfirst=True)
-            present = (await conn.execute(sa.select(sa.func.max(t.schema.c.version)))).scalar()
-            if present is None:
-                await conn.execute(
-                    sa.insert(t.schema).values(version=SCHEMA_VERSION, applied_at=db_now())
-                )
-
         for attempt in range(5):
             try:
-                await self._transact(create)
+                await self._transact(lambda conn: migrations.prepare(conn, t))
                 break
             except StoreError:
                 # Another process created the same tables between our check and our create.
@@ -231,6 +226,12 @@ class SQLAlchemyStore:
                     raise
                 await anyio.sleep(0.05 * (attempt + 1))
         self._ready = True
+
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        """Bring the schema up to date (see ``migrations``); return the SQL, in order."""
+        return await migrations.migrate(
+            self._transact, self._read, self.tables, self.engine.dialect, dry_run=dry_run
+        )
 
     async def ensure_job(self, spec: JobSpec) -> JobRecord:
         """Record a new job, or raise ``JobConflict`` if ``spec`` disagrees with the record."""
