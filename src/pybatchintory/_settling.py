@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from pybatchintory import telemetry
 from pybatchintory._failure import describe_failure
 from pybatchintory._lease import Batch
 from pybatchintory._planning import backoff_delay
@@ -101,7 +102,7 @@ class Settling:
 
     async def _write_settle(self, batch: Batch, settlement: Settlement) -> None:
         try:
-            await self._settle_while_leased(batch, settlement)
+            await telemetry.traced_settle(batch, settlement, self._settle_while_leased)
         except LeaseLost:
             batch._status = None
             batch._lost = True
@@ -166,7 +167,9 @@ class Settling:
                 continue
             started = time.monotonic()
             try:
-                lost = await self.store.heartbeat(self.owner, self.lease_ttl, tokens)
+                lost = await telemetry.traced_heartbeat(
+                    self.owner, tokens, self.store.heartbeat(self.owner, self.lease_ttl, tokens)
+                )
             except StoreError as exc:
                 log.warning("heartbeat failed, retrying in %.1fs: %s", interval, exc)
                 continue
@@ -177,5 +180,5 @@ class Settling:
             for token in lost:
                 batch = self._held.pop(token, None)
                 if batch is not None:
-                    log.warning("lease lost: %r", batch)
+                    telemetry.lost(batch)
                     batch._on_lost()

@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pybatchintory import telemetry
 from pybatchintory._lease import Batch, LeaseContext
 from pybatchintory._operations import Operations
 from pybatchintory._registry import adapter_for
@@ -276,22 +277,25 @@ class Inventory(Settling, Operations):
             id_start=id_start,
             id_end=id_end,
         )
-        grants = await self._lease(
-            self.store.acquire(
-                job,
-                owner=self.owner,
-                ttl=self.lease_ttl,
-                max_attempts=self.max_attempts,
-                n=n,
-                planner=self._planner(job, bound, limits, id_end),
-                config={
-                    "max_count": limits.max_count,
-                    "max_weight": limits.max_weight,
-                    "lease_ttl": self.lease_ttl,
-                    "max_attempts": self.max_attempts,
-                    "code_version": self.code_version,
-                },
-            )
+        grants = await telemetry.traced_acquire(
+            job,
+            self._lease(
+                self.store.acquire(
+                    job,
+                    owner=self.owner,
+                    ttl=self.lease_ttl,
+                    max_attempts=self.max_attempts,
+                    n=n,
+                    planner=self._planner(job, bound, limits, id_end),
+                    config={
+                        "max_count": limits.max_count,
+                        "max_weight": limits.max_weight,
+                        "lease_ttl": self.lease_ttl,
+                        "max_attempts": self.max_attempts,
+                        "code_version": self.code_version,
+                    },
+                )
+            ),
         )
         batches = [Batch(self, grant, bound, timeout=timeout) for grant in grants]
         for batch in batches:

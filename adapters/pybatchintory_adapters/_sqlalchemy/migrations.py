@@ -32,6 +32,7 @@ __all__ = ("MIGRATIONS", "Migration", "check", "migrate", "prepare", "read_versi
 
 T = TypeVar("T")
 
+Statement = ExecutableDDLElement | sa.Insert
 Steps = Callable[[Tables], Sequence[ExecutableDDLElement]]
 Transact = Callable[[Callable[[AsyncConnection], Awaitable[Any]]], Awaitable[Any]]
 Read = Callable[[Callable[[AsyncConnection], Awaitable[T]]], Awaitable[T]]
@@ -126,8 +127,8 @@ async def prepare(conn: AsyncConnection, t: Tables) -> None:
     await conn.execute(_record(t, SCHEMA_VERSION))
 
 
-def _fresh(t: Tables) -> list[sa.Executable]:
-    statements: list[sa.Executable] = []
+def _fresh(t: Tables) -> list[Statement]:
+    statements: list[Statement] = []
     for table in t.metadata.sorted_tables:
         statements.append(CreateTable(table))
         statements.extend(CreateIndex(index) for index in table.indexes)
@@ -135,7 +136,7 @@ def _fresh(t: Tables) -> list[sa.Executable]:
     return statements
 
 
-def _sql(statement: sa.Executable, dialect: Dialect) -> str:
+def _sql(statement: Statement, dialect: Dialect) -> str:
     compiled = statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
     return str(compiled).strip() + ";"
 
@@ -152,7 +153,7 @@ async def migrate(
     """
     version = await read(lambda conn: read_version(conn, t))
     if version is None:
-        plan: list[tuple[int, list[sa.Executable]]] = [(SCHEMA_VERSION, _fresh(t))]
+        plan: list[tuple[int, list[Statement]]] = [(SCHEMA_VERSION, _fresh(t))]
     elif version > SCHEMA_VERSION:
         check(version)
         plan = []
@@ -167,7 +168,9 @@ async def migrate(
         return shown
     for _, statements in plan:
 
-        async def apply(conn: AsyncConnection, statements: list[sa.Executable] = statements) -> None:
+        async def apply(
+            conn: AsyncConnection, statements: list[Statement] = statements
+        ) -> None:
             for statement in statements:
                 await conn.execute(statement)
 
