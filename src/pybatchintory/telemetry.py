@@ -245,9 +245,7 @@ def settling(batch: _Leased, status: str) -> Iterator[None]:
                 log.warning("settle of %s attempt %d failed: %s", batch.job, batch.attempt, exc)
                 raise
         _ended(batch, status)
-        level = logging.WARNING if status == "failed" else logging.INFO
-        log.log(
-            level,
+        log.info(
             "%s %s attempt %d [%d, %d]",
             status,
             batch.job,
