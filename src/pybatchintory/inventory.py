@@ -181,7 +181,15 @@ class Inventory(Settling, Operations):
                 if self._engine is None:
                     self._engine = self._adapter.create_engine(self._full_url)
                 store = self._adapter.create_store(self._engine, table_prefix=self.table_prefix)
-                await store.setup()
+                try:
+                    await store.setup()
+                except BaseException:
+                    # Not open, so aclose() may never come: give the connections back now.
+                    if self._given_engine is None:
+                        with anyio.CancelScope(shield=True):
+                            await self._engine.dispose()
+                        self._engine = None
+                    raise
                 self._store = store
         return self
 
@@ -196,13 +204,14 @@ class Inventory(Settling, Operations):
         """
         if self._closed:
             raise RuntimeError("this Inventory was closed")
-        if self._engine is None:
-            self._engine = self._adapter.create_engine(self._full_url)
-        store = self._adapter.create_store(self._engine, table_prefix=self.table_prefix)
+        engine = self._engine or self._adapter.create_engine(self._full_url)
+        store = self._adapter.create_store(engine, table_prefix=self.table_prefix)
         try:
             return await store.migrate(dry_run=dry_run)
         finally:
             await store.aclose()
+            if engine is not self._engine:
+                await engine.dispose()
 
     async def __aenter__(self) -> Inventory:
         return await self.open()
