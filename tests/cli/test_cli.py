@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import pybatchintory as pbi
 
 from tests.helpers import create_meta_table, fetch_all
@@ -25,9 +23,7 @@ class Bad(ValueError):
 def run(
     tmp_path: Path, url: str, *args: str, stdin: str = "", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    environment = {
-        k: v for k, v in os.environ.items() if not k.startswith("PYBATCHINTORY_")
-    }
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PYBATCHINTORY_")}
     environment.update({"PYBATCHINTORY_INVENTORY_URL": url, "COLUMNS": "120"}, **(env or {}))
     return subprocess.run(
         [str(SCRIPT), *args],

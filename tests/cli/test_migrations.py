@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -56,7 +56,9 @@ async def _set_version(url: str, version: int) -> None:
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(sa.text(f"INSERT INTO inventory_schema (version) VALUES ({version})"))
+            await conn.execute(
+                sa.text(f"INSERT INTO inventory_schema (version) VALUES ({version})")
+            )
     finally:
         await engine.dispose()
 
@@ -80,7 +82,7 @@ async def test_a_version_1_ledger_is_migrated_with_its_rows(
     jobs_before = await fetch_all(db_url, "SELECT * FROM inventory_jobs ORDER BY name")
     assert len(before) == 3 and NEW_INDEX not in await _indexes(db_url)
 
-    with pytest.raises(pbi.SchemaMismatch, match="version 1.*pybatchintory migrate"):
+    with pytest.raises(pbi.SchemaMismatch, match=r"version 1.*pybatchintory migrate"):
         async with pbi.Inventory(db_url):
             pass
     dry = await pbi.Inventory(db_url).migrate(dry_run=True)
@@ -89,11 +91,17 @@ async def test_a_version_1_ledger_is_migrated_with_its_rows(
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYBATCHINTORY_")}
     env["PYBATCHINTORY_INVENTORY_URL"] = db_url
-    result = subprocess.run(
-        [str(SCRIPT), "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    process = await asyncio.create_subprocess_exec(
+        str(SCRIPT),
+        "migrate",
+        env=env,
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    assert result.returncode == 0, result.stderr
-    assert NEW_INDEX in result.stdout and "applied 2 statement(s)" in result.stdout
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert NEW_INDEX in out.decode() and "applied 2 statement(s)" in out.decode()
 
     assert NEW_INDEX in await _indexes(db_url)
     assert await fetch_all(db_url, select) == before
@@ -107,7 +115,7 @@ async def test_a_version_1_ledger_is_migrated_with_its_rows(
             assert (batch.meta_id_start, batch.attempt) == (41, 1)
 
     await _set_version(db_url, SCHEMA_VERSION + 1)
-    with pytest.raises(pbi.SchemaMismatch, match="newer.*upgrade pybatchintory"):
+    with pytest.raises(pbi.SchemaMismatch, match=r"newer.*upgrade pybatchintory"):
         async with pbi.Inventory(db_url):
             pass
     with pytest.raises(pbi.SchemaMismatch, match="newer"):
