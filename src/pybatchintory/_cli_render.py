@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -166,8 +167,10 @@ def planned_doc(p: PlannedRange) -> dict[str, Any]:
     }
 
 
-def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+def _when(value: datetime | None, *, short: bool = False) -> str:
+    if value is None:
+        return "-"
+    return value.strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S")
 
 
 def _eta(value: timedelta | None) -> str:
@@ -183,41 +186,55 @@ def _eta(value: timedelta | None) -> str:
 def render_status(
     console: Console, rows: Sequence[tuple[JobStatus, Backlog | None, str | None]]
 ) -> None:
-    """The jobs table: cursor, window with a completion bar, backlog and ETA."""
-    table = Table(title="jobs", title_justify="left")
-    for column in ("job", "source", "cursor", "window", "done", "backlog", "running", "retry"):
-        table.add_column(column, justify="right" if column not in ("job", "source") else "left")
+    """The jobs table: cursor, a completion bar per windowed job, backlog and ETA."""
+    table = Table(title="jobs", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table.add_column("job", no_wrap=True)
+    table.add_column("source")
+    table.add_column("cursor", justify="right")
+    table.add_column("window")
+    table.add_column("done", no_wrap=True)
+    table.add_column("backlog", justify="right")
+    table.add_column("running", justify="right")
+    table.add_column("retry", justify="right")
     table.add_column("dead", justify="right")
     table.add_column("ETA", justify="right")
     table.add_column("last success")
+    problems: list[str] = []
     for s, b, problem in rows:
         share = progress(s)
-        bar: Any = "incremental"
+        done: Any = "-"  # incremental: no end to measure against
         if share is not None:
-            bar = Table.grid(padding=(0, 1))
-            bar.add_row(ProgressBar(total=1.0, completed=share, width=16), f"{share:.0%}")
-        window = "-" if s.id_start is None and s.id_end is None else f"{s.id_start}..{s.id_end}"
+            done = Table.grid(padding=(0, 1))
+            done.add_row(
+                ProgressBar(total=1.0, completed=share, width=8),
+                f"{share:>4.0%}",
+            )
+        dead = s.counts.get("dead", 0)
+        if problem:
+            problems.append(f"{s.job}: {problem}")
         table.add_row(
             s.job,
             s.meta_table,
             "-" if s.cursor is None else str(s.cursor),
-            window,
-            bar,
+            "-" if s.id_start is None and s.id_end is None else f"{s.id_start}..{s.id_end}",
+            done,
             "?" if b is None else f"{b.count:,}",
             str(s.counts.get("running", 0)),
             str(s.counts.get("retry", 0)),
-            Text(str(s.counts.get("dead", 0)), style="red" if s.counts.get("dead") else ""),
-            problem or ("?" if b is None else _eta(b.eta)),
-            _when(s.last_success),
+            Text(str(dead), style="red" if dead else ""),
+            "?" if b is None else _eta(b.eta),
+            _when(s.last_success, short=True),
         )
     console.print(table)
+    for line in problems:
+        console.print(Text(line, style="yellow"))
 
 
 def render_attempts(console: Console, title: str, attempts: Sequence[Attempt]) -> None:
     """Attempts as a table, newest first."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("id", "range", "count", "weight", "attempt", "status", "started", "owner"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "range")
     table.add_column("error")
     for a in attempts:
         table.add_row(
@@ -227,7 +244,7 @@ def render_attempts(console: Console, title: str, attempts: Sequence[Attempt]) -
             f"{number(a.weight):,}",
             str(a.attempt),
             Text(a.status.value + (" (dead)" if a.dead else ""), style=_STYLE[a.status.value]),
-            _when(a.processing_start),
+            _when(a.processing_start, short=True),
             a.owner or "-",
             a.error_type or "",
         )

@@ -16,6 +16,7 @@ Exit codes: 0 ok, 1 error (one line on stderr, never a traceback, never a URL), 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
@@ -152,7 +153,9 @@ def _echo_json(document: Any) -> None:
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    # Piped into a file or a pager, rich would assume 80 columns; COLUMNS still wins.
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(highlight=False, width=120 if wide else None)
 
 
 async def _record(inv: Inventory, job: str) -> JobRecord:
