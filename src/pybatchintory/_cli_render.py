@@ -187,18 +187,25 @@ def render_status(
     console: Console, rows: Sequence[tuple[JobStatus, Backlog | None, str | None]]
 ) -> None:
     """The jobs table: cursor, a completion bar per windowed job, backlog and ETA."""
-    table = Table(title="jobs", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table = Table(
+        title="jobs",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        collapse_padding=True,
+        pad_edge=False,
+    )
     table.add_column("job", no_wrap=True)
     table.add_column("source")
     table.add_column("cursor", justify="right")
     table.add_column("window")
     table.add_column("done", no_wrap=True)
     table.add_column("backlog", justify="right")
-    table.add_column("running", justify="right")
+    table.add_column("run", justify="right")
     table.add_column("retry", justify="right")
     table.add_column("dead", justify="right")
     table.add_column("ETA", justify="right")
-    table.add_column("last success")
+    table.add_column("last ok")
     problems: list[str] = []
     for s, b, problem in rows:
         share = progress(s)
@@ -232,7 +239,13 @@ def render_status(
 
 def render_attempts(console: Console, title: str, attempts: Sequence[Attempt]) -> None:
     """Attempts as a table, newest first."""
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        collapse_padding=True,
+        pad_edge=False,
+    )
     for column in ("id", "range", "count", "weight", "attempt", "status", "started", "owner"):
         table.add_column(column, no_wrap=column == "range")
     table.add_column("error")
@@ -293,9 +306,12 @@ def render_errors(
         console.print(f"attempts: {', '.join(str(i) for i in g.attempt_ids)}")
         text = tracebacks.get(g.attempt_ids[0]) if g.attempt_ids else None
         if text:
-            lines = text.rstrip().splitlines()
-            shown = lines[:6]
-            for line in shown:
+            for line in _excerpt(text.rstrip().splitlines()):
                 console.print(Text("  " + line, style="dim"))
-            if len(lines) > len(shown):
-                console.print(Text(f"  ... {len(lines) - len(shown)} more lines", style="dim"))
+
+
+def _excerpt(lines: list[str], head: int = 3, tail: int = 4) -> list[str]:
+    """The first lines of a traceback and its last ones (where it was raised, and what)."""
+    if len(lines) <= head + tail + 1:
+        return lines
+    return [*lines[:head], f"  ... {len(lines) - head - tail} lines ...", *lines[-tail:]]
