@@ -65,6 +65,8 @@ class _Leased(Protocol):
     def count(self) -> int: ...
     @property
     def weight(self) -> Any: ...
+    @property
+    def token(self) -> str: ...
 
 
 _current: contextvars.ContextVar[_Leased | None] = contextvars.ContextVar(
@@ -124,7 +126,8 @@ class _Instruments:
 
 
 _instruments: _Instruments | None = None
-_started: OrderedDict[int, float] = OrderedDict()
+_started: OrderedDict[str, float] = OrderedDict()
+"""When each lease still held was granted (monotonic), by token; the oldest go first."""
 
 
 def configure(
@@ -193,7 +196,7 @@ def acquiring_span(job: str) -> Iterator[Callable[[Collection[_Leased]], None]]:
                 instruments.rows.add(sum(b.count for b in leased), {"job": job})
                 instruments.weight.add(float(sum(b.weight for b in leased)), {"job": job})
     for batch in leased:
-        _started[batch.id] = now
+        _started[batch.token] = now
         log.info(
             "leased %s attempt %d [%d, %d]: %d rows",
             batch.job,
@@ -208,7 +211,7 @@ def acquiring_span(job: str) -> Iterator[Callable[[Collection[_Leased]], None]]:
 
 
 def _ended(batch: _Leased, outcome: str) -> None:
-    started = _started.pop(batch.id, None)
+    started = _started.pop(batch.token, None)
     instruments = _get()
     if instruments is None:
         return
