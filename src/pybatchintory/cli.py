@@ -203,6 +203,15 @@ def _new_source(settings: Settings) -> MetadataSource | None:
     )
 
 
+def _creatable(job: str, record: JobRecord | None, source: MetadataSource | None) -> None:
+    """A write on a job that is not recorded needs the settings' table to create it."""
+    if record is None and source is None:
+        raise UnknownJob(
+            f"job {job!r} is not recorded in the inventory; set PYBATCHINTORY_META_TABLE "
+            "to create it"
+        )
+
+
 def _confirm(question: str, yes: bool) -> None:
     if not yes:
         typer.confirm(question, abort=True, err=True)
@@ -439,9 +448,22 @@ def retry(
         if fingerprint is not None:
             dead = [a for a in dead if a.fingerprint and a.fingerprint.startswith(fingerprint)]
         if batch_id:
-            dead = [a for a in dead if a.id in set(batch_id)]
+            # An attempt id names its range: any attempt of a dead range revives it.
+            named = {
+                (a.meta_id_start, a.meta_id_end)
+                for a in await inv.batches(job, limit=10_000)
+                if a.id in set(batch_id)
+            }
+            dead = [a for a in dead if (a.meta_id_start, a.meta_id_end) in named]
+        if not dead:
+            if json:
+                _echo_json({"job": job, "revived": 0})
+            else:
+                typer.echo(f"no dead ranges of job {job} match: nothing to revive")
+            return
         shown = ", ".join(f"[{a.meta_id_start}, {a.meta_id_end}]" for a in dead[:10])
-        _confirm(f"revive {len(dead)} dead range(s) of job {job} ({shown or 'none'})?", yes)
+        more = f" and {len(dead) - 10} more" if len(dead) > 10 else ""
+        _confirm(f"revive {len(dead)} dead range(s) of job {job} ({shown}{more})?", yes)
         prints = fingerprint
         if fingerprint is not None and len(fingerprint) < 64:
             full = {a.fingerprint for a in dead}
@@ -471,6 +493,7 @@ def set_cursor(
         record = await inv.store.get_job(job)
         before = None if record is None else record.cursor
         source = _new_source(settings) if record is None else None
+        _creatable(job, record, source)
         _confirm(f"move the cursor of job {job} from {before} to {meta_id}?", yes)
         await inv.set_cursor(job, meta_id, source=source)
         if json:
@@ -495,9 +518,8 @@ def mark_done(
         await inv.open()
         record = await inv.store.get_job(job)
         before = None if record is None else record.cursor
-        source = _new_source(settings) if record is None else None
-        if record is not None:
-            source = _source(settings, record)
+        source = _new_source(settings) if record is None else _source(settings, record)
+        _creatable(job, record, source)
         _confirm(f"record [{start}, {end}] of job {job} as done?", yes)
         attempt_id = await inv.mark_done(job, start, end, source=source)
         after = await _record(inv, job)

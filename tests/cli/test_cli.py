@@ -91,10 +91,10 @@ async def test_every_command_on_a_real_ledger(backend: str, db_url: str, tmp_pat
     # A write without --yes and with nobody to answer changes nothing.
     refused = run(tmp_path, db_url, "retry", "parse")
     assert refused.returncode == 1 and "nothing changed" in refused.stderr
-    assert ok(run(tmp_path, db_url, "retry", "parse", "--yes", "--json")) == {
-        "job": "parse",
-        "revived": 1,
-    }
+    revive = ("retry", "parse", "--batch-id", str(group["attempt_ids"][0]), "--yes", "--json")
+    assert ok(run(tmp_path, db_url, *revive)) == {"job": "parse", "revived": 1}
+    again = run(tmp_path, db_url, "retry", "parse", "--fingerprint", group["fingerprint"][:12])
+    assert again.returncode == 0 and "nothing to revive" in again.stdout  # no prompt
     planned = ok(run(tmp_path, db_url, "plan", "parse", "--max-count", "10", "-n", "2", "--json"))
     assert planned == [
         {
@@ -121,6 +121,17 @@ async def test_every_command_on_a_real_ledger(backend: str, db_url: str, tmp_pat
     )
     assert rows == [{"status": "succeeded", "count": 20}]
 
+    created = run(
+        tmp_path,
+        db_url,
+        "set-cursor",
+        "late",
+        "60",
+        "--yes",
+        "--json",
+        env={"PYBATCHINTORY_META_TABLE": "files", "PYBATCHINTORY_META_WEIGHT": "size_in_bytes"},
+    )
+    assert ok(created) == {"job": "late", "cursor_before": None, "cursor": 60}
     unknown = one_line_error(run(tmp_path, db_url, "backlog", "nosuchjob"), db_url)
     assert "nosuchjob" in unknown
     assert run(tmp_path, db_url, "batches").returncode == 2  # usage
