@@ -125,7 +125,8 @@ class _Instruments:
         self.weight = meter.create_counter("pybatchintory.weight", description="Weight handed out")
 
 
-_instruments: _Instruments | None = None
+_configured: _Instruments | None = None
+_global: _Instruments | None = None
 _started: OrderedDict[str, float] = OrderedDict()
 """When each lease still held was granted (monotonic), by token; the oldest go first."""
 
@@ -133,24 +134,41 @@ _started: OrderedDict[str, float] = OrderedDict()
 def configure(
     tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None
 ) -> None:
-    """Report to these providers instead of OpenTelemetry's global ones.
+    """Report to these providers; with neither, to OpenTelemetry's global ones (the default).
 
     Raises:
         ImportError: ``opentelemetry-api`` is not installed (``pip install 'pybatchintory[otel]'``).
     """
-    global _instruments
+    global _configured
     if not AVAILABLE:
         raise ImportError(
             "telemetry needs opentelemetry-api. Install it with: pip install 'pybatchintory[otel]'"
         )
-    _instruments = _Instruments(tracer_provider, meter_provider)
+    if tracer_provider is None and meter_provider is None:
+        _configured = None
+    else:
+        _configured = _Instruments(tracer_provider, meter_provider)
+
+
+def _unset(tracer: object, meter: object) -> bool:
+    """Neither global provider was set: every span and measurement would be dropped."""
+    # The API's default meter provider is a private proxy class; its name is the stable part.
+    return isinstance(tracer, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)) and (
+        isinstance(meter, metrics.NoOpMeterProvider)
+        or type(meter).__name__ == "_ProxyMeterProvider"
+    )
 
 
 def _get() -> _Instruments | None:
-    global _instruments
-    if _instruments is None and AVAILABLE:
-        _instruments = _Instruments(None, None)
-    return _instruments
+    """The instruments to report to, or ``None`` when nobody listens (the hot path skips)."""
+    global _global
+    if _configured is not None:
+        return _configured
+    if not AVAILABLE or _unset(trace.get_tracer_provider(), metrics.get_meter_provider()):
+        return None
+    if _global is None:
+        _global = _Instruments(None, None)
+    return _global
 
 
 @contextmanager
@@ -195,17 +213,19 @@ def acquiring_span(job: str) -> Iterator[Callable[[Collection[_Leased]], None]]:
                 instruments.batches.add(len(leased), {"job": job})
                 instruments.rows.add(sum(b.count for b in leased), {"job": job})
                 instruments.weight.add(float(sum(b.weight for b in leased)), {"job": job})
+    verbose = log.isEnabledFor(logging.INFO)
     for batch in leased:
         _started[batch.token] = now
-        log.info(
-            "leased %s attempt %d [%d, %d]: %d rows",
-            batch.job,
-            batch.attempt,
-            batch.meta_id_start,
-            batch.meta_id_end,
-            batch.count,
-            extra=_fields(batch),
-        )
+        if verbose:
+            log.info(
+                "leased %s attempt %d [%d, %d]: %d rows",
+                batch.job,
+                batch.attempt,
+                batch.meta_id_start,
+                batch.meta_id_end,
+                batch.count,
+                extra=_fields(batch),
+            )
     while len(_started) > _STARTS_KEPT:
         _started.popitem(last=False)
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -102,3 +105,36 @@ async def test_spans_metrics_and_log_fields(
         assert isinstance(record.__dict__["attempt"], int)
         assert record.__dict__["meta_id_start"] <= record.__dict__["meta_id_end"]
     assert any("failed daily attempt 1 [11, 20]" in r.getMessage() for r in records)
+
+
+def test_without_opentelemetry_leasing_works_and_reports_nothing(tmp_path: Any) -> None:
+    script = f"""
+import asyncio, sys
+sys.modules["opentelemetry"] = None  # as if the [otel] extra were not installed
+import pybatchintory as pbi
+from pybatchintory import telemetry
+from tests.helpers import create_meta_table
+
+async def main():
+    url = "sqlite+aiosqlite:///{tmp_path / "inv.db"}"
+    await create_meta_table(url, rows=10)
+    async with pbi.Inventory(url) as inv:
+        async with inv.lease("daily", "files", max_count=5) as batch:
+            pass
+    print(telemetry.AVAILABLE, batch.meta_id_end)
+    try:
+        telemetry.configure()
+    except ImportError as exc:
+        print("pybatchintory[otel]" in str(exc))
+
+asyncio.run(main())
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parents[2],
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "5", "True"]
