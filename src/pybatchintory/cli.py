@@ -15,36 +15,38 @@ Exit codes: 0 ok, 1 error (one line on stderr, never a traceback, never a URL), 
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 try:
     import typer
-    from rich.console import Console
 except ImportError as exc:  # pragma: no cover - the [cli] extra is not installed
     raise SystemExit(
         f"the pybatchintory command needs typer and rich ({exc.name} is missing). "
         "Install them with: pip install 'pybatchintory[cli]'"
     ) from None
 
-import sqlalchemy as sa
-from pydantic import SecretStr, ValidationError
-
 from pybatchintory import _cli_render as render
+from pybatchintory._cli_support import (
+    CommandError,
+    JobArg,
+    Json,
+    Yes,
+    confirm,
+    console,
+    creatable,
+    echo_json,
+    new_source,
+    record_of,
+    run,
+    source_of,
+    state,
+)
 from pybatchintory.errors import InvalidArgument, PybatchintoryError, UnknownJob
 from pybatchintory.inventory import Inventory
 from pybatchintory.models import Backlog, JobStatus
-from pybatchintory.protocols import JobRecord, MetadataSource
-from pybatchintory.recursion import InventorySource
 from pybatchintory.settings import Settings
-from pybatchintory.sources import MetaTable
 
 __all__ = ("app", "main")
-
-T = TypeVar("T")
 
 app = typer.Typer(
     name="pybatchintory",
@@ -53,21 +55,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-JobArg = Annotated[str, typer.Argument(help="The job's name.")]
-
-
-class CommandError(Exception):
-    """A problem to report in one line (exit code 1)."""
-
-
-class _State:
-    url: str | None = None
-
-
-_state = _State()
 
 
 @app.callback()
@@ -81,140 +68,7 @@ def _options(
         ),
     ] = None,
 ) -> None:
-    _state.url = url
-
-
-def _settings() -> Settings:
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise CommandError(f"invalid PYBATCHINTORY_* settings: {problems}") from None
-    if _state.url:
-        settings = settings.model_copy(update={"inventory_url": SecretStr(_state.url)})
-    return settings
-
-
-def _secrets(settings: Settings) -> list[str]:
-    """Strings that must never reach the terminal: URLs and their passwords."""
-    out: list[str] = []
-    for secret in (settings.inventory_url, settings.meta_url):
-        if secret is None:
-            continue
-        value = secret.get_secret_value()
-        out.append(value)
-        try:
-            password = sa.engine.make_url(value).password
-        except Exception:  # not a URL: the whole value is hidden above
-            password = None
-        if password:
-            out.append(str(password))
-    return sorted(out, key=len, reverse=True)
-
-
-def _fail(message: str, secrets: list[str]) -> typer.Exit:
-    for secret in secrets:
-        message = message.replace(secret, "***")
-    first = message.strip().splitlines()[0] if message.strip() else "failed"
-    typer.echo(f"error: {first}", err=True)
-    return typer.Exit(1)
-
-
-def _run(work: Callable[[Inventory, Settings], Coroutine[Any, Any, T]]) -> T:
-    """Run ``work`` on an open-able ``Inventory``; any failure is one line and exit code 1."""
-    secrets: list[str] = []
-    try:
-        settings = _settings()
-        secrets = _secrets(settings)
-
-        async def main() -> T:
-            inventory = Inventory.from_settings(settings)
-            try:
-                return await work(inventory, settings)
-            finally:
-                await inventory.aclose()
-
-        return asyncio.run(main())
-    except typer.Exit:
-        raise
-    except typer.Abort:
-        typer.echo("aborted: nothing changed", err=True)
-        raise typer.Exit(1) from None
-    except (CommandError, PybatchintoryError) as exc:
-        raise _fail(str(exc), secrets) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted", secrets) from None
-    except Exception as exc:  # a driver or network failure: one line, never a traceback
-        raise _fail(f"{type(exc).__name__}: {exc}", secrets) from None
-
-
-def _echo_json(document: Any) -> None:
-    typer.echo(render.dump(document))
-
-
-def _console() -> Console:
-    # Piped into a file or a pager, rich would assume 80 columns; COLUMNS still wins.
-    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
-    return Console(highlight=False, width=120 if wide else None)
-
-
-async def _record(inv: Inventory, job: str) -> JobRecord:
-    await inv.open()
-    record = await inv.store.get_job(job)
-    if record is None:
-        raise UnknownJob(f"job {job!r} is not recorded in the inventory")
-    return record
-
-
-def _source(settings: Settings, record: JobRecord) -> MetadataSource:
-    """The job's source, rebuilt from what the jobs table recorded."""
-    described = dict(record.source)
-    if described.get("kind") == "inventory":
-        return InventorySource(described["job"])
-    if described.get("kind") != "meta_table":
-        raise CommandError(f"job {record.name!r} has a source this command cannot rebuild")
-    url = None
-    if described.get("database") != "inventory":
-        if settings.meta_url is None:
-            raise CommandError(
-                f"job {record.name!r} reads a separate metadata database: "
-                "set PYBATCHINTORY_META_URL to reach it"
-            )
-        url = settings.meta_url.get_secret_value()
-    where = described.get("filter")
-    return MetaTable(
-        described["table"],
-        id=described["id"],
-        weight=described.get("weight"),
-        where=None if where is None else sa.text(where),
-        url=url,
-    )
-
-
-def _new_source(settings: Settings) -> MetadataSource | None:
-    """The settings' table, for a job that is not recorded yet (``None`` if unset)."""
-    if settings.meta_table is None:
-        return None
-    return MetaTable(
-        settings.meta_table,
-        id=settings.meta_id,
-        weight=settings.meta_weight,
-        url=None if settings.meta_url is None else settings.meta_url.get_secret_value(),
-    )
-
-
-def _creatable(job: str, record: JobRecord | None, source: MetadataSource | None) -> None:
-    """A write on a job that is not recorded needs the settings' table to create it."""
-    if record is None and source is None:
-        raise UnknownJob(
-            f"job {job!r} is not recorded in the inventory; set PYBATCHINTORY_META_TABLE "
-            "to create it"
-        )
-
-
-def _confirm(question: str, yes: bool) -> None:
-    if not yes:
-        typer.confirm(question, abort=True, err=True)
+    state.url = url
 
 
 # -- reads ----------------------------------------------------------------------------------
@@ -228,18 +82,18 @@ def status(json: Json = False) -> None:
         rows: list[tuple[JobStatus, Backlog | None, str | None]] = []
         for s in await inv.status():
             try:
-                record = await _record(inv, s.job)
-                rows.append((s, await inv.backlog(s.job, _source(settings, record)), None))
+                record = await record_of(inv, s.job)
+                rows.append((s, await inv.backlog(s.job, source_of(settings, record)), None))
             except (CommandError, PybatchintoryError) as exc:
                 rows.append((s, None, f"backlog unknown: {exc}"))
         if json:
-            _echo_json([render.status_doc(s, b) for s, b, _ in rows])
+            echo_json([render.status_doc(s, b) for s, b, _ in rows])
         elif not rows:
-            _console().print("no jobs recorded yet")
+            console().print("no jobs recorded yet")
         else:
-            render.render_status(_console(), rows)
+            render.render_status(console(), rows)
 
-    _run(work)
+    run(work)
 
 
 @app.command()
@@ -247,19 +101,19 @@ def backlog(job: JobArg, json: Json = False) -> None:
     """What is left for JOB: rows after the cursor, retries, dead ranges, ETA."""
 
     async def work(inv: Inventory, settings: Settings) -> None:
-        record = await _record(inv, job)
-        result = await inv.backlog(job, _source(settings, record))
+        record = await record_of(inv, job)
+        result = await inv.backlog(job, source_of(settings, record))
         doc = render.backlog_doc(job, result)
         if json:
-            _echo_json(doc)
+            echo_json(doc)
             return
-        console = _console()
+        screen = console()
         for key, value in doc.items():
             if key == "eta":
                 value = "unknown" if value is None else f"{value:.1f} s"
-            console.print(f"{key:<10} {value}")
+            screen.print(f"{key:<10} {value}")
 
-    _run(work)
+    run(work)
 
 
 @app.command()
@@ -282,7 +136,7 @@ def history(
             name = tables[0]
         attempts = await inv.history(name, meta_id)
         if json:
-            _echo_json(
+            echo_json(
                 {
                     "table": name,
                     "id": meta_id,
@@ -290,9 +144,9 @@ def history(
                 }
             )
         else:
-            render.render_history(_console(), name, meta_id, attempts)
+            render.render_history(console(), name, meta_id, attempts)
 
-    _run(work)
+    run(work)
 
 
 @app.command()
@@ -307,14 +161,14 @@ def batches(
     """Attempts of JOB, newest first."""
 
     async def work(inv: Inventory, settings: Settings) -> None:
-        await _record(inv, job)
+        await record_of(inv, job)
         attempts = await inv.batches(job, status or None, limit=limit)
         if json:
-            _echo_json([render.attempt_doc(a) for a in attempts])
+            echo_json([render.attempt_doc(a) for a in attempts])
         else:
-            render.render_attempts(_console(), f"attempts of {job}", attempts)
+            render.render_attempts(console(), f"attempts of {job}", attempts)
 
-    _run(work)
+    run(work)
 
 
 @app.command()
@@ -330,16 +184,16 @@ def errors(job: JobArg, json: Json = False) -> None:
                 if a.id in wanted:
                     tracebacks[a.id] = a.traceback
         if json:
-            _echo_json(
+            echo_json(
                 [
                     render.error_doc(g, tracebacks.get(g.attempt_ids[0]) if g.attempt_ids else None)
                     for g in groups
                 ]
             )
         else:
-            render.render_errors(_console(), job, groups, tracebacks)
+            render.render_errors(console(), job, groups, tracebacks)
 
-    _run(work)
+    run(work)
 
 
 @app.command()
@@ -356,7 +210,7 @@ def plan(
         await inv.open()
         record = await inv.store.get_job(job)
         if record is None:
-            source = _new_source(settings)
+            source = new_source(settings)
             if source is None:
                 raise UnknownJob(
                     f"job {job!r} is not recorded in the inventory; set PYBATCHINTORY_META_TABLE "
@@ -364,7 +218,7 @@ def plan(
                 )
             window: tuple[int | None, int | None] = (None, None)
         else:
-            source = _source(settings, record)
+            source = source_of(settings, record)
             window = (record.id_start, record.id_end)
         weight: int | float | None = max_weight
         if max_weight is not None and max_weight.is_integer():
@@ -379,20 +233,20 @@ def plan(
             n=n,
         )
         if json:
-            _echo_json([render.planned_doc(p) for p in planned])
+            echo_json([render.planned_doc(p) for p in planned])
             return
-        console = _console()
+        screen = console()
         if not planned:
-            console.print(f"nothing to hand out for job {job}")
+            screen.print(f"nothing to hand out for job {job}")
         for p in planned:
             kind = "new" if p.attempt == 1 else f"retry, attempt {p.attempt}"
             flag = "  (oversized)" if p.oversized else ""
-            console.print(
+            screen.print(
                 f"[{p.meta_id_start}, {p.meta_id_end}]  {p.count:,} rows  "
                 f"weight {render.number(p.weight):,}  {kind}{flag}"
             )
 
-    _run(work)
+    run(work)
 
 
 @app.command()
@@ -400,8 +254,8 @@ def audit(job: JobArg, json: Json = False) -> None:
     """Succeeded ranges of JOB whose rows changed since they were handed out."""
 
     async def work(inv: Inventory, settings: Settings) -> None:
-        record = await _record(inv, job)
-        findings = await inv.audit(job, _source(settings, record))
+        record = await record_of(inv, job)
+        findings = await inv.audit(job, source_of(settings, record))
         docs = [
             {
                 "attempt": render.attempt_doc(f.attempt),
@@ -411,20 +265,20 @@ def audit(job: JobArg, json: Json = False) -> None:
             for f in findings
         ]
         if json:
-            _echo_json(docs)
+            echo_json(docs)
             return
-        console = _console()
+        screen = console()
         if not findings:
-            console.print(f"every succeeded range of job {job} still matches the ledger")
+            screen.print(f"every succeeded range of job {job} still matches the ledger")
         for f in findings:
             a = f.attempt
-            console.print(
+            screen.print(
                 f"[{a.meta_id_start}, {a.meta_id_end}] (attempt id {a.id}): ledger "
                 f"{a.count} rows / {render.number(a.weight)}, now {f.count} rows / "
                 f"{render.number(f.weight)}"
             )
 
-    _run(work)
+    run(work)
 
 
 # -- writes ---------------------------------------------------------------------------------
@@ -443,7 +297,7 @@ def retry(
     """Revive dead ranges of JOB: all, one fingerprint's, or those of some attempt ids."""
 
     async def work(inv: Inventory, settings: Settings) -> None:
-        await _record(inv, job)
+        await record_of(inv, job)
         dead = [a for a in await inv.batches(job, "failed", limit=10_000) if a.dead]
         if fingerprint is not None:
             dead = [a for a in dead if a.fingerprint and a.fingerprint.startswith(fingerprint)]
@@ -457,13 +311,13 @@ def retry(
             dead = [a for a in dead if (a.meta_id_start, a.meta_id_end) in named]
         if not dead:
             if json:
-                _echo_json({"job": job, "revived": 0})
+                echo_json({"job": job, "revived": 0})
             else:
                 typer.echo(f"no dead ranges of job {job} match: nothing to revive")
             return
         shown = ", ".join(f"[{a.meta_id_start}, {a.meta_id_end}]" for a in dead[:10])
         more = f" and {len(dead) - 10} more" if len(dead) > 10 else ""
-        _confirm(f"revive {len(dead)} dead range(s) of job {job} ({shown}{more})?", yes)
+        confirm(f"revive {len(dead)} dead range(s) of job {job} ({shown}{more})?", yes)
         prints = fingerprint
         if fingerprint is not None and len(fingerprint) < 64:
             full = {a.fingerprint for a in dead}
@@ -472,11 +326,11 @@ def retry(
             prints = next(iter(full), fingerprint)
         revived = await inv.retry(job, fingerprint=prints, batch_ids=batch_id or None)
         if json:
-            _echo_json({"job": job, "revived": revived})
+            echo_json({"job": job, "revived": revived})
         else:
             typer.echo(f"revived {revived} range(s) of job {job}: they are due for a retry now")
 
-    _run(work)
+    run(work)
 
 
 @app.command("set-cursor")
@@ -492,16 +346,16 @@ def set_cursor(
         await inv.open()
         record = await inv.store.get_job(job)
         before = None if record is None else record.cursor
-        source = _new_source(settings) if record is None else None
-        _creatable(job, record, source)
-        _confirm(f"move the cursor of job {job} from {before} to {meta_id}?", yes)
+        source = new_source(settings) if record is None else None
+        creatable(job, record, source)
+        confirm(f"move the cursor of job {job} from {before} to {meta_id}?", yes)
         await inv.set_cursor(job, meta_id, source=source)
         if json:
-            _echo_json({"job": job, "cursor_before": before, "cursor": meta_id})
+            echo_json({"job": job, "cursor_before": before, "cursor": meta_id})
         else:
             typer.echo(f"cursor of job {job}: {before} -> {meta_id}")
 
-    _run(work)
+    run(work)
 
 
 @app.command("mark-done")
@@ -518,13 +372,13 @@ def mark_done(
         await inv.open()
         record = await inv.store.get_job(job)
         before = None if record is None else record.cursor
-        source = _new_source(settings) if record is None else _source(settings, record)
-        _creatable(job, record, source)
-        _confirm(f"record [{start}, {end}] of job {job} as done?", yes)
+        source = new_source(settings) if record is None else source_of(settings, record)
+        creatable(job, record, source)
+        confirm(f"record [{start}, {end}] of job {job} as done?", yes)
         attempt_id = await inv.mark_done(job, start, end, source=source)
-        after = await _record(inv, job)
+        after = await record_of(inv, job)
         if json:
-            _echo_json(
+            echo_json(
                 {
                     "job": job,
                     "attempt_id": attempt_id,
@@ -540,7 +394,7 @@ def mark_done(
                 f"cursor {before} -> {after.cursor}"
             )
 
-    _run(work)
+    run(work)
 
 
 @app.command()
@@ -552,7 +406,7 @@ def migrate(
     async def work(inv: Inventory, settings: Settings) -> list[str]:
         return await inv.migrate(dry_run=dry_run)
 
-    statements = _run(work)
+    statements = run(work)
     for statement in statements:
         typer.echo(statement)
     if not statements:
@@ -591,4 +445,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

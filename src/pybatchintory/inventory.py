@@ -286,26 +286,24 @@ class Inventory(Settling, Operations):
             id_start=id_start,
             id_end=id_end,
         )
-        grants = await telemetry.traced_acquire(
-            job,
-            self._lease(
-                self.store.acquire(
-                    job,
-                    owner=self.owner,
-                    ttl=self.lease_ttl,
-                    max_attempts=self.max_attempts,
-                    n=n,
-                    planner=self._planner(job, bound, limits, id_end),
-                    config={
-                        "max_count": limits.max_count,
-                        "max_weight": limits.max_weight,
-                        "lease_ttl": self.lease_ttl,
-                        "max_attempts": self.max_attempts,
-                        "code_version": self.code_version,
-                    },
-                )
-            ),
+        acquiring = self._lease(
+            self.store.acquire(
+                job,
+                owner=self.owner,
+                ttl=self.lease_ttl,
+                max_attempts=self.max_attempts,
+                n=n,
+                planner=self._planner(job, bound, limits, id_end),
+                config={
+                    "max_count": limits.max_count,
+                    "max_weight": limits.max_weight,
+                    "lease_ttl": self.lease_ttl,
+                    "max_attempts": self.max_attempts,
+                    "code_version": self.code_version,
+                },
+            )
         )
+        grants = await telemetry.traced_acquire(job, acquiring)
         batches = [Batch(self, grant, bound, timeout=timeout) for grant in grants]
         for batch in batches:
             self._held[batch.token] = batch
