@@ -177,6 +177,7 @@ def new_source(settings: Settings) -> MetadataSource | None:
         settings.meta_table,
         id=settings.meta_id,
         weight=settings.meta_weight,
+        timestamp=settings.meta_timestamp,
         url=None if settings.meta_url is None else settings.meta_url.get_secret_value(),
     )
 
