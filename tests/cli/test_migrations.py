@@ -110,6 +110,14 @@ async def test_a_version_1_ledger_is_migrated_with_its_rows(
     assert [v["version"] for v in versions] == [1, 2]
     assert await pbi.Inventory(db_url).migrate() == []  # nothing left to do
 
+    # A run that stopped after its DDL but before its version row is finished by the next.
+    engine = create_async_engine(db_url)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("DELETE FROM inventory_schema WHERE version = 2"))
+    await engine.dispose()
+    assert len(await pbi.Inventory(db_url).migrate()) == 2
+    assert len(await fetch_all(db_url, "SELECT version FROM inventory_schema")) == 2
+
     async with pbi.Inventory(db_url, max_attempts=2) as inv:  # the ledger carries on
         async with inv.lease("ingest", files, max_count=20) as batch:
             assert (batch.meta_id_start, batch.attempt) == (41, 1)

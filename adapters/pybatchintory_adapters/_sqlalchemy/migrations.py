@@ -136,6 +136,17 @@ def _fresh(t: Tables) -> list[Statement]:
     return statements
 
 
+async def _has_index(conn: AsyncConnection, statement: CreateIndex) -> bool:
+    index = statement.element
+    table = index.table
+    assert table is not None, "an index of a table"
+
+    def names(sync_conn: sa.Connection) -> set[str]:
+        return {str(i["name"]) for i in sa.inspect(sync_conn).get_indexes(table.name)}
+
+    return str(index.name) in await conn.run_sync(names)
+
+
 def _sql(statement: Statement, dialect: Dialect) -> str:
     compiled = statement.compile(dialect=dialect, compile_kwargs={"literal_binds": True})
     return str(compiled).strip() + ";"
@@ -172,6 +183,9 @@ async def migrate(
             conn: AsyncConnection, statements: list[Statement] = statements
         ) -> None:
             for statement in statements:
+                if isinstance(statement, CreateIndex) and await _has_index(conn, statement):
+                    # Made by a run that stopped before its version row (MySQL's DDL commits).
+                    continue
                 await conn.execute(statement)
 
         await transact(apply)
