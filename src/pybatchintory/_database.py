@@ -72,9 +72,30 @@ class Database:
                 if self._engine is None:
                     self._engine = self._adapter.create_engine(self._full_url)
                 store = self._adapter.create_store(self._engine, table_prefix=self._table_prefix)
-                await store.setup()
+                try:
+                    await store.setup()
+                except BaseException:
+                    # Not open, so aclose() may never come: give the connections back now.
+                    if self._given_engine is None:
+                        with anyio.CancelScope(shield=True):
+                            await self._engine.dispose()
+                        self._engine = None
+                    raise
                 self._store = store
         return self._store
+
+    async def migrate(self, *, dry_run: bool) -> list[str]:
+        """Bring the schema up to date, open or not (an old schema cannot be opened)."""
+        if self.closed:
+            raise RuntimeError("this Inventory was closed")
+        engine = self._engine or self._adapter.create_engine(self._full_url)
+        store = self._adapter.create_store(engine, table_prefix=self._table_prefix)
+        try:
+            return await store.migrate(dry_run=dry_run)
+        finally:
+            await store.aclose()
+            if engine is not self._engine:
+                await engine.dispose()
 
     def engine_for(self, url: str) -> AsyncEngine:
         """An engine for a metadata database at ``url`` (one per URL, disposed on close)."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 
+from pybatchintory import telemetry
 from pybatchintory._database import Database
 from pybatchintory._failure import describe_failure
 from pybatchintory._planning import backoff_delay, is_seconds
@@ -144,7 +145,7 @@ class Leases:
     ) -> list[Batch]:
         """Lease up to ``n`` ranges of ``job`` and hold them (heartbeats start)."""
         p = self.policy
-        grants = await self._shielded(
+        acquiring = self._shielded(
             self._store.acquire(
                 job,
                 owner=p.owner,
@@ -155,6 +156,7 @@ class Leases:
                 config=config,
             )
         )
+        grants = await telemetry.traced_acquire(job, acquiring)
         batches = [Batch(self, grant, bound, timeout=timeout) for grant in grants]
         for batch in batches:
             self._held[batch.token] = batch
@@ -219,7 +221,7 @@ class Leases:
 
     async def _write_settle(self, batch: Batch, settlement: Settlement) -> None:
         try:
-            await self._settle_while_leased(batch, settlement)
+            await telemetry.traced_settle(batch, settlement, self._settle_while_leased)
         except LeaseLost:
             batch._settle_failed(lost=True)
             self._held.pop(batch.token, None)
@@ -280,7 +282,9 @@ class Leases:
                 continue
             started = time.monotonic()
             try:
-                lost = await self._store.heartbeat(p.owner, p.lease_ttl, tokens)
+                lost = await telemetry.traced_heartbeat(
+                    p.owner, tokens, self._store.heartbeat(p.owner, p.lease_ttl, tokens)
+                )
             except StoreError as exc:
                 log.warning("heartbeat failed, retrying in %.1fs: %s", interval, exc)
                 continue
@@ -291,7 +295,7 @@ class Leases:
             for token in lost:
                 batch = self._held.pop(token, None)
                 if batch is not None:
-                    log.warning("lease lost: %r", batch)
+                    telemetry.lost(batch)
                     batch._on_lost()
 
     # -- close ------------------------------------------------------------------------------

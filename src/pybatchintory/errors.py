@@ -13,6 +13,7 @@ Every exception derives from one root, so ``except pbi.PybatchintoryError`` catc
     ├── JobConflict                 a job reused with another source, window or filter
     ├── UnknownJob                  an operator call names a job that was never recorded
     ├── NoBatchAvailable            nothing to hand out right now
+    ├── SchemaMismatch              the inventory's schema is older or newer than this code
     ├── LeaseLost                   the lease expired or was taken over; the settle changed nothing
     │   └── AlreadySettled          this handle was settled before
     └── StoreError                  the inventory database failed
@@ -32,6 +33,7 @@ __all__ = (
     "MissingDriver",
     "NoBatchAvailable",
     "PybatchintoryError",
+    "SchemaMismatch",
     "StoreConflict",
     "StoreError",
     "StoreUnavailable",
@@ -84,6 +86,14 @@ class UnknownJob(PybatchintoryError, LookupError):
 
 class NoBatchAvailable(PybatchintoryError):
     """There is nothing to hand out for the job right now."""
+
+
+class SchemaMismatch(PybatchintoryError):
+    """The inventory's schema version differs from the one this code needs.
+
+    An older schema is brought up to date with ``pybatchintory migrate``; a newer one needs
+    a newer pybatchintory.
+    """
 
 
 class LeaseLost(PybatchintoryError):

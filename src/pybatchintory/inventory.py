@@ -126,6 +126,17 @@ class Inventory:
         await self._db.open()
         return self
 
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        """Bring the inventory's schema up to date (``pybatchintory migrate``).
+
+        Works on a schema too old to ``open()``. Returns the SQL statements applied (or,
+        with ``dry_run``, that would be), in order: none when the schema is current.
+
+        Raises:
+            SchemaMismatch: The schema is newer than this pybatchintory.
+        """
+        return await self._db.migrate(dry_run=dry_run)
+
     async def __aenter__(self) -> Inventory:
         return await self.open()
 

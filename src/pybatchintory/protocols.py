@@ -311,6 +311,10 @@ class InventoryStore(Protocol):
         """
         ...
 
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        """Bring the ledger's schema up to date; return its statements (run or, dry, not)."""
+        ...
+
     async def aclose(self) -> None:
         """Release the store's own resources (never an engine it was handed)."""
         ...

@@ -169,12 +169,8 @@ class Statements:
         self._controls(t)
 
     def _controls(self, t: Tables) -> None:
-        """The other writes: the schema version, a new job, a range marked done, revivals."""
+        """The other writes: a new job, a range marked done, revivals (schema: migrations)."""
         inv, jobs = t.inventory, t.jobs
-        self.schema_version = sa.select(sa.func.max(t.schema.c.version))
-        self.record_schema = sa.insert(t.schema).values(
-            version=_p("version", sa.Integer()), applied_at=db_now()
-        )
         self.insert_job = sa.insert(jobs).values(
             name=_p("name"),
             meta_table=_p("meta_table"),

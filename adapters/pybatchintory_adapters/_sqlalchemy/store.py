@@ -35,7 +35,7 @@ from pybatchintory.models import (
     Status,
 )
 from pybatchintory.protocols import JobRecord, Planner
-from pybatchintory_adapters._sqlalchemy import compat, controls, jobs, queries
+from pybatchintory_adapters._sqlalchemy import compat, controls, jobs, migrations, queries
 from pybatchintory_adapters._sqlalchemy.capabilities import Capabilities
 from pybatchintory_adapters._sqlalchemy.driver_path import (
     DirectConnection,
@@ -47,7 +47,7 @@ from pybatchintory_adapters._sqlalchemy.leasing import Acquisition, renewal, set
 from pybatchintory_adapters._sqlalchemy.pooling import mark_committed
 from pybatchintory_adapters._sqlalchemy.read_statements import ReadStatements
 from pybatchintory_adapters._sqlalchemy.statements import Statements
-from pybatchintory_adapters._sqlalchemy.tables import SCHEMA_VERSION, Tables
+from pybatchintory_adapters._sqlalchemy.tables import Tables
 
 __all__ = ("SQLAlchemyStore",)
 
@@ -211,19 +211,17 @@ class SQLAlchemyStore:
     # -- schema and jobs ------------------------------------------------------------------
 
     async def setup(self) -> None:
-        """Create the tables and indexes if missing; safe when several processes race."""
+        """Create the tables and indexes if missing; safe when several processes race.
+
+        Raises:
+            SchemaMismatch: An existing inventory's schema is older or newer than the code.
+        """
         if self._ready:
             return
-        st = self.statements
-
-        async def create(conn: AsyncConnection) -> None:
-            await conn.run_sync(self.tables.metadata.create_all, checkfirst=True)
-            if (await conn.execute(st.schema_version)).scalar() is None:
-                await conn.execute(st.record_schema, {"p_version": SCHEMA_VERSION})
-
+        t = self.tables
         for attempt in range(5):
             try:
-                await self._transact(create)
+                await self._transact(lambda conn: migrations.prepare(conn, t))
                 break
             except StoreError:
                 # Another process created the same tables between our check and our create.
@@ -231,6 +229,12 @@ class SQLAlchemyStore:
                     raise
                 await anyio.sleep(0.05 * (attempt + 1))
         self._ready = True
+
+    async def migrate(self, *, dry_run: bool = False) -> list[str]:
+        """Bring the schema up to date (see ``migrations``); return the SQL, in order."""
+        return await migrations.migrate(
+            self._transact, self._read, self.tables, self.engine.dialect, dry_run=dry_run
+        )
 
     async def ensure_job(self, spec: JobSpec) -> JobRecord:
         """Record a new job, or raise ``JobConflict`` if ``spec`` disagrees with the record."""

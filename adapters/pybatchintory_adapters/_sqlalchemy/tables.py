@@ -10,7 +10,8 @@ from pybatchintory_adapters._sqlalchemy.types import LedgerId, LedgerJSON, Times
 
 __all__ = ("SCHEMA_VERSION", "Tables", "build_tables")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The version these tables describe; ``migrations`` holds the steps up to it."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ def build_tables(prefix: str = "") -> Tables:
         sa.Index(f"ix_{name}_job_dead", "job", "dead"),
         sa.Index(f"ix_{name}_owner_status", "owner", "status"),
         sa.Index(f"ix_{name}_job_fingerprint", "job", "fingerprint"),
+        # Version 2: succeeded ranges in id order (InventorySource pages, audit).
+        sa.Index(f"ix_{name}_job_status_start", "job", "status", "meta_id_start"),
     )
     jobs = sa.Table(
         f"{prefix}inventory_jobs",
