@@ -18,6 +18,7 @@ when a record concerns no batch), so a formatter can use ``%(job)s`` and friends
 from __future__ import annotations
 
 import contextvars
+import importlib.metadata
 import logging
 import time
 from collections import OrderedDict
@@ -99,14 +100,22 @@ class _BatchFields(logging.Filter):
 log.addFilter(_BatchFields())
 
 
+def _version() -> str:
+    # The installed distribution's version: importing the package root from here would
+    # make this low layer depend on the facade.
+    try:
+        return importlib.metadata.version("pybatchintory")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "0+unknown"
+
+
 class _Instruments:
     def __init__(
         self, tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None
     ):
-        from pybatchintory import __version__
-
-        self.tracer = trace.get_tracer("pybatchintory", __version__, tracer_provider)
-        meter = metrics.get_meter("pybatchintory", __version__, meter_provider)
+        version = _version()
+        self.tracer = trace.get_tracer("pybatchintory", version, tracer_provider)
+        meter = metrics.get_meter("pybatchintory", version, meter_provider)
         self.leases = meter.create_counter(
             "pybatchintory.leases", unit="{lease}", description="Leases ended, by outcome"
         )
