@@ -27,6 +27,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src adapters tests examples benchmarks
+	$(BIN)/ruff format --check src adapters tests examples benchmarks
 	$(BIN)/mypy
 	$(BIN)/mypy --strict tests
 	$(BIN)/lint-imports

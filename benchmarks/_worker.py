@@ -17,7 +17,12 @@ import pybatchintory as pbi
 
 
 async def run(
-    url: str, table: str, job: str, caps: dict[str, int], start_at: float, seconds: float,
+    url: str,
+    table: str,
+    job: str,
+    caps: dict[str, int],
+    start_at: float,
+    seconds: float,
     max_leases: int,
 ) -> dict[str, Any]:
     acquire: list[float] = []
@@ -47,7 +52,10 @@ async def run(
             ranges.append((batch.meta_id_start, batch.meta_id_end))
         elapsed = time.perf_counter() - began
     return {
-        "acquire": acquire, "lease": lease, "ranges": ranges, "errors": errors,
+        "acquire": acquire,
+        "lease": lease,
+        "ranges": ranges,
+        "errors": errors,
         "elapsed": elapsed,
     }
 

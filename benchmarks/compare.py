@@ -98,8 +98,16 @@ async def _workers(
     start_at = time.time() + 1.5 + 0.5 * len(jobs)  # imports and binds happen before
     procs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "benchmarks._worker", url, table, job, json.dumps(caps),
-            str(start_at), str(seconds), str(max_leases),
+            sys.executable,
+            "-m",
+            "benchmarks._worker",
+            url,
+            table,
+            job,
+            json.dumps(caps),
+            str(start_at),
+            str(seconds),
+            str(max_leases),
             stdout=asyncio.subprocess.PIPE,
             cwd=str(HERE.parent),
         )
@@ -189,8 +197,7 @@ async def _duplicates(backend: str, db: Database, python: Path, quick: bool) -> 
         start_at = time.time() + 0.5
         for runner in runners:
             runner.send(
-                {"caps": {"batch_count": 100}, "n": 10**9, "seconds": seconds,
-                 "start_at": start_at}
+                {"caps": {"batch_count": 100}, "n": 10**9, "seconds": seconds, "start_at": start_at}
             )
         answers = [await runner.read() for runner in runners]
     finally:
@@ -296,9 +303,7 @@ async def pgqueuer(backend: str, db: Database, quick: bool) -> list[dict[str, An
                             one = await inv.acquire("queue-1", source, max_count=1)
                             leased = [one] if one is not None else []
                         else:
-                            leased = await inv.acquire_many(
-                                "queue-10", source, batch, max_count=1
-                            )
+                            leased = await inv.acquire_many("queue-10", source, batch, max_count=1)
                         for b in leased:
                             await b.success()
                         got += len(leased)

@@ -48,8 +48,12 @@ class Floor:
             import aiomysql
 
             self.conn = await aiomysql.connect(
-                host=u.host, port=u.port or 3306, user=u.username, password=u.password or "",
-                db=u.database, autocommit=True,
+                host=u.host,
+                port=u.port or 3306,
+                user=u.username,
+                password=u.password or "",
+                db=u.database,
+                autocommit=True,
             )
             await self._mysql("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
         else:
@@ -95,13 +99,18 @@ class Floor:
                     "INSERT INTO floor_attempts "
                     "(job, id_start, id_end, cnt, weight, status, token) "
                     "VALUES ('floor', $1, $2, $3, $4, 'running', $5) RETURNING id",
-                    cursor + 1, end, count, weight, token,
+                    cursor + 1,
+                    end,
+                    count,
+                    weight,
+                    token,
                 )
                 await c.execute("UPDATE floor_jobs SET cursor_id = $1 WHERE name = 'floor'", end)
             await c.execute(
                 "UPDATE floor_attempts SET status = 'succeeded' "
                 "WHERE id = $1 AND token = $2 AND status = 'running'",
-                attempt, token,
+                attempt,
+                token,
             )
         elif self.backend == "mysql":
             await self._mysql("BEGIN")
@@ -112,19 +121,25 @@ class Floor:
                 "SELECT max(id), count(*), sum(w) FROM (SELECT id, size_in_bytes AS w "
                 "FROM files WHERE id > %s "
                 "ORDER BY id LIMIT %s) s",
-                cursor, self.cap,
+                cursor,
+                self.cap,
             )
             _, attempt = await self._mysql(
                 "INSERT INTO floor_attempts (job, id_start, id_end, cnt, weight, status, token) "
                 "VALUES ('floor', %s, %s, %s, %s, 'running', %s)",
-                cursor + 1, end, count, weight, token,
+                cursor + 1,
+                end,
+                count,
+                weight,
+                token,
             )
             await self._mysql("UPDATE floor_jobs SET cursor_id = %s WHERE name = 'floor'", end)
             await self._mysql("COMMIT")
             await self._mysql(
                 "UPDATE floor_attempts SET status = 'succeeded' "
                 "WHERE id = %s AND token = %s AND status = 'running'",
-                attempt, token,
+                attempt,
+                token,
             )
         else:
             c = self.conn

@@ -339,8 +339,10 @@ def _judge(row: dict[str, Any]) -> None:
         checks.append(("no duplicates", row["duplicates"] == 0))
     if checks:
         row["target"] = "; ".join(text for text, _ in checks)
-        row["met"] = "yes" if all(ok for _, ok in checks) else (
-            "no: " + "; ".join(text for text, ok in checks if not ok)
+        row["met"] = (
+            "yes"
+            if all(ok for _, ok in checks)
+            else ("no: " + "; ".join(text for text, ok in checks if not ok))
         )
 
 
@@ -420,8 +422,12 @@ async def main() -> None:
                     found = await _in_fresh_db(backend, workdir, bench, quick)
                 except Exception as exc:  # keep the other measurements; say what failed
                     found = [
-                        {"backend": backend, "measure": f"{bench.__name__} FAILED", "rows": "",
-                         "error": f"{type(exc).__name__}: {exc}"[:300]}
+                        {
+                            "backend": backend,
+                            "measure": f"{bench.__name__} FAILED",
+                            "rows": "",
+                            "error": f"{type(exc).__name__}: {exc}"[:300],
+                        }
                     ]
                 for row in found:
                     row["section"] = section
@@ -445,8 +451,13 @@ async def main() -> None:
     header = f"{stamp}, {machine}, quick={quick}, {took:.0f} s"
     (RESULTS / "latest.json").write_text(
         json.dumps(
-            {"when": stamp, "machine": machine, "quick": quick, "seconds": round(took),
-             "rows": rows},
+            {
+                "when": stamp,
+                "machine": machine,
+                "quick": quick,
+                "seconds": round(took),
+                "rows": rows,
+            },
             indent=2,
         )
     )

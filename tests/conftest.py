@@ -123,8 +123,8 @@ class DatabaseFactory:
             return f"sqlite+aiosqlite:///{path}"
         asyncio.run(_EXECUTE[backend](f"CREATE DATABASE {name}"))
         self._created.append((backend, name))
-        return make_url(_SERVER_URL[backend]).set(database=name).render_as_string(
-            hide_password=False
+        return (
+            make_url(_SERVER_URL[backend]).set(database=name).render_as_string(hide_password=False)
         )
 
     def drop_all(self) -> None:
@@ -149,9 +149,7 @@ def any_db_url_factory(
         factory.drop_all()
 
 
-@pytest.fixture(
-    params=[pytest.param(name, marks=getattr(pytest.mark, name)) for name in BACKENDS]
-)
+@pytest.fixture(params=[pytest.param(name, marks=getattr(pytest.mark, name)) for name in BACKENDS])
 def backend(request: pytest.FixtureRequest) -> str:
     """The backend of the current parametrisation: sqlite, postgres or mysql."""
     name: str = request.param

@@ -80,9 +80,7 @@ def describe_failure(exc: BaseException) -> Failure:
     leaves = _leaves(exc)
     if isinstance(exc, BaseExceptionGroup):
         error_type = _type_name(exc)
-        message = f"{exc.message}: " + "; ".join(
-            f"{_type_name(leaf)}: {leaf}" for leaf in leaves
-        )
+        message = f"{exc.message}: " + "; ".join(f"{_type_name(leaf)}: {leaf}" for leaf in leaves)
     else:
         error_type = _type_name(exc)
         message = str(exc)

@@ -126,9 +126,7 @@ async def _worker(
     while True:
         asked = time.perf_counter()
         try:
-            async with inv.lease(
-                INCREMENTAL, files, max_count=1_000, max_weight=2**30
-            ) as batch:
+            async with inv.lease(INCREMENTAL, files, max_count=1_000, max_weight=2**30) as batch:
                 report.acquire_latencies.append(time.perf_counter() - asked)
                 items = await batch.items()
                 if batch.meta_id_start <= fail_id <= batch.meta_id_end and batch.attempt == 1:
@@ -277,7 +275,9 @@ async def _render_status(inv: Inventory, files: MetaTable, out: Console, file_id
         )
 
     lineage = Table(
-        title=f"history of file {file_id:,}", title_justify="left", box=box.SIMPLE_HEAD,
+        title=f"history of file {file_id:,}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     for name in ("job", "attempt", "range", "status", "owner", "ended"):

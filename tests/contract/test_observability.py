@@ -175,9 +175,7 @@ async def test_batches_lists_attempts_newest_first_and_filters_by_status(
     assert (by_id[retried.id].meta_id_start, by_id[retried.id].meta_id_end) == (11, 20)
 
     assert [a.id for a in await inventory.batches("b", status="failed")] == [failed_id]
-    assert [a.id for a in await inventory.batches("b", status=pbi.Status.RUNNING)] == [
-        retried.id
-    ]
+    assert [a.id for a in await inventory.batches("b", status=pbi.Status.RUNNING)] == [retried.id]
     both = await inventory.batches("b", status=[pbi.Status.SUCCEEDED, "released"])
     assert [a.id for a in both] == [released.id, ok.id]
     assert [a.id for a in await inventory.batches("b", limit=2)] == [released.id, retried.id]
@@ -185,9 +183,7 @@ async def test_batches_lists_attempts_newest_first_and_filters_by_status(
     await retried.success()
 
 
-async def test_status_has_one_line_per_job(
-    inventory: pbi.Inventory, make_files: MakeFiles
-) -> None:
+async def test_status_has_one_line_per_job(inventory: pbi.Inventory, make_files: MakeFiles) -> None:
     files = await make_files(rows=200)
     async with inventory.lease("alpha", files, max_count=30):
         pass
@@ -397,8 +393,7 @@ async def test_backlog_of_a_filtered_job_from_another_inventory(
         assert all(row["kind"] == "csv" for row in await batch.items())
     (row,) = await fetch_all(
         db_url,
-        "SELECT COUNT(*) AS n, SUM(size_in_bytes) AS w FROM files "
-        "WHERE kind = 'csv' AND id > :end",
+        "SELECT COUNT(*) AS n, SUM(size_in_bytes) AS w FROM files WHERE kind = 'csv' AND id > :end",
         end=batch.meta_id_end,
     )
     expected = (int(row["n"]), int(row["w"]))

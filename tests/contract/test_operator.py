@@ -28,9 +28,7 @@ async def _snapshot(url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]
 
 
 def _ranges(batches: list[pbi.Batch]) -> list[tuple[int, int, int, int, bool]]:
-    return [
-        (b.meta_id_start, b.meta_id_end, b.count, b.weight, b.oversized) for b in batches
-    ]
+    return [(b.meta_id_start, b.meta_id_end, b.count, b.weight, b.oversized) for b in batches]
 
 
 def _planned(plan: list[pbi.PlannedRange]) -> list[tuple[int, int, int, int, bool]]:
@@ -130,9 +128,7 @@ async def test_plan_stops_at_the_end_of_a_window(
         (221, 250),
     ]
     assert await _snapshot(db_url) == ([], [])
-    leased = await _lease_n(
-        inventory, "pwin", files, 3, id_start=101, id_end=250, max_count=60
-    )
+    leased = await _lease_n(inventory, "pwin", files, 3, id_start=101, id_end=250, max_count=60)
     assert _planned(plan) == _ranges(leased)
     assert await inventory.plan("pwin", files, id_start=101, id_end=250, max_count=60) == []
 

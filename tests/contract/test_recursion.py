@@ -87,9 +87,7 @@ async def test_without_upstream_weights_the_downstream_weight_is_the_count(
 ) -> None:
     files = await make_files(rows=300, weight=None)
     await _run(inventory, "counted", files, 3, max_count=100)
-    async with inventory.lease(
-        "down", pbi.InventorySource("counted"), max_weight=250
-    ) as batch:
+    async with inventory.lease("down", pbi.InventorySource("counted"), max_weight=250) as batch:
         assert (batch.count, batch.weight) == (2, 200)
         assert [item["weight"] for item in await batch.items()] == [0, 0]
 

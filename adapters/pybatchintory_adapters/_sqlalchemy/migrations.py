@@ -179,9 +179,7 @@ async def migrate(
         return shown
     for _, statements in plan:
 
-        async def apply(
-            conn: AsyncConnection, statements: list[Statement] = statements
-        ) -> None:
+        async def apply(conn: AsyncConnection, statements: list[Statement] = statements) -> None:
             for statement in statements:
                 if isinstance(statement, CreateIndex) and await _has_index(conn, statement):
                     # Made by a run that stopped before its version row (MySQL's DDL commits).

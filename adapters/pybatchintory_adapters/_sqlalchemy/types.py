@@ -86,13 +86,9 @@ def seconds_clause(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> st
 
 @compiles(db_now)
 def _now_default(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
-    raise sa.exc.CompileError(
-        f"no database clock registered for dialect {compiler.dialect.name!r}"
-    )
+    raise sa.exc.CompileError(f"no database clock registered for dialect {compiler.dialect.name!r}")
 
 
 @compiles(db_now_plus)
 def _now_plus_default(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
-    raise sa.exc.CompileError(
-        f"no database clock registered for dialect {compiler.dialect.name!r}"
-    )
+    raise sa.exc.CompileError(f"no database clock registered for dialect {compiler.dialect.name!r}")
