@@ -1,8 +1,11 @@
-"""Top-level ``pbi.lease``, ``pbi.acquire_batch``, ``pbi.acquire_batches`` (the seed's spelling).
+"""The async top level: ``pbi.lease``, ``await pbi.acquire``, ``pbi.leases``, ``pbi.shutdown``.
 
 They use one default ``Inventory.from_settings()`` per event loop and the metadata table
 named by ``PYBATCHINTORY_META_TABLE`` (``META_ID``, ``META_WEIGHT``, ``META_URL``) unless a
 source is passed. Call ``await pbi.shutdown()`` before the loop ends to drain settles.
+
+The seed's synchronous calls ``pbi.acquire_batch`` / ``pbi.acquire_batches`` live in
+``pybatchintory.sync``; they share the argument handling here.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from pybatchintory.settings import Settings
 from pybatchintory.sources import MetaTable
 
 __all__ = (
-    "acquire_batch",
-    "acquire_batches",
+    "acquire",
     "default_inventory",
     "lease",
+    "leases",
     "resolve_seed_arguments",
     "settings_source",
     "shutdown",
@@ -95,7 +98,7 @@ def resolve_seed_arguments(
     )
 
 
-async def acquire_batch(
+async def acquire(
     job: str,
     source: MetadataSource | str | None = None,
     *,
@@ -123,7 +126,7 @@ async def acquire_batch(
     )
 
 
-async def acquire_batches(
+async def leases(
     job: str,
     source: MetadataSource | str | None = None,
     *,
