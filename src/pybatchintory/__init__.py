@@ -49,7 +49,7 @@ from pybatchintory.models import (
 from pybatchintory.protocols import InventoryStore, MetadataSource
 from pybatchintory.recursion import InventorySource
 from pybatchintory.settings import Settings
-from pybatchintory.sources import MetaTable
+from pybatchintory.sources import MetaTable, SourceDefaults
 from pybatchintory.sync import acquire_batch, acquire_batches
 
 __version__ = "0.1.0.dev0"
@@ -80,6 +80,7 @@ __all__ = (
     "PybatchintoryError",
     "SchemaMismatch",
     "Settings",
+    "SourceDefaults",
     "Status",
     "StoreConflict",
     "StoreError",

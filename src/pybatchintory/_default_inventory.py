@@ -20,7 +20,6 @@ from pybatchintory.errors import InvalidArgument
 from pybatchintory.inventory import Inventory
 from pybatchintory.protocols import MetadataSource
 from pybatchintory.settings import Settings
-from pybatchintory.sources import MetaTable
 
 __all__ = (
     "acquire",
@@ -35,23 +34,22 @@ __all__ = (
 _by_loop: dict[asyncio.AbstractEventLoop, Inventory] = {}
 
 
-def settings_source(settings: Settings) -> MetaTable:
-    """The metadata table configured by ``PYBATCHINTORY_META_*``.
+def settings_source(settings: Settings) -> str:
+    """The metadata table named by ``PYBATCHINTORY_META_TABLE``.
+
+    A name, not a ``MetaTable``: the default inventory (``Inventory.from_settings()``)
+    completes it from ``META_ID``, ``META_WEIGHT``, ``META_TIMESTAMP`` and ``META_URL``, and
+    binds it once, not per call.
 
     Raises:
         InvalidArgument: ``PYBATCHINTORY_META_TABLE`` is not set.
     """
     if not settings.meta_table:
         raise InvalidArgument(
-            "no source given and PYBATCHINTORY_META_TABLE is not set: pass source=MetaTable(...)"
+            "no source given and PYBATCHINTORY_META_TABLE is not set: pass source=MetaTable(...) "
+            "or a table name, or set PYBATCHINTORY_META_TABLE"
         )
-    return MetaTable(
-        settings.meta_table,
-        id=settings.meta_id,
-        weight=settings.meta_weight,
-        timestamp=settings.meta_timestamp,
-        url=None if settings.meta_url is None else settings.meta_url.get_secret_value(),
-    )
+    return settings.meta_table
 
 
 async def default_inventory() -> Inventory:

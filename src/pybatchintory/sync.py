@@ -210,18 +210,12 @@ class SyncInventory:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> SyncInventory:
-        """Configured from ``PYBATCHINTORY_*`` settings."""
-        s = settings or Settings()
-        options: dict[str, Any] = {
-            "owner": s.owner,
-            "lease_ttl": s.lease_ttl,
-            "max_attempts": s.max_attempts,
-            "retry_delay": s.retry_delay,
-            "table_prefix": s.table_prefix,
-            "code_version": s.code_version,
-        }
-        options.update(overrides)
-        return cls(s.inventory_url.get_secret_value(), **options)
+        """Configured from ``PYBATCHINTORY_*`` settings (see ``Inventory.from_settings``)."""
+        sync = cls.__new__(cls)
+        sync._inventory = Inventory.from_settings(settings, **overrides)
+        sync._portal = _loop.portal()
+        sync._closed = False
+        return sync
 
     def _call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         _refuse_in_loop(getattr(func, "__name__", "this call"))

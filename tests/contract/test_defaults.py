@@ -7,6 +7,7 @@ import itertools
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import anyio.to_thread
 import pytest
 
 import pybatchintory as pbi
@@ -181,3 +182,60 @@ async def test_the_seeds_sync_calls_refuse_a_running_loop(seed_env: str) -> None
         pbi.acquire_batches(job="in_loop", weight=10, iterations=2)
     async with pbi.Inventory(seed_env) as inv:
         assert await inv.status() == []
+
+
+# -- settings reach every call ----------------------------------------------------------------
+
+
+async def test_a_named_source_takes_its_columns_from_the_settings(
+    seed_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create_meta_table(seed_env, "other", rows=30, start_id=1000)
+    async with pbi.lease("named", "other", weight=3_000) as batch:
+        assert batch.meta_table == "other" and batch.meta_id_start == 1000
+        assert 0 < batch.weight <= 3_000
+    monkeypatch.setenv("PYBATCHINTORY_META_TIMESTAMP", "no_such_column")
+    await pbi.shutdown()  # the next default inventory reads the changed settings
+    with pytest.raises(pbi.UnknownColumn, match="no_such_column"):
+        await pbi.acquire("named_ts", "other", count=5)
+
+
+async def test_settings_place_a_meta_table_without_url_and_reach_the_reads(
+    seed_env: str, meta_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create_meta_table(meta_db_url, "remote_files", rows=40, start_id=500)
+    monkeypatch.setenv("PYBATCHINTORY_META_URL", meta_db_url)
+    remote = pbi.MetaTable("remote_files", weight="size_in_bytes")  # no url=
+    async with pbi.lease("remote_table", remote, count=25) as batch:
+        assert (batch.meta_id_start, batch.meta_id_end) == (500, 524)
+    async with pbi.lease("remote_named", "remote_files", count=10) as batch:
+        assert (batch.meta_id_start, batch.meta_id_end) == (500, 509)
+
+    async with pbi.Inventory.from_settings() as inv:
+        backlog = await inv.backlog("remote_table")
+        assert backlog.count == 15
+        assert backlog.weight == sum(default_size(i) for i in range(525, 540))
+        assert (await inv.backlog("remote_named")).count == 30
+
+    def sync_backlog() -> int:
+        sync = pybatchintory.sync.SyncInventory.from_settings()
+        try:
+            return sync.backlog("remote_table").count
+        finally:
+            sync.close()
+
+    assert await anyio.to_thread.run_sync(sync_backlog) == 15
+
+    # A plain Inventory has no settings: it says how to reach the other database.
+    async with pbi.Inventory(seed_env) as plain:
+        with pytest.raises(pbi.InvalidArgument, match="PYBATCHINTORY_META_URL"):
+            await plain.backlog("remote_table")
+
+
+async def test_a_name_that_no_table_resolves_is_refused_before_anything_is_written(
+    seed_env: str,
+) -> None:
+    with pytest.raises(pbi.UnknownTable, match="'nowhere' does not exist in"):
+        await pbi.acquire("lost", "nowhere", count=5)
+    async with pbi.Inventory(seed_env) as inv:
+        assert [s.job for s in await inv.status()] == []
