@@ -462,6 +462,10 @@ class Batch:
 
     # -- transitions the lease keeper reports ------------------------------------------
 
+    def _kept_by(self, settler: object) -> bool:
+        """This batch's lease is kept (and settled) by ``settler``."""
+        return self._settler is settler
+
     @property
     def _unsettled(self) -> bool:
         """Running: not settled (or its settle did not land), whether or not lost."""

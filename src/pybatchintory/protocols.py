@@ -237,6 +237,16 @@ class InventoryStore(Protocol):
         """End an attempt; raise ``LeaseLost`` (and change nothing) if the lease is gone."""
         ...
 
+    async def settle_many(self, settlements: Sequence[Settlement]) -> dict[int, str]:
+        """End many attempts, each fenced by its token as ``settle`` is, in one statement.
+
+        Returns the attempt ids whose lease was gone (nothing changed for them), each with
+        why ("taken over", "lease expired", "already failed", ...); an attempt already
+        settled the same way with the same token counts as settled (a retry after a
+        dropped connection). Raises only when the database fails.
+        """
+        ...
+
     async def attempts(
         self,
         job: str,
