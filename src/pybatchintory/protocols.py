@@ -31,6 +31,7 @@ __all__ = (
     "InventoryStore",
     "JobRecord",
     "MetadataSource",
+    "FirstPage",
     "PageRequest",
     "PageSummary",
     "Planner",
@@ -186,7 +187,37 @@ class StatementLink(Protocol):
 
 
 Planner = Callable[[object | None, int | None], Awaitable[PlannedRange | None]]
-"""Cuts the next range after a cursor: ``await planner(link, cursor)``."""
+"""Cuts the next range after a cursor: ``await planner(link, cursor)``.
+
+A planner may also have ``first_page(engine) -> FirstPage | None``: the first page of its
+cut as a statement, for a store that locks, cuts, inserts and moves the cursor in one
+statement (``FirstPage``). Stores call it through ``getattr``; a plain callable has none.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FirstPage:
+    """The first page of a cut, for a store that runs the whole acquire as one statement.
+
+    The store puts ``query`` (a SQLAlchemy ``Select`` on the inventory's own database)
+    inside its acquire statement with the bind parameter ``p_after`` replaced by the locked
+    job's cursor. When that one page decides the cut (it is empty, the weight cap is hit
+    inside it, it holds fewer rows than ``limit``, or ``max_count`` rows), the store cuts
+    the range from it as the planner would; otherwise it calls the planner as usual.
+
+    Attributes:
+        query: The page summary: ``PageSummary``'s eight fields as columns, in that order.
+        params: Its bind parameters other than ``p_after``.
+        limit: Rows the page reads at most (``None``: all of them).
+        max_count: The count cap (``None``: none).
+        taken: Tell the planner what was cut (it sizes the job's next first page).
+    """
+
+    query: Any
+    params: Mapping[str, Any]
+    limit: int | None
+    max_count: int | None
+    taken: Callable[[PlannedRange], None]
 
 
 class InventoryStore(Protocol):

@@ -330,6 +330,26 @@ class BoundMetaTable:
         self._page_queries[key] = query
         return query
 
+    def first_page(
+        self, engine: AsyncEngine, request: PageRequest
+    ) -> tuple[Any, dict[str, Any]] | None:
+        """``request``'s page summary as a statement for an acquire's own statement.
+
+        Its cursor is the bind parameter ``p_after``; the other parameters come with it.
+        ``None`` when the store cannot read it inside its statement: the table lives in
+        another database, or a ``settle=`` horizon must be read first.
+        """
+        if engine is not self.engine or (self.spec.settle is not None and self.ts_col is not None):
+            return None
+        weighted = request.max_weight is not None
+        query = self._page_query(True, request.end is not None, request.limit is not None, weighted)
+        params = {
+            "p_end": request.end,
+            "p_limit": request.limit,
+            "p_max_weight": request.max_weight,
+        }
+        return query, {k: v for k, v in params.items() if v is not None}
+
     async def summarize(self, request: PageRequest, link: object | None) -> PageSummary:
         """One aggregate query over at most ``request.limit`` rows after ``request.after``.
 

@@ -34,7 +34,7 @@ from pybatchintory.models import (
     Settlement,
     Status,
 )
-from pybatchintory.protocols import JobRecord, Planner
+from pybatchintory.protocols import FirstPage, JobRecord, Planner
 from pybatchintory_adapters._sqlalchemy import compat, controls, jobs, migrations, queries
 from pybatchintory_adapters._sqlalchemy.capabilities import Capabilities
 from pybatchintory_adapters._sqlalchemy.driver_path import (
@@ -43,6 +43,7 @@ from pybatchintory_adapters._sqlalchemy.driver_path import (
     HotPath,
     Prepared,
 )
+from pybatchintory_adapters._sqlalchemy.in_one import LeaseInOne, lease_in_one
 from pybatchintory_adapters._sqlalchemy.leasing import (
     Acquisition,
     renewal,
@@ -59,6 +60,8 @@ __all__ = ("SQLAlchemyStore",)
 T = TypeVar("T")
 
 _TRANSIENT_TRIES = 6
+_IN_ONE_STATEMENTS = 64
+"""One-statement acquires a store keeps (one per source page shape)."""
 
 
 class SQLAlchemyStore:
@@ -77,6 +80,9 @@ class SQLAlchemyStore:
         self.statements = Statements(tables)
         self.reads = ReadStatements(tables)
         self._prepared: OrderedDict[int, tuple[sa.Executable, Prepared]] = OrderedDict()
+        self._in_one: OrderedDict[tuple[int, bool, bool], tuple[Any, sa.Select[Any]]] = (
+            OrderedDict()
+        )
         self._ready = False
         # Option engines share the pool; their options cost nothing per connection, unlike
         # ``await conn.execution_options(...)`` on every transaction.
@@ -276,7 +282,26 @@ class SQLAlchemyStore:
         planner: Planner,
         config: Mapping[str, Any] | None = None,
     ) -> list[LeaseGrant]:
-        """Lease up to ``n`` ranges: expire, then retries oldest first, then new ranges."""
+        """Lease up to ``n`` ranges: expire, then retries oldest first, then new ranges.
+
+        The common case of one range takes one statement where the database allows it
+        (``in_one``); the rest, and whatever that statement cannot decide, one transaction.
+        """
+        if n == 1 and self.capabilities.acquire_in_one:
+            offer = getattr(planner, "first_page", None)
+            first = None if offer is None else offer(self.engine)
+            if first is not None:
+                quick = LeaseInOne(
+                    statement=self._lease_in_one(first),
+                    first=first,
+                    job=job,
+                    owner=owner,
+                    ttl=ttl,
+                    config=None if config is None else dict(config),
+                )
+                grants = await self._transact_hot(quick, single=True)
+                if grants is not None:
+                    return grants
         work = Acquisition(
             statements=self.statements,
             returning=self.engine.dialect.insert_returning,
@@ -290,6 +315,25 @@ class SQLAlchemyStore:
             config=None if config is None else dict(config),
         )
         return await self._transact_hot(work)
+
+    def _lease_in_one(self, first: FirstPage) -> sa.Select[Any]:
+        """The one-statement acquire around ``first``'s page query, built once per shape."""
+        key = (id(first.query), first.limit is not None, first.max_count is not None)
+        cached = self._in_one.get(key)
+        if cached is not None and cached[0] is first.query:
+            self._in_one.move_to_end(key)
+            return cached[1]
+        statement = lease_in_one(
+            self.tables,
+            first.query,
+            limited=first.limit is not None,
+            counted=first.max_count is not None,
+        )
+        # Keyed by identity and holding the page query, so an id is never reused for another.
+        self._in_one[key] = (first.query, statement)
+        while len(self._in_one) > _IN_ONE_STATEMENTS:
+            self._in_one.popitem(last=False)
+        return statement
 
     async def heartbeat(self, owner: str, ttl: float, tokens: Collection[str]) -> set[str]:
         """Renew ``owner``'s live leases among ``tokens`` in one statement; return lost ones.

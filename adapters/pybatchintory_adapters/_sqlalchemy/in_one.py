@@ -1,0 +1,238 @@
+"""The common acquire as one statement: lock, cut, insert and move the cursor in one go.
+
+Where the database runs data-modifying statements inside ``WITH`` (PostgreSQL), an acquire
+of one range whose source lives in the inventory's database is one round trip, in
+autocommit::
+
+    WITH locked AS MATERIALIZED (SELECT cursor, meta_table FROM jobs WHERE name = :job
+                                 FOR UPDATE),                     -- per-job serialisation
+         clock  AS MATERIALIZED (SELECT <database clock> AS now, cursor, meta_table,
+                                 <oldest running expiry>, <next retry> FROM locked),
+         page   AS (<the source's page summary, its cursor the locked one>),
+         leased AS (INSERT INTO inventory (...) SELECT ... FROM clock, page
+                    WHERE <nothing expired or due> AND <this page decides the cut>
+                    RETURNING ...),
+         moved  AS (UPDATE jobs SET cursor = (SELECT meta_id_end FROM leased) ...
+                    WHERE name = :job AND EXISTS (SELECT FROM leased))
+    SELECT ... FROM clock, page LEFT JOIN leased ON true
+
+Every guarantee of the slower path holds: the job row is locked before anything is read
+after the cursor (under READ COMMITTED a waiter gets the row as the lock holder left it,
+so two ranges never overlap); ``clock`` is computed from the locked row, so it is read
+after any lock wait and a lease is never born short; the token is the caller's; the range
+is cut from the page as ``RangeCutter`` would (count cap, weight cap, an oversized row
+alone). When the statement cannot decide alone (a lease ran out, a retry is due, the job
+has no cursor yet, the page does not decide the cut) it inserts nothing, commits nothing
+but the lock it took, and the caller runs the transaction of ``leasing.Acquisition``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.sql import visitors
+
+from pybatchintory.models import LeaseGrant, PlannedRange
+from pybatchintory.protocols import FirstPage
+from pybatchintory_adapters._sqlalchemy.driver_path import HotPath
+from pybatchintory_adapters._sqlalchemy.records import aware
+from pybatchintory_adapters._sqlalchemy.rules import RUNNING, running
+from pybatchintory_adapters._sqlalchemy.statements import ATTEMPT_COLUMNS
+from pybatchintory_adapters._sqlalchemy.tables import Tables
+from pybatchintory_adapters._sqlalchemy.types import db_now, plus_seconds
+
+__all__ = ("LeaseInOne", "lease_in_one")
+
+
+def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
+    return sa.bindparam(f"p_{name}", type_=type_)
+
+
+def lease_in_one(t: Tables, page_query: Any, *, limited: bool, counted: bool) -> sa.Select[Any]:
+    """The one-statement acquire around ``page_query`` (a ``FirstPage.query``).
+
+    ``limited``: the page reads at most ``p_limit`` rows; ``counted``: a ``p_max_count``
+    cap applies. Parameters: ``p_job``, ``p_owner``, ``p_token``, ``p_ttl``, ``p_config``,
+    those two, and the page's own.
+    """
+    inv, jobs = t.inventory, t.jobs
+    job = _p("job", sa.String())
+    locked = (
+        sa.select(jobs.c.cursor, jobs.c.meta_table)
+        .where(jobs.c.name == job)
+        .with_for_update()
+        .cte("locked")
+        .prefix_with("MATERIALIZED")
+    )
+    oldest_expiry = (
+        sa.select(sa.func.min(inv.c.expires_at))
+        .where(inv.c.job == job, running(inv))
+        .scalar_subquery()
+    )
+    next_retry = sa.select(sa.func.min(inv.c.retry_after)).where(inv.c.job == job).scalar_subquery()
+    clock = (
+        sa.select(
+            db_now().label("now"),
+            locked.c.cursor,
+            locked.c.meta_table,
+            oldest_expiry.label("oldest_expiry"),
+            next_retry.label("next_retry"),
+        )
+        .select_from(locked)
+        .cte("clock")
+        .prefix_with("MATERIALIZED")
+    )
+    cursor = sa.select(clock.c.cursor).scalar_subquery()
+
+    def locked_cursor(element: Any) -> Any:
+        if isinstance(element, sa.BindParameter) and element.key == "p_after":
+            return cursor
+        return None
+
+    source_page: sa.Select[Any] = page_query
+    replaced: Any = visitors.replacement_traverse(source_page, {}, locked_cursor)
+    page = replaced.cte("page")
+    rows, first, first_weight, last, weight, fit_rows, fit_last, fit_weight = page.c
+    split = fit_rows < rows  # the weight cap is hit inside the page
+    alone = sa.and_(split, fit_rows == 0)  # the first row alone is over the cap
+    decides: list[sa.ColumnElement[bool]] = [split]
+    if limited:
+        decides.append(rows < _p("limit", sa.Integer()))
+    else:
+        decides.append(sa.true())
+    if counted:
+        decides.append(rows >= _p("max_count", sa.BigInteger()))
+    now = clock.c.now
+    free = sa.and_(
+        sa.or_(clock.c.oldest_expiry.is_(None), clock.c.oldest_expiry > now),
+        sa.or_(clock.c.next_retry.is_(None), clock.c.next_retry > now),
+    )
+    go = sa.and_(clock.c.cursor.is_not(None), free, rows > 0, sa.or_(*decides))
+    owner = _p("owner", sa.String())
+    values: dict[str, Any] = {
+        "meta_table": clock.c.meta_table,
+        "job": job,
+        "job_identifier": owner,
+        "processing_start": now,
+        "meta_id_start": clock.c.cursor + 1,
+        "meta_id_end": sa.case((alone, first), (split, fit_last), else_=last),
+        "weight": sa.case((alone, first_weight), (split, fit_weight), else_=weight),
+        "count": sa.case((alone, 1), (split, fit_rows), else_=rows),
+        "attempt": sa.literal(1, sa.Integer()),
+        "status": sa.literal(RUNNING, inv.c.status.type),
+        "owner": owner,
+        "token": _p("token", sa.String()),
+        "heartbeat_at": now,
+        "expires_at": plus_seconds(now, _p("ttl", sa.Float())),
+        "failures": sa.literal(0, sa.Integer()),
+        "dead": sa.false(),
+        "oversized": alone,
+        "config": _p("config", inv.c.config.type),
+    }
+    cut = (
+        sa.select(*(values[name] for name in ATTEMPT_COLUMNS))
+        .select_from(clock.join(page, sa.true()))
+        .where(go)
+    )
+    leased = (
+        sa.insert(inv)
+        .from_select(list(ATTEMPT_COLUMNS), cut)
+        .returning(
+            inv.c.id,
+            inv.c.meta_id_start,
+            inv.c.meta_id_end,
+            inv.c.count,
+            inv.c.weight,
+            inv.c.oversized,
+            inv.c.expires_at,
+        )
+        .cte("leased")
+    )
+    moved = (
+        sa.update(jobs)
+        .where(jobs.c.name == job, sa.exists(sa.select(leased.c.id)))
+        .values(
+            cursor=sa.select(leased.c.meta_id_end).scalar_subquery(),
+            updated_at=sa.select(clock.c.now).scalar_subquery(),
+        )
+        .cte("moved")
+    )
+    return (
+        sa.select(
+            clock.c.cursor,
+            clock.c.meta_table,
+            free.label("free"),
+            rows.label("page_rows"),
+            leased.c.id,
+            leased.c.meta_id_start,
+            leased.c.meta_id_end,
+            leased.c.count,
+            leased.c.weight,
+            leased.c.oversized,
+            leased.c.expires_at,
+        )
+        .select_from(clock.join(page, sa.true()).outerjoin(leased, sa.true()))
+        .add_cte(moved)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInOne:
+    """The body of a one-statement acquire of one range (in autocommit).
+
+    Returns the grant, ``[]`` when there is certainly nothing to hand out (no lease ran
+    out, no retry due, no row after the cursor), or ``None`` when the slower transaction
+    must decide.
+    """
+
+    statement: sa.Select[Any]
+    first: FirstPage
+    job: str
+    owner: str
+    ttl: float
+    config: Mapping[str, Any] | None
+
+    async def __call__(self, ex: HotPath, link: object) -> list[LeaseGrant] | None:
+        token = secrets.token_hex(16)
+        params: dict[str, Any] = {
+            **self.first.params,
+            "p_job": self.job,
+            "p_owner": self.owner,
+            "p_token": token,
+            "p_ttl": float(self.ttl),
+            "p_config": self.config,
+        }
+        if self.first.limit is not None:
+            params["p_limit"] = self.first.limit
+        if self.first.max_count is not None:
+            params["p_max_count"] = self.first.max_count
+        row = await ex.one(self.statement, params)
+        if row is None:
+            return None  # no such job: the slower path says so
+        cursor, meta_table, free, page_rows, key, start, end, count, weight, oversized = row[:10]
+        expires = row[10]
+        if key is None:
+            nothing = cursor is not None and bool(free) and int(page_rows) == 0
+            return [] if nothing else None
+        cut = PlannedRange(int(start), int(end), int(count), int(weight), bool(oversized))
+        self.first.taken(cut)
+        return [
+            LeaseGrant(
+                id=int(key),
+                job=self.job,
+                meta_table=str(meta_table),
+                meta_id_start=cut.meta_id_start,
+                meta_id_end=cut.meta_id_end,
+                count=cut.count,
+                weight=cut.weight,
+                attempt=1,
+                failures=0,
+                oversized=cut.oversized,
+                token=token,
+                expires_at=aware(expires),  # type: ignore[arg-type]
+            )
+        ]
