@@ -10,7 +10,10 @@ Quick start::
             rows = await batch.items()
 """
 
+from pybatchintory._consumer import ConsumeReport
 from pybatchintory._default_inventory import acquire_batch, acquire_batches, lease, shutdown
+from pybatchintory._group import BatchGroup
+from pybatchintory._service import run_service
 from pybatchintory.batch import Batch
 from pybatchintory.errors import (
     AlreadySettled,
@@ -53,7 +56,9 @@ __all__ = (
     "Attempt",
     "Backlog",
     "Batch",
+    "BatchGroup",
     "ConfigurationError",
+    "ConsumeReport",
     "ErrorGroup",
     "InvalidArgument",
     "InvalidColumn",
@@ -84,5 +89,6 @@ __all__ = (
     "acquire_batch",
     "acquire_batches",
     "lease",
+    "run_service",
     "shutdown",
 )
