@@ -202,3 +202,30 @@ async def test_a_group_waits_until_every_batch_is_settled(
         return [r["status"] for r in rows] == ["succeeded"] * 3
 
     await wait_until(all_succeeded, deadline=1)
+
+
+async def test_consume_waits_for_a_database_that_is_not_up() -> None:
+    stop = asyncio.Event()
+    warnings: list[str] = []
+
+    class StopOnRetry(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warnings.append(record.getMessage())
+            if "acquire failed, retrying" in record.getMessage():
+                stop.set()
+
+    async def handle(batch: pbi.Batch) -> None:
+        raise AssertionError("nothing can be leased")
+
+    # Nothing listens on port 9 of the loopback interface.
+    inv = pbi.Inventory("postgresql+asyncpg://postgres@127.0.0.1:9/absent")
+    handler = StopOnRetry(logging.WARNING)
+    logging.getLogger("pybatchintory").addHandler(handler)
+    try:
+        with anyio.fail_after(60):
+            report = await inv.consume("down", "files", handle, poll_interval=0.2, stop=stop)
+    finally:
+        logging.getLogger("pybatchintory").removeHandler(handler)
+        await inv.aclose()
+    assert report.store_errors == 1 and report.batches == 0
+    assert any("unreachable" in message for message in warnings)
