@@ -65,6 +65,19 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+def _call_arguments(args: object, kwargs: object) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``process``'s ``args`` and ``kwargs``, checked: a tuple or list, and a mapping."""
+    if not isinstance(args, (tuple, list)):
+        raise InvalidArgument(
+            f"process(func, args=(), kwargs=None): args must be a tuple or list, got {args!r}"
+        )
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise InvalidArgument(
+            f"process(func, args=(), kwargs=None): kwargs must be a mapping, got {kwargs!r}"
+        )
+    return tuple(args), dict(kwargs or {})
+
+
 def _check_json(result: Any) -> None:
     """Refuse, before anything is written, a result that some store cannot hold."""
     try:
@@ -342,19 +355,28 @@ class Batch:
         asyncio.get_running_loop()
         return self._settler.settle_nowait(self, self._release_settlement())
 
-    async def process(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def process(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
         """Run ``func(items, *args, **kwargs)`` and settle: success, failure or release.
 
-        An async ``func`` (or an object with an async ``__call__``) is awaited; a plain one
+        The seed's spelling: ``batch.process(func, (3,), {"label": "x"})``, as in the sync
+        API. An async ``func`` (or an object with an async ``__call__``) is awaited; a plain one
         runs in a worker thread so heartbeats keep going. Its return value is stored as the
         result when it is JSON-serialisable. The ``timeout=`` the batch was acquired with
         bounds reading the items and ``func``, as it bounds the body of ``async with batch``
         (a plain ``func`` cannot be stopped: its thread runs on, and its result is discarded).
 
         Raises:
+            InvalidArgument: ``args`` is not a tuple or list, or ``kwargs`` not a mapping
+                (``func`` is not called, nothing is written).
             AlreadySettled: This handle was settled before (``func`` is not called).
             LeaseLost: The lease is gone (``func`` is not called).
         """
+        args, kwargs = _call_arguments(args, kwargs)
         self._check_unsettled(Status.SUCCEEDED)
         try:
             async with asyncio.timeout(self._timeout):

@@ -30,8 +30,19 @@ from pybatchintory.errors import InvalidArgument
 from pybatchintory.models import Attempt, Backlog, ErrorGroup, JobStatus, PlannedRange, Status
 from pybatchintory.protocols import InventoryStore, MetadataSource
 from pybatchintory.settings import Settings
+from pybatchintory.sources import SourceDefaults
 
-__all__ = ("Inventory", "LeaseContext")
+__all__ = ("Inventory", "LeaseContext", "settings_defaults")
+
+
+def settings_defaults(settings: Settings) -> SourceDefaults:
+    """The source defaults named by ``PYBATCHINTORY_META_*`` (url, id, weight, timestamp)."""
+    return SourceDefaults(
+        url=None if settings.meta_url is None else settings.meta_url.get_secret_value(),
+        id=settings.meta_id,
+        weight=settings.meta_weight,
+        timestamp=settings.meta_timestamp,
+    )
 
 
 class Inventory:
@@ -48,6 +59,10 @@ class Inventory:
         code_version: Recorded with every failure (e.g. a git sha).
         engine: Use this engine instead of creating one from ``url`` (not disposed here).
         settle_timeout: How long ``aclose()`` waits for settle writes in flight.
+        source_defaults: How a source named by a string is read (id, weight and timestamp
+            columns) and where a ``MetaTable`` without ``url=`` lives; ``from_settings()``
+            fills it from ``PYBATCHINTORY_META_*``. Default: the inventory's database, an
+            ``id`` column, no weight.
 
     Raises:
         InvalidArgument: A setting is out of range.
@@ -67,6 +82,7 @@ class Inventory:
         code_version: str | None = None,
         engine: AsyncEngine | None = None,
         settle_timeout: float = 30.0,
+        source_defaults: SourceDefaults | None = None,
     ) -> None:
         policy = lease_policy(
             owner=owner,
@@ -88,12 +104,18 @@ class Inventory:
         self.settle_timeout = policy.settle_timeout
         self._db = Database(self.url, table_prefix=table_prefix, engine=engine)
         self._leases = Leases(self._db, policy)
-        self._jobs = Jobs(self._db)
+        self._jobs = Jobs(self._db, source_defaults)
         self._operator = Operator(self._db, self._jobs, owner=self.owner, max_attempts=max_attempts)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> Inventory:
-        """An ``Inventory`` configured from ``PYBATCHINTORY_*`` settings (or ``settings``)."""
+        """An ``Inventory`` configured from ``PYBATCHINTORY_*`` settings (or ``settings``).
+
+        ``META_URL``, ``META_ID``, ``META_WEIGHT`` and ``META_TIMESTAMP`` reach every call:
+        they complete a source named by a string (``source="files"``) and place a
+        ``MetaTable`` without ``url=``, and the reads of a recorded job (``backlog``,
+        ``audit``) find its metadata table through them.
+        """
         s = settings or Settings()
         options: dict[str, Any] = {
             "owner": s.owner,
@@ -102,6 +124,7 @@ class Inventory:
             "retry_delay": s.retry_delay,
             "table_prefix": s.table_prefix,
             "code_version": s.code_version,
+            "source_defaults": settings_defaults(s),
         }
         options.update(overrides)
         return cls(s.inventory_url.get_secret_value(), **options)

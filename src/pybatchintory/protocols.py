@@ -144,11 +144,15 @@ class BindContext:
         store: The inventory store (``InventorySource`` reads another job from it).
         inventory_engine: The inventory's engine, the default metadata database.
         engine_for: Returns an engine for another URL (created once, disposed by the inventory).
+        metadata_url: The metadata database of a source that names none (``MetaTable``
+            without ``url=``): the inventory's own when ``None`` (``PYBATCHINTORY_META_URL``
+            on an ``Inventory.from_settings()``).
     """
 
     store: InventoryStore
     inventory_engine: AsyncEngine
     engine_for: Callable[[str], AsyncEngine]
+    metadata_url: str | None = None
 
 
 @runtime_checkable

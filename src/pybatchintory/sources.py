@@ -9,6 +9,7 @@ databases lives in the adapters.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,10 +38,35 @@ from pybatchintory.protocols import (
     StatementLink,
 )
 
-__all__ = ("Filter", "MetaTable")
+__all__ = ("Filter", "MetaTable", "SourceDefaults")
 
 
 _RECOUNT_CHUNK = 200
+
+
+@dataclass(frozen=True, slots=True)
+class SourceDefaults:
+    """How an ``Inventory`` completes a source named by a string, or a ``MetaTable`` without url.
+
+    ``Inventory.from_settings()`` fills it from ``PYBATCHINTORY_META_URL``, ``META_ID``,
+    ``META_WEIGHT`` and ``META_TIMESTAMP``; a plain ``Inventory(url)`` uses the defaults here
+    (the inventory's own database, an ``id`` column, no weight, no timestamp).
+
+    Attributes:
+        url: The metadata database of a source that names none; ``None``: the inventory's.
+        id: Id column of a table named by a string.
+        weight: Weight column of a table named by a string.
+        timestamp: Timestamp column of a table named by a string.
+    """
+
+    url: str | None = None
+    id: str = "id"
+    weight: str | None = None
+    timestamp: str | None = None
+
+    def table(self, name: str) -> MetaTable:
+        """The ``MetaTable`` a string ``name`` stands for."""
+        return MetaTable(name, id=self.id, weight=self.weight, timestamp=self.timestamp)
 
 
 class MetaTable:
@@ -54,7 +80,8 @@ class MetaTable:
         settle: Never hand out rows younger than this (needs ``timestamp``).
         where: A filter: a SQLAlchemy expression, a callable ``(table) -> expression``,
             or a mapping ``{"column": value | [values]}``. Raw strings are refused.
-        url: The metadata database; ``None`` uses the inventory's database.
+        url: The metadata database; ``None`` uses the inventory's database (or the one
+            named by ``PYBATCHINTORY_META_URL`` on an ``Inventory.from_settings()``).
 
     Raises:
         InvalidArgument: On a raw string filter, ``settle`` without ``timestamp``, or an
@@ -104,7 +131,8 @@ class MetaTable:
             UnknownColumn: A named column does not exist.
             InvalidColumn: The id column is not an integer, or the weight is not numeric.
         """
-        engine = context.inventory_engine if self.url is None else context.engine_for(self.url)
+        url = self.url if self.url is not None else context.metadata_url
+        engine = context.inventory_engine if url is None else context.engine_for(url)
         schema, _, name = self.table.rpartition(".")
         try:
             async with engine.connect() as conn:
@@ -114,8 +142,17 @@ class MetaTable:
                     )
                 )
         except NoSuchTableError as exc:
-            raise UnknownTable(f"metadata table {self.table!r} does not exist") from exc
-        return BoundMetaTable(self, engine, table)
+            where = engine.url.render_as_string(hide_password=True)
+            hint = (
+                "pass MetaTable(..., url=...) or set PYBATCHINTORY_META_URL if it lives in "
+                "another database"
+                if url is None
+                else "check PYBATCHINTORY_META_TABLE / the table name and the metadata URL"
+            )
+            raise UnknownTable(
+                f"metadata table {self.table!r} does not exist in {where}: {hint}"
+            ) from exc
+        return BoundMetaTable(self, engine, table, separate=engine is not context.inventory_engine)
 
 
 def _python_type(column: sa.Column[Any]) -> type | None:
@@ -128,8 +165,11 @@ def _python_type(column: sa.Column[Any]) -> type | None:
 class BoundMetaTable:
     """A ``MetaTable`` resolved against its database. Built by ``MetaTable.bind``."""
 
-    def __init__(self, spec: MetaTable, engine: AsyncEngine, table: sa.Table) -> None:
+    def __init__(
+        self, spec: MetaTable, engine: AsyncEngine, table: sa.Table, *, separate: bool = False
+    ) -> None:
         self.spec = spec
+        self.separate = separate
         self.engine = engine
         self.table = table
         self.name = spec.table
@@ -167,7 +207,7 @@ class BoundMetaTable:
             "id": self.spec.id,
             "weight": self.spec.weight,
             "filter": self._filter_text,
-            "database": "inventory" if self.spec.url is None else "separate",
+            "database": "separate" if self.separate else "inventory",
         }
 
     # -- queries --------------------------------------------------------------------------
