@@ -93,9 +93,8 @@ def lease_in_one(t: Tables, page_query: Any, *, limited: bool, counted: bool) ->
             return cursor
         return None
 
-    source_page: sa.Select[Any] = page_query
-    replaced: Any = visitors.replacement_traverse(source_page, {}, locked_cursor)
-    page = replaced.cte("page")
+    traverse: Any = visitors.replacement_traverse  # typed for column elements only
+    page = traverse(page_query, {}, locked_cursor).cte("page")
     rows, first, first_weight, last, weight, fit_rows, fit_last, fit_weight = page.c
     split = fit_rows < rows  # the weight cap is hit inside the page
     alone = sa.and_(split, fit_rows == 0)  # the first row alone is over the cap
