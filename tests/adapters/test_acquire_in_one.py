@@ -222,3 +222,41 @@ async def test_concurrent_workers_of_one_job_never_overlap(pg_url: str) -> None:
     for (_, end), (start, _) in itertools.pairwise(ranges):
         assert start == end + 1  # contiguous: no overlap, no gap
     assert sum(r["count"] for r in rows) == 2000
+
+
+@pytest.mark.parametrize(("n", "max_count"), [(10, 1), (7, 13), (50, 3)])
+async def test_acquire_many_of_count_capped_ranges_is_one_statement(
+    pg_url: str, sent: list[str], n: int, max_count: int
+) -> None:
+    await create_meta_table(pg_url, rows=400)
+    odd = pbi.MetaTable("files", weight="size_in_bytes", where={"kind": "csv"})
+    async with pbi.Inventory(pg_url) as fast, pbi.Inventory(pg_url) as slow:
+        _slow(slow)
+        cuts: dict[str, list[tuple[int, int, int, int]]] = {}
+        for name, inv in (("fast", fast), ("slow", slow)):
+            cuts[name] = []
+            first = await inv.acquire(name, odd, max_count=max_count, id_start=3, id_end=390)
+            assert first is not None
+            await first.success()
+            while True:
+                sent.clear()
+                batches = await inv.acquire_many(
+                    name, odd, n, max_count=max_count, id_start=3, id_end=390
+                )
+                if name == "fast":
+                    assert len(sent) == 1 and "BEGIN" not in sent, sent
+                if not batches:
+                    break
+                assert [b.meta_id_start for b in batches] == sorted(b.meta_id_start for b in batches)
+                assert len({b.token for b in batches}) == len(batches)
+                cuts[name] += [(b.meta_id_start, b.meta_id_end, b.count, b.weight) for b in batches]
+                assert await inv.settle_many(batches) == []
+        assert cuts["fast"] == cuts["slow"]
+        ranges = cuts["fast"]
+        for (_, end, _, _), (start, _, _, _) in itertools.pairwise(ranges):
+            assert start == end + 1
+        for start, end, count, weight in ranges:
+            assert (count, weight) == await table_totals(pg_url, start, end, where="kind = 'csv'")
+        rows = await attempts_of(pg_url, "fast")
+        assert len({r["token"] for r in rows}) == len(rows)  # a fresh token per range
+        assert all(r["status"] == "succeeded" and r["attempt"] == 1 for r in rows)
