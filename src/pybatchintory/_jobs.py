@@ -239,11 +239,13 @@ class _JobPlanner:
         found = offer(engine, request)
         if found is None:
             return None
-        query, params = found
+        query, rows, params = found
         return FirstPage(
             query=query,
+            rows=rows,
             params=params,
             limit=request.limit,
             max_count=self._limits.max_count,
+            max_weight=self._limits.max_weight,
             taken=self.taken,
         )

@@ -205,18 +205,26 @@ class FirstPage:
     inside it, it holds fewer rows than ``limit``, or ``max_count`` rows), the store cuts
     the range from it as the planner would; otherwise it calls the planner as usual.
 
+    With a count cap and no weight cap, ``rows`` also lets a store cut ``n`` ranges of an
+    ``acquire_many`` at once: every ``max_count`` rows of one page of ``n * max_count``
+    rows (``p_limit``) are one range, as the planner would cut them one after another.
+
     Attributes:
         query: The page summary: ``PageSummary``'s eight fields as columns, in that order.
-        params: Its bind parameters other than ``p_after``.
+        rows: The page's rows: ``id`` and weight ``w`` in id order, at most ``p_limit``.
+        params: Their bind parameters other than ``p_after``.
         limit: Rows the page reads at most (``None``: all of them).
         max_count: The count cap (``None``: none).
+        max_weight: The weight cap (``None``: none).
         taken: Tell the planner what was cut (it sizes the job's next first page).
     """
 
     query: Any
+    rows: Any
     params: Mapping[str, Any]
     limit: int | None
     max_count: int | None
+    max_weight: int | None
     taken: Callable[[PlannedRange], None]
 
 

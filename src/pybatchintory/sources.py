@@ -197,6 +197,7 @@ class BoundMetaTable:
         self.condition = resolve_filter(table, spec.where)
         self._filter_text = describe_filter(self.condition, spec.table)
         self._page_queries: dict[tuple[bool, bool, bool, bool], Any] = {}
+        self._page_rows: dict[tuple[bool, bool, bool, bool], Any] = {}
         self._horizon_query: sa.Select[Any] | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -296,6 +297,7 @@ class BoundMetaTable:
         )
         if has_limit:
             page = page.limit(sa.bindparam("p_limit", type_=sa.Integer()))
+        self._page_rows[key] = page
         rows = page.subquery("page")
         query: sa.Select[Any]
         if not weighted:
@@ -332,23 +334,27 @@ class BoundMetaTable:
 
     def first_page(
         self, engine: AsyncEngine, request: PageRequest
-    ) -> tuple[Any, dict[str, Any]] | None:
-        """``request``'s page summary as a statement for an acquire's own statement.
+    ) -> tuple[Any, Any, dict[str, Any]] | None:
+        """``request``'s page as statements for an acquire's own statement.
 
-        Its cursor is the bind parameter ``p_after``; the other parameters come with it.
+        ``(summary, rows, params)``: the page summary (``PageSummary``'s fields as
+        columns) and the page's rows themselves (``id``, ``w``, in id order, at most
+        ``p_limit``). Their cursor is the bind parameter ``p_after``; the other parameters
+        come with them.
         ``None`` when the store cannot read it inside its statement: the table lives in
         another database, or a ``settle=`` horizon must be read first.
         """
         if engine is not self.engine or (self.spec.settle is not None and self.ts_col is not None):
             return None
         weighted = request.max_weight is not None
-        query = self._page_query(True, request.end is not None, request.limit is not None, weighted)
+        key = (True, request.end is not None, request.limit is not None, weighted)
+        query = self._page_query(*key)
         params = {
             "p_end": request.end,
             "p_limit": request.limit,
             "p_max_weight": request.max_weight,
         }
-        return query, {k: v for k, v in params.items() if v is not None}
+        return query, self._page_rows[key], {k: v for k, v in params.items() if v is not None}
 
     async def summarize(self, request: PageRequest, link: object | None) -> PageSummary:
         """One aggregate query over at most ``request.limit`` rows after ``request.after``.

@@ -247,7 +247,9 @@ async def test_acquire_many_of_count_capped_ranges_is_one_statement(
                     assert len(sent) == 1 and "BEGIN" not in sent, sent
                 if not batches:
                     break
-                assert [b.meta_id_start for b in batches] == sorted(b.meta_id_start for b in batches)
+                assert [b.meta_id_start for b in batches] == sorted(
+                    b.meta_id_start for b in batches
+                )
                 assert len({b.token for b in batches}) == len(batches)
                 cuts[name] += [(b.meta_id_start, b.meta_id_end, b.count, b.weight) for b in batches]
                 assert await inv.settle_many(batches) == []

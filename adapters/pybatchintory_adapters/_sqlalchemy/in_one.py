@@ -45,22 +45,21 @@ from pybatchintory_adapters._sqlalchemy.statements import ATTEMPT_COLUMNS
 from pybatchintory_adapters._sqlalchemy.tables import Tables
 from pybatchintory_adapters._sqlalchemy.types import db_now, plus_seconds
 
-__all__ = ("LeaseInOne", "lease_in_one")
+__all__ = ("LeaseInOne", "LeaseManyInOne", "lease_in_one", "lease_many_in_one")
 
 
 def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
     return sa.bindparam(f"p_{name}", type_=type_)
 
 
-def lease_in_one(t: Tables, page_query: Any, *, limited: bool, counted: bool) -> sa.Select[Any]:
-    """The one-statement acquire around ``page_query`` (a ``FirstPage.query``).
+def _locked_clock(t: Tables, job: sa.BindParameter[Any]) -> Any:
+    """``clock``: the locked job row, the database clock after the lock, two due probes.
 
-    ``limited``: the page reads at most ``p_limit`` rows; ``counted``: a ``p_max_count``
-    cap applies. Parameters: ``p_job``, ``p_owner``, ``p_token``, ``p_ttl``, ``p_config``,
-    those two, and the page's own.
+    Its columns: ``now`` (read from the locked row, so after any lock wait), ``cursor``,
+    ``meta_table``, and the oldest running lease's expiry and the next retry (two index
+    probes), which say whether a lease may have run out or a retry may be due.
     """
     inv, jobs = t.inventory, t.jobs
-    job = _p("job", sa.String())
     locked = (
         sa.select(jobs.c.cursor, jobs.c.meta_table)
         .where(jobs.c.name == job)
@@ -86,6 +85,28 @@ def lease_in_one(t: Tables, page_query: Any, *, limited: bool, counted: bool) ->
         .cte("clock")
         .prefix_with("MATERIALIZED")
     )
+    return clock
+
+
+def _free(clock: Any) -> sa.ColumnElement[bool]:
+    """No lease of the job ran out and no retry is due, by the locked clock."""
+    now = clock.c.now
+    return sa.and_(
+        sa.or_(clock.c.oldest_expiry.is_(None), clock.c.oldest_expiry > now),
+        sa.or_(clock.c.next_retry.is_(None), clock.c.next_retry > now),
+    )
+
+
+def lease_in_one(t: Tables, page_query: Any, *, limited: bool, counted: bool) -> sa.Select[Any]:
+    """The one-statement acquire around ``page_query`` (a ``FirstPage.query``).
+
+    ``limited``: the page reads at most ``p_limit`` rows; ``counted``: a ``p_max_count``
+    cap applies. Parameters: ``p_job``, ``p_owner``, ``p_token``, ``p_ttl``, ``p_config``,
+    those two, and the page's own.
+    """
+    inv, jobs = t.inventory, t.jobs
+    job = _p("job", sa.String())
+    clock = _locked_clock(t, job)
     cursor = sa.select(clock.c.cursor).scalar_subquery()
 
     def locked_cursor(element: Any) -> Any:
@@ -106,10 +127,7 @@ def lease_in_one(t: Tables, page_query: Any, *, limited: bool, counted: bool) ->
     if counted:
         decides.append(rows >= _p("max_count", sa.BigInteger()))
     now = clock.c.now
-    free = sa.and_(
-        sa.or_(clock.c.oldest_expiry.is_(None), clock.c.oldest_expiry > now),
-        sa.or_(clock.c.next_retry.is_(None), clock.c.next_retry > now),
-    )
+    free = _free(clock)
     go = sa.and_(clock.c.cursor.is_not(None), free, rows > 0, sa.or_(*decides))
     owner = _p("owner", sa.String())
     values: dict[str, Any] = {
@@ -235,3 +253,187 @@ class LeaseInOne:
                 expires_at=aware(expires),  # type: ignore[arg-type]
             )
         ]
+
+
+def lease_many_in_one(t: Tables, rows_query: Any) -> sa.Select[Any]:
+    """Up to ``p_n`` count-capped ranges in one statement around ``rows_query``.
+
+    ``rows_query`` is a ``FirstPage.rows`` (``id``, ``w`` after ``p_after``, at most
+    ``p_limit`` = ``p_n * p_max_count`` rows): every ``p_max_count`` rows in id order are
+    one range, starting just after the previous one's end (the first just after the
+    cursor), as the planner would cut them one after another. Range ``i`` takes the
+    ``i``-th of the comma-separated tokens ``p_tokens``. Parameters: those, ``p_job``, ``p_owner``, ``p_ttl``, ``p_config``,
+    and the rows query's own.
+    """
+    inv, jobs = t.inventory, t.jobs
+    job = _p("job", sa.String())
+    clock = _locked_clock(t, job)
+    cursor = sa.select(clock.c.cursor).scalar_subquery()
+
+    def locked_cursor(element: Any) -> Any:
+        if isinstance(element, sa.BindParameter) and element.key == "p_after":
+            return cursor
+        return None
+
+    traverse: Any = visitors.replacement_traverse  # typed for column elements only
+    page = traverse(rows_query, {}, locked_cursor).subquery("page")
+    position = sa.func.row_number().over(order_by=page.c.id) - 1
+    bucketed = sa.select(
+        page.c.id, page.c.w, (position // _p("max_count", sa.BigInteger())).label("b")
+    ).subquery("bucketed")
+    cuts = (
+        sa.select(
+            bucketed.c.b,
+            sa.func.max(bucketed.c.id).label("e"),
+            sa.func.count().label("c"),
+            sa.func.coalesce(sa.func.sum(bucketed.c.w), 0).label("wt"),
+        )
+        .group_by(bucketed.c.b)
+        .cte("cuts")
+    )
+    previous = sa.func.lag(cuts.c.e).over(order_by=cuts.c.b)
+    ranged = (
+        sa.select(
+            cuts.c.b,
+            (sa.func.coalesce(previous, clock.c.cursor) + 1).label("s"),
+            cuts.c.e,
+            cuts.c.c,
+            cuts.c.wt,
+        )
+        .select_from(cuts.join(clock, sa.true()))
+        .subquery("ranged")
+    )
+    now = clock.c.now
+    go = sa.and_(clock.c.cursor.is_not(None), _free(clock))
+    owner = _p("owner", sa.String())
+    # The tokens, comma-separated (hex never holds a comma): range i takes the i-th.
+    tokens = _p("tokens", sa.Text())
+    values: dict[str, Any] = {
+        "meta_table": clock.c.meta_table,
+        "job": job,
+        "job_identifier": owner,
+        "processing_start": now,
+        "meta_id_start": ranged.c.s,
+        "meta_id_end": ranged.c.e,
+        "weight": ranged.c.wt,
+        "count": ranged.c.c,
+        "attempt": sa.literal(1, sa.Integer()),
+        "status": sa.literal(RUNNING, inv.c.status.type),
+        "owner": owner,
+        "token": sa.func.split_part(tokens, ",", sa.cast(ranged.c.b + 1, sa.Integer())),
+        "heartbeat_at": now,
+        "expires_at": plus_seconds(now, _p("ttl", sa.Float())),
+        "failures": sa.literal(0, sa.Integer()),
+        "dead": sa.false(),
+        "oversized": sa.false(),
+        "config": _p("config", inv.c.config.type),
+    }
+    cut = (
+        sa.select(*(values[name] for name in ATTEMPT_COLUMNS))
+        .select_from(ranged.join(clock, sa.true()))
+        .where(go)
+    )
+    leased = (
+        sa.insert(inv)
+        .from_select(list(ATTEMPT_COLUMNS), cut)
+        .returning(
+            inv.c.id,
+            inv.c.token,
+            inv.c.meta_id_start,
+            inv.c.meta_id_end,
+            inv.c.count,
+            inv.c.weight,
+            inv.c.expires_at,
+        )
+        .cte("leased")
+    )
+    moved = (
+        sa.update(jobs)
+        .where(jobs.c.name == job, sa.exists(sa.select(leased.c.id)))
+        .values(
+            cursor=sa.select(sa.func.max(leased.c.meta_id_end)).scalar_subquery(),
+            updated_at=sa.select(clock.c.now).scalar_subquery(),
+        )
+        .cte("moved")
+    )
+    found = sa.select(sa.func.count()).select_from(cuts).scalar_subquery()
+    return (
+        sa.select(
+            clock.c.cursor,
+            clock.c.meta_table,
+            _free(clock).label("free"),
+            found.label("cuts"),
+            leased.c.id,
+            leased.c.token,
+            leased.c.meta_id_start,
+            leased.c.meta_id_end,
+            leased.c.count,
+            leased.c.weight,
+            leased.c.expires_at,
+        )
+        .select_from(clock.outerjoin(leased, sa.true()))
+        .add_cte(moved)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseManyInOne:
+    """The body of a one-statement ``acquire_many`` of count-capped ranges (autocommit).
+
+    Returns the grants in id order, ``[]`` when there is certainly nothing to hand out,
+    or ``None`` when the slower transaction must decide (a lease ran out, a retry is due,
+    the job has no cursor yet).
+    """
+
+    statement: sa.Select[Any]
+    first: FirstPage
+    n: int
+    job: str
+    owner: str
+    ttl: float
+    config: Mapping[str, Any] | None
+
+    async def __call__(self, ex: HotPath, link: object) -> list[LeaseGrant] | None:
+        assert self.first.max_count is not None, "count-capped ranges only"
+        params: dict[str, Any] = {
+            **self.first.params,
+            "p_limit": self.n * self.first.max_count,
+            "p_max_count": self.first.max_count,
+            "p_tokens": ",".join(secrets.token_hex(16) for _ in range(self.n)),
+            "p_job": self.job,
+            "p_owner": self.owner,
+            "p_ttl": float(self.ttl),
+            "p_config": self.config,
+        }
+        found = await ex.all(self.statement, params)
+        if not found:
+            return None  # no such job: the slower path says so
+        cursor, meta_table, free, cuts = found[0][:4]
+        if found[0][4] is None:
+            nothing = cursor is not None and bool(free) and int(cuts) == 0
+            return [] if nothing else None
+        grants = sorted(
+            (
+                LeaseGrant(
+                    id=int(key),
+                    job=self.job,
+                    meta_table=str(meta_table),
+                    meta_id_start=int(start),
+                    meta_id_end=int(end),
+                    count=int(count),
+                    weight=int(weight),
+                    attempt=1,
+                    failures=0,
+                    oversized=False,
+                    token=str(token),
+                    expires_at=aware(expires),  # type: ignore[arg-type]
+                )
+                for *_, key, token, start, end, count, weight, expires in found
+            ),
+            key=lambda grant: grant.meta_id_start,
+        )
+        last = grants[-1]
+        self.first.taken(
+            PlannedRange(last.meta_id_start, last.meta_id_end, last.count, last.weight, False)
+        )
+        return grants

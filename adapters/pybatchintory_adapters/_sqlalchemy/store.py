@@ -43,7 +43,12 @@ from pybatchintory_adapters._sqlalchemy.driver_path import (
     HotPath,
     Prepared,
 )
-from pybatchintory_adapters._sqlalchemy.in_one import LeaseInOne, lease_in_one
+from pybatchintory_adapters._sqlalchemy.in_one import (
+    LeaseInOne,
+    LeaseManyInOne,
+    lease_in_one,
+    lease_many_in_one,
+)
 from pybatchintory_adapters._sqlalchemy.leasing import (
     Acquisition,
     renewal,
@@ -290,21 +295,10 @@ class SQLAlchemyStore:
         The common case of one range takes one statement where the database allows it
         (``in_one``); the rest, and whatever that statement cannot decide, one transaction.
         """
-        if n == 1 and self.capabilities.acquire_in_one:
-            offer = getattr(planner, "first_page", None)
-            first = None if offer is None else offer(self.engine)
-            if first is not None:
-                quick = LeaseInOne(
-                    statement=self._lease_in_one(first),
-                    first=first,
-                    job=job,
-                    owner=owner,
-                    ttl=ttl,
-                    config=None if config is None else dict(config),
-                )
-                grants = await self._transact_hot(quick, single=True)
-                if grants is not None:
-                    return grants
+        if self.capabilities.acquire_in_one:
+            grants = await self._acquire_in_one(job, owner, ttl, n, planner, config)
+            if grants is not None:
+                return grants
         work = Acquisition(
             statements=self.statements,
             returning=self.engine.dialect.insert_returning,
@@ -319,21 +313,72 @@ class SQLAlchemyStore:
         )
         return await self._transact_hot(work)
 
-    def _lease_in_one(self, first: FirstPage) -> sa.Select[Any]:
-        """The one-statement acquire around ``first``'s page query, built once per shape."""
-        key = (id(first.query), first.limit is not None, first.max_count is not None)
+    async def _acquire_in_one(
+        self,
+        job: str,
+        owner: str,
+        ttl: float,
+        n: int,
+        planner: Planner,
+        config: Mapping[str, Any] | None,
+    ) -> list[LeaseGrant] | None:
+        """The acquire as one statement, or ``None`` when the transaction must decide.
+
+        One range, or ``n`` count-capped ones (no weight cap), from a source that offers
+        its first page as a statement (``FirstPage``).
+        """
+        offer = getattr(planner, "first_page", None)
+        first: FirstPage | None = None if offer is None else offer(self.engine)
+        if first is None:
+            return None
+        stored = None if config is None else dict(config)
+        if n == 1:
+            key = (id(first.query), first.limit is not None, first.max_count is not None)
+            one = LeaseInOne(
+                statement=self._cached_in_one(
+                    key,
+                    first.query,
+                    lambda: lease_in_one(
+                        self.tables,
+                        first.query,
+                        limited=first.limit is not None,
+                        counted=first.max_count is not None,
+                    ),
+                ),
+                first=first,
+                job=job,
+                owner=owner,
+                ttl=ttl,
+                config=stored,
+            )
+            return await self._transact_hot(one, single=True)
+        if first.max_count is None or first.max_weight is not None:
+            return None  # a weight cap cuts one range after another: the transaction does
+        key = (id(first.rows), True, True)
+        many = LeaseManyInOne(
+            statement=self._cached_in_one(
+                key, first.rows, lambda: lease_many_in_one(self.tables, first.rows)
+            ),
+            first=first,
+            n=n,
+            job=job,
+            owner=owner,
+            ttl=ttl,
+            config=stored,
+        )
+        return await self._transact_hot(many, single=True)
+
+    def _cached_in_one(
+        self, key: tuple[int, bool, bool], page: Any, build: Callable[[], sa.Select[Any]]
+    ) -> sa.Select[Any]:
+        """A one-statement acquire around the page query ``page``, built once per shape."""
         cached = self._in_one.get(key)
-        if cached is not None and cached[0] is first.query:
+        if cached is not None and cached[0] is page:
             self._in_one.move_to_end(key)
             return cached[1]
-        statement = lease_in_one(
-            self.tables,
-            first.query,
-            limited=first.limit is not None,
-            counted=first.max_count is not None,
-        )
+        statement = build()
         # Keyed by identity and holding the page query, so an id is never reused for another.
-        self._in_one[key] = (first.query, statement)
+        self._in_one[key] = (page, statement)
         while len(self._in_one) > _IN_ONE_STATEMENTS:
             self._in_one.popitem(last=False)
         return statement
