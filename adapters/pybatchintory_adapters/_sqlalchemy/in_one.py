@@ -262,8 +262,8 @@ def lease_many_in_one(t: Tables, rows_query: Any) -> sa.Select[Any]:
     ``p_limit`` = ``p_n * p_max_count`` rows): every ``p_max_count`` rows in id order are
     one range, starting just after the previous one's end (the first just after the
     cursor), as the planner would cut them one after another. Range ``i`` takes the
-    ``i``-th of the comma-separated tokens ``p_tokens``. Parameters: those, ``p_job``, ``p_owner``, ``p_ttl``, ``p_config``,
-    and the rows query's own.
+    ``i``-th of the comma-separated tokens ``p_tokens``. Parameters: those, ``p_job``,
+    ``p_owner``, ``p_ttl``, ``p_config``, and the rows query's own.
     """
     inv, jobs = t.inventory, t.jobs
     job = _p("job", sa.String())
