@@ -81,6 +81,8 @@ def _call_arguments(args: object, kwargs: object) -> tuple[tuple[Any, ...], dict
 
 def _check_json(result: Any) -> None:
     """Refuse, before anything is written, a result that some store cannot hold."""
+    if result is None:
+        return  # the common case, on the hot path: SQL NULL
     try:
         # NaN and infinities are not JSON: PostgreSQL and MySQL/MariaDB refuse them.
         json.dumps(result, allow_nan=False)

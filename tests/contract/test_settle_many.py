@@ -13,9 +13,11 @@ import pytest
 
 import pybatchintory as pbi
 from pybatchintory.models import Settlement, Status
+from pybatchintory.sync import SyncInventory
 
 from tests.contract._ledger import attempt_row, attempts_of, expire_lease
 from tests.contract.conftest import MakeFiles
+from tests.helpers import create_meta_table
 
 
 class Broken(Exception):
@@ -201,3 +203,17 @@ async def test_a_native_cancel_never_cuts_the_write_in_half(
     # aclose() drained the write: all of it landed, nothing was released instead.
     rows = await attempts_of(db_url, "cancel")
     assert [r["status"] for r in rows] == ["succeeded"] * 4
+
+
+def test_the_sync_facade_settles_many(db_url: str) -> None:
+    asyncio.run(create_meta_table(db_url, rows=30))
+    files = pbi.MetaTable("files", weight="size_in_bytes")
+    with SyncInventory(db_url) as inv:
+        a, b, c = inv.acquire_many("sync", files, 3, max_count=10)
+        a.result = {"ok": 1}
+        assert inv.settle_many([a], failed={b: Broken("sync")}, released=[c]) == []
+        assert [x.status for x in (a, b, c)] == [Status.SUCCEEDED, Status.FAILED, Status.RELEASED]
+        with pytest.raises(pbi.InvalidArgument, match="this inventory's batches"):
+            inv.settle_many([a._batch])  # type: ignore[list-item]
+    rows = asyncio.run(attempts_of(db_url, "sync"))
+    assert [r["status"] for r in rows] == ["succeeded", "failed", "released"]
