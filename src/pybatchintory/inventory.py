@@ -27,10 +27,19 @@ from pybatchintory._planning import is_seconds
 from pybatchintory._registry import normalise_url
 from pybatchintory.batch import Batch
 from pybatchintory.errors import InvalidArgument
-from pybatchintory.models import Attempt, Backlog, ErrorGroup, JobStatus, PlannedRange, Status
+from pybatchintory.models import (
+    Attempt,
+    Backlog,
+    ErrorGroup,
+    JobStatus,
+    PlannedRange,
+    Status,
+    Weight,
+)
 from pybatchintory.protocols import InventoryStore, MetadataSource
 from pybatchintory.settings import Settings
 from pybatchintory.sources import SourceDefaults
+from pybatchintory.weights import as_json
 
 __all__ = ("Inventory", "LeaseContext", "settings_defaults")
 
@@ -188,7 +197,7 @@ class Inventory:
         n: int,
         *,
         max_count: int | None,
-        max_weight: int | None,
+        max_weight: Weight | None,
         id_start: int | None,
         id_end: int | None,
         timeout: float | None = None,
@@ -214,7 +223,7 @@ class Inventory:
             n=n,
             config={
                 "max_count": limits.max_count,
-                "max_weight": limits.max_weight,
+                "max_weight": as_json(limits.max_weight),
                 "lease_ttl": self.lease_ttl,
                 "max_attempts": self.max_attempts,
                 "code_version": self.code_version,
@@ -228,7 +237,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         timeout: float | None = None,
@@ -257,7 +266,7 @@ class Inventory:
         n: int,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         timeout: float | None = None,
@@ -280,7 +289,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         wait: bool = False,
@@ -312,7 +321,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         iterations: int | None = None,
@@ -396,7 +405,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         n: int = 5,

@@ -17,9 +17,11 @@ from pybatchintory.models import (
     JobSpec,
     JobStatus,
     LeaseGrant,
+    LedgerSummary,
     PlannedRange,
     Settlement,
     Status,
+    Weight,
 )
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ class PageRequest:
     after: int | None
     end: int | None
     limit: int | None
-    max_weight: int | None
+    max_weight: Weight | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +77,12 @@ class PageSummary:
 
     rows: int
     first_id: int | None
-    first_weight: int
+    first_weight: Weight
     last_id: int | None
-    weight: int
+    weight: Weight
     fit_rows: int
     fit_last_id: int | None
-    fit_weight: int
+    fit_weight: Weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,7 @@ class RangeCount:
     meta_id_start: int
     meta_id_end: int
     count: int
-    weight: int
+    weight: Weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,8 +254,8 @@ class InventoryStore(Protocol):
         """Every attempt of every job on ``meta_table`` whose range covers ``meta_id``."""
         ...
 
-    async def ledger_summary(self, job: str) -> dict[str, int]:
-        """Counts for backlog/status: running, retry ranges/count/weight, dead ranges."""
+    async def ledger_summary(self, job: str) -> LedgerSummary:
+        """Counts for backlog: running, ranges (rows, weight) waiting for retry, dead ones."""
         ...
 
     async def job_statuses(self) -> list[JobStatus]:
@@ -278,7 +280,7 @@ class InventoryStore(Protocol):
         ...
 
     async def record_done(
-        self, job: str, start: int, end: int, count: int, weight: int, owner: str
+        self, job: str, start: int, end: int, count: int, weight: Weight, owner: str
     ) -> int:
         """Record a succeeded range done outside the inventory; return its attempt id."""
         ...

@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pybatchintory.models import Attempt, ErrorGroup, JobStatus, Status
+from pybatchintory.models import Attempt, ErrorGroup, JobStatus, LedgerSummary, Status
+from pybatchintory.weights import as_weight
 from pybatchintory_adapters._sqlalchemy.read_statements import ReadStatements
 from pybatchintory_adapters._sqlalchemy.records import aware, to_attempt
 
@@ -57,10 +58,18 @@ async def history(
     return await _attempts(conn, rs.history, {"p_meta_table": meta_table, "p_meta_id": meta_id})
 
 
-async def ledger_summary(conn: AsyncConnection, rs: ReadStatements, job: str) -> dict[str, int]:
-    """Running leases, ranges waiting for retry and dead ranges of one job."""
+async def ledger_summary(conn: AsyncConnection, rs: ReadStatements, job: str) -> LedgerSummary:
+    """Running leases, ranges waiting for retry and dead ranges of one job (rows, weight)."""
     row = (await conn.execute(rs.ledger_summary, {"p_job": job})).mappings().one()
-    return {name: int(value) for name, value in row.items()}
+    return LedgerSummary(
+        running=int(row["running"]),
+        retry_ranges=int(row["retry_ranges"]),
+        retry_count=int(row["retry_count"]),
+        retry_weight=as_weight(row["retry_weight"]),
+        dead_ranges=int(row["dead_ranges"]),
+        dead_count=int(row["dead_count"]),
+        dead_weight=as_weight(row["dead_weight"]),
+    )
 
 
 async def job_statuses(conn: AsyncConnection, rs: ReadStatements) -> list[JobStatus]:

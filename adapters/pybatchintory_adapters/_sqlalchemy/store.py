@@ -31,8 +31,10 @@ from pybatchintory.models import (
     JobSpec,
     JobStatus,
     LeaseGrant,
+    LedgerSummary,
     Settlement,
     Status,
+    Weight,
 )
 from pybatchintory.protocols import JobRecord, Planner
 from pybatchintory_adapters._sqlalchemy import compat, controls, jobs, migrations, queries
@@ -319,7 +321,7 @@ class SQLAlchemyStore:
         await self._transact(controls.cursor_move(self.statements, job, meta_id))
 
     async def record_done(
-        self, job: str, start: int, end: int, count: int, weight: int, owner: str
+        self, job: str, start: int, end: int, count: int, weight: Weight, owner: str
     ) -> int:
         """Record ``[start, end]`` as succeeded and move the cursor past it.
 
@@ -348,7 +350,7 @@ class SQLAlchemyStore:
         """Every attempt of every job on ``meta_table`` whose range covers ``meta_id``."""
         return await self._read(lambda c: queries.history(c, self.reads, meta_table, meta_id))
 
-    async def ledger_summary(self, job: str) -> dict[str, int]:
+    async def ledger_summary(self, job: str) -> LedgerSummary:
         """Running, retry-pending and dead counts of one job."""
         return await self._read(lambda c: queries.ledger_summary(c, self.reads, job))
 
