@@ -9,7 +9,7 @@ SEED ?= 1
 SECONDS ?= 600
 BACKEND ?= sqlite
 
-.PHONY: venv demo test lint bench bench-quick bench-cluster soak docs clean
+.PHONY: venv venv-bergtalzug demo test lint bench bench-quick bench-cluster soak docs clean
 
 venv: $(STAMP)
 
@@ -18,6 +18,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# bergtalzug 0.2.0 declares Python >= 3.14 and imports InterpreterPoolExecutor; its tests run
+# the real pipeline on Python 3.13 from this second venv (tests/integration/bergtalzug_env.py).
+PY313 ?= $(HOME)/.pyenv/versions/3.13.0/bin/python
+BZ_VENV := .venv-bergtalzug
+BZ_STAMP := $(BZ_VENV)/.installed
+
+venv-bergtalzug: $(BZ_STAMP)
+
+$(BZ_STAMP): pyproject.toml
+	test -x $(BZ_VENV)/bin/python || $(PY313) -m venv $(BZ_VENV)
+	$(BZ_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BZ_VENV)/bin/python -m pip install --quiet --ignore-requires-python 'bergtalzug==0.2.0'
+	$(BZ_VENV)/bin/python -m pip install --quiet -e '.[postgres,mysql]'
+	touch $(BZ_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m pybatchintory.demo
@@ -48,7 +63,7 @@ docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache site
+	rm -rf $(VENV) $(BZ_VENV) build dist .pytest_cache .mypy_cache .ruff_cache site
 
 bench-cluster: $(STAMP)
 	$(BIN)/python -m benchmarks.cluster

@@ -18,6 +18,7 @@ range if asked to), then the batch's own exit policy.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
@@ -35,7 +36,13 @@ from pybatchintory._database import Database
 from pybatchintory._failure import describe_failure
 from pybatchintory._planning import backoff_delay, is_seconds
 from pybatchintory.batch import Batch
-from pybatchintory.errors import InvalidArgument, LeaseLost, NoBatchAvailable, StoreError
+from pybatchintory.errors import (
+    AlreadySettled,
+    InvalidArgument,
+    LeaseLost,
+    NoBatchAvailable,
+    StoreError,
+)
 from pybatchintory.models import LeaseGrant, Settlement, Status
 from pybatchintory.protocols import BoundSource, InventoryStore, Planner
 
@@ -114,6 +121,15 @@ def lease_policy(
         code_version=code_version,
         settle_timeout=settle_timeout,
     )
+
+
+def _report_unawaited(batch: str, settlement: Settlement, task: asyncio.Task[None]) -> None:
+    """A ``_nowait`` settle whose write failed: say so, since its caller could not await it."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.warning("%s of %s was not recorded: %s", settlement.status, batch, exc)
 
 
 class Leases:
@@ -219,6 +235,13 @@ class Leases:
         with anyio.CancelScope(shield=True):
             await asyncio.shield(task)
 
+    def settle_nowait(self, batch: Batch, settlement: Settlement) -> asyncio.Task[None]:
+        """Start a settle's write in its own tracked task; a failure nobody awaits is logged."""
+        task = asyncio.get_running_loop().create_task(self._write_settle(batch, settlement))
+        self._track(task)
+        task.add_done_callback(functools.partial(_report_unawaited, repr(batch), settlement))
+        return task
+
     async def _write_settle(self, batch: Batch, settlement: Settlement) -> None:
         try:
             await telemetry.traced_settle(batch, settlement, self._settle_while_leased)
@@ -301,16 +324,25 @@ class Leases:
     # -- close ------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Release leases nobody settled, drain writes in flight (bounded), stop heartbeats."""
+        """Release leases nobody settled, drain writes in flight (bounded), stop heartbeats.
+
+        Settles already scheduled on the loop (a ``create_task(batch.success())`` from a
+        callback) take their first step before anything is released, so they claim their
+        batch first and are drained like the others, instead of being overtaken.
+        """
         self._closed = True
         with anyio.move_on_after(self.policy.settle_timeout, shield=True):
+            # One pass of the loop's ready queue: every task scheduled before this call
+            # takes its first step (and a settle in it claims its batch).
+            await asyncio.sleep(0)
             for batch in list(self._held.values()):
                 if batch._unsettled and not batch.lost:
                     try:
                         await batch.release()
-                    except (LeaseLost, StoreError) as exc:
+                    except (LeaseLost, StoreError, AlreadySettled) as exc:
                         log.warning("could not release %r on close: %s", batch, exc)
-            if self._pending:
+            # A callback may schedule a settle while others drain: wait for those too.
+            while self._pending:
                 await asyncio.gather(*list(self._pending), return_exceptions=True)
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()

@@ -66,7 +66,8 @@ class Operator:
         database: The inventory database.
         jobs: The jobs part (bound sources, records).
         owner: Recorded as the owner of ranges marked done.
-        max_attempts: The retry budget (for the dry run of retries).
+        max_attempts: The retry budget: a lease that ran out on the last attempt reads as
+            dead, and the dry run of retries counts with it.
     """
 
     def __init__(self, database: Database, jobs: Jobs, *, owner: str, max_attempts: int) -> None:
@@ -83,7 +84,7 @@ class Operator:
         ahead = await bound.summarize(
             PageRequest(after=after, end=record.id_end, limit=None, max_weight=None), None
         )
-        ledger = await self._db.store.ledger_summary(job)
+        ledger = await self._db.store.ledger_summary(job, max_attempts=self._max_attempts)
         count = ahead.rows + ledger.retry_count
         return Backlog(
             count=count,
@@ -99,7 +100,9 @@ class Operator:
     async def _eta(self, job: str, count: int) -> timedelta | None:
         if count == 0:
             return timedelta(0)
-        recent = await self._db.store.attempts(job, status=[Status.SUCCEEDED], limit=_ETA_SAMPLE)
+        recent = await self._db.store.attempts(
+            job, status=[Status.SUCCEEDED], limit=_ETA_SAMPLE, max_attempts=self._max_attempts
+        )
         timed = [a for a in recent if a.processing_start and a.processing_end]
         if len(timed) < 2:
             return None
@@ -128,7 +131,9 @@ class Operator:
             wanted = [_status(status)]
         else:
             wanted = [_status(s) for s in status]
-        return await self._db.store.attempts(job, status=wanted, limit=limit)
+        return await self._db.store.attempts(
+            job, status=wanted, limit=limit, max_attempts=self._max_attempts
+        )
 
     async def history(self, source: MetadataSource | str, meta_id: int) -> list[Attempt]:
         """Every attempt of every job whose range covers ``meta_id`` of ``source``."""
@@ -136,12 +141,12 @@ class Operator:
         if isinstance(meta_id, bool) or not isinstance(meta_id, int):
             raise InvalidArgument(f"meta_id must be an integer, got {meta_id!r}")
         name = source if isinstance(source, str) else source.name
-        return await self._db.store.history(name, meta_id)
+        return await self._db.store.history(name, meta_id, max_attempts=self._max_attempts)
 
     async def status(self) -> list[JobStatus]:
         """One line per job: cursor, window, attempts by status, last success."""
         store = await self._db.open()
-        return await store.job_statuses()
+        return await store.job_statuses(max_attempts=self._max_attempts)
 
     async def errors(self, job: str) -> list[ErrorGroup]:
         """Failed attempts of ``job`` grouped by fingerprint, most frequent first."""
@@ -157,7 +162,9 @@ class Operator:
     ) -> int:
         """Revive dead ranges of ``job`` (all, one fingerprint, or some attempt ids)."""
         await self._jobs.record(job)
-        return await self._db.store.revive(job, fingerprint=fingerprint, batch_ids=batch_ids)
+        return await self._db.store.revive(
+            job, fingerprint=fingerprint, batch_ids=batch_ids, max_attempts=self._max_attempts
+        )
 
     async def plan(
         self,

@@ -98,6 +98,14 @@ class Settler(Protocol):
         """The settlement that records ``exc`` as the attempt's failure (retry or dead)."""
         ...
 
+    def settle_nowait(self, batch: Batch, settlement: Settlement) -> asyncio.Task[None]:
+        """Start writing ``settlement`` now, in a tracked task, without waiting for it.
+
+        Raises:
+            RuntimeError: Not called on the thread of a running event loop.
+        """
+        ...
+
     async def settle(self, batch: Batch, settlement: Settlement) -> None:
         """Write ``settlement`` (shielded from cancellation, drained on close).
 
@@ -253,6 +261,23 @@ class Batch:
                 f"its {status} was not recorded"
             )
 
+    def _success_settlement(self, result: Any) -> Settlement:
+        value = self.result if result is None else result
+        _check_json(value)
+        self._claim_settle(Status.SUCCEEDED)
+        self.result = value
+        return Settlement(self.id, self.token, Status.SUCCEEDED, result=value)
+
+    def _error_settlement(self, exc: BaseException) -> Settlement:
+        if not isinstance(exc, BaseException):
+            raise InvalidArgument(f"error() takes an exception, got {exc!r}")
+        self._claim_settle(Status.FAILED)
+        return self._settler.failure(self._grant, exc)
+
+    def _release_settlement(self) -> Settlement:
+        self._claim_settle(Status.RELEASED)
+        return Settlement(self.id, self.token, Status.RELEASED, retry_delay=0.0)
+
     async def success(self, result: Any = None) -> None:
         """Record the attempt as succeeded, with ``result`` (or ``self.result``) as JSON.
 
@@ -261,13 +286,7 @@ class Batch:
             LeaseLost: The lease is gone; nothing changed.
             AlreadySettled: This handle was settled before.
         """
-        value = self.result if result is None else result
-        _check_json(value)
-        self._claim_settle(Status.SUCCEEDED)
-        self.result = value
-        await self._settler.settle(
-            self, Settlement(self.id, self.token, Status.SUCCEEDED, result=value)
-        )
+        await self._settler.settle(self, self._success_settlement(result))
 
     async def error(self, exc: BaseException) -> None:
         """Record the attempt as failed with ``exc``'s type, message, traceback, fingerprint.
@@ -276,10 +295,7 @@ class Batch:
             LeaseLost: The lease is gone; nothing changed.
             AlreadySettled: This handle was settled before.
         """
-        if not isinstance(exc, BaseException):
-            raise InvalidArgument(f"error() takes an exception, got {exc!r}")
-        self._claim_settle(Status.FAILED)
-        await self._settler.settle(self, self._settler.failure(self._grant, exc))
+        await self._settler.settle(self, self._error_settlement(exc))
 
     async def release(self) -> None:
         """Give the range back without fault; it is due again at once, no attempt used.
@@ -288,10 +304,56 @@ class Batch:
             LeaseLost: The lease is gone; nothing changed.
             AlreadySettled: This handle was settled before.
         """
-        self._claim_settle(Status.RELEASED)
-        await self._settler.settle(
-            self, Settlement(self.id, self.token, Status.RELEASED, retry_delay=0.0)
-        )
+        await self._settler.settle(self, self._release_settlement())
+
+    # The ``_nowait`` settles are for synchronous code on the event loop's thread (a
+    # done-callback, a pipeline's completion callback), which cannot await: each claims the
+    # settle at once, so nothing (``aclose()`` included) can settle the batch otherwise,
+    # then writes it in a task the lease keeper tracks and ``aclose()`` drains.
+
+    def success_nowait(self, result: Any = None) -> asyncio.Task[None]:
+        """Like ``success()``, for synchronous code on the event loop's thread.
+
+        The settle is claimed before this returns; the write runs in a task that
+        ``Inventory.aclose()`` waits for. Await the returned task to see how it ended (its
+        caller usually cannot, so a failed write, ``LeaseLost`` or ``StoreError``, is also
+        logged as a warning on the ``pybatchintory`` logger).
+
+        Raises:
+            InvalidArgument: ``result`` is not JSON-serialisable (nothing is claimed).
+            LeaseLost: The lease is already known lost; nothing changed.
+            AlreadySettled: This handle was settled before.
+            RuntimeError: Not called on the thread of a running event loop.
+        """
+        asyncio.get_running_loop()
+        return self._settler.settle_nowait(self, self._success_settlement(result))
+
+    def error_nowait(self, exc: BaseException) -> asyncio.Task[None]:
+        """Like ``error()``, for synchronous code on the event loop's thread.
+
+        See ``success_nowait()`` for how the write runs and is reported.
+
+        Raises:
+            InvalidArgument: ``exc`` is not an exception (nothing is claimed).
+            LeaseLost: The lease is already known lost; nothing changed.
+            AlreadySettled: This handle was settled before.
+            RuntimeError: Not called on the thread of a running event loop.
+        """
+        asyncio.get_running_loop()
+        return self._settler.settle_nowait(self, self._error_settlement(exc))
+
+    def release_nowait(self) -> asyncio.Task[None]:
+        """Like ``release()``, for synchronous code on the event loop's thread.
+
+        See ``success_nowait()`` for how the write runs and is reported.
+
+        Raises:
+            LeaseLost: The lease is already known lost; nothing changed.
+            AlreadySettled: This handle was settled before.
+            RuntimeError: Not called on the thread of a running event loop.
+        """
+        asyncio.get_running_loop()
+        return self._settler.settle_nowait(self, self._release_settlement())
 
     async def process(
         self,

@@ -246,20 +246,26 @@ class InventoryStore(Protocol):
         status: Collection[Status] | None = None,
         limit: int | None = None,
         ids: Collection[int] | None = None,
+        max_attempts: int,
     ) -> list[Attempt]:
-        """Attempts of a job, newest first."""
+        """Attempts of a job as seen now, newest first.
+
+        Every read here sees the ledger as of the database clock: a running attempt whose
+        lease ran out reads as the next acquire would record it (``expired``, and dead
+        once it was the last of ``max_attempts``), and ``status`` filters by that.
+        """
         ...
 
-    async def history(self, meta_table: str, meta_id: int) -> list[Attempt]:
-        """Every attempt of every job on ``meta_table`` whose range covers ``meta_id``."""
+    async def history(self, meta_table: str, meta_id: int, *, max_attempts: int) -> list[Attempt]:
+        """Every attempt, as seen now, of every job on ``meta_table`` covering ``meta_id``."""
         ...
 
-    async def ledger_summary(self, job: str) -> LedgerSummary:
-        """Counts for backlog: running, ranges (rows, weight) waiting for retry, dead ones."""
+    async def ledger_summary(self, job: str, *, max_attempts: int) -> LedgerSummary:
+        """Counts for backlog, as of now: running, ranges (rows, weight) waiting, dead ones."""
         ...
 
-    async def job_statuses(self) -> list[JobStatus]:
-        """One line per job, by name: cursor, window, counts by status, last success."""
+    async def job_statuses(self, *, max_attempts: int) -> list[JobStatus]:
+        """One line per job, by name: cursor, window, counts as of now, last success."""
         ...
 
     async def error_groups(self, job: str) -> list[ErrorGroup]:
@@ -267,11 +273,18 @@ class InventoryStore(Protocol):
         ...
 
     async def revive(
-        self, job: str, *, fingerprint: str | None, batch_ids: Collection[int] | None
+        self,
+        job: str,
+        *,
+        fingerprint: str | None,
+        batch_ids: Collection[int] | None,
+        max_attempts: int,
     ) -> int:
         """Make dead ranges due again with a fresh attempt budget; return how many.
 
-        ``batch_ids`` are attempt ids, each naming its range (any attempt of it).
+        ``batch_ids`` are attempt ids, each naming its range (any attempt of it). Leases
+        that ran out are expired first (with ``max_attempts``), as an acquire would, so a
+        range that reads as dead is revived.
         """
         ...
 

@@ -43,17 +43,27 @@ async def _move_cursor(
 
 
 def revival(
-    st: Statements, job: str, *, fingerprint: str | None, batch_ids: Collection[int] | None
+    st: Statements,
+    job: str,
+    *,
+    fingerprint: str | None,
+    batch_ids: Collection[int] | None,
+    max_attempts: int,
 ) -> Callable[[AsyncConnection], Awaitable[int]]:
     """Give dead ranges a fresh attempt budget and make them due now; how many.
 
     ``batch_ids`` are attempt ids; each names its range, whichever attempt it is (only the
-    range's newest attempt carries the dead flag).
+    range's newest attempt carries the dead flag). Under the job lock, the leases that ran
+    out are expired first, as an acquire would: a range every read already shows as dead
+    (its last attempt's lease ran out) is then revived too.
     """
     wanted = None if batch_ids is None else list(batch_ids)
     params: dict[str, object] = {"p_job": job, "p_fingerprint": fingerprint}
 
     async def work(conn: AsyncConnection) -> int:
+        locked = await _lock_job(conn, st, job)
+        expiry = {"p_job": job, "p_now": locked.now, "p_max_attempts": max_attempts}
+        await conn.execute(st.expire, expiry)
         if wanted is not None:
             found = await conn.execute(st.starts_of, {"p_job": job, "p_ids": wanted})
             starts = list(found.scalars())

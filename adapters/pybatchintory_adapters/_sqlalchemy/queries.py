@@ -40,27 +40,31 @@ async def attempts(
     status: Collection[Status] | None,
     limit: int | None,
     ids: Collection[int] | None,
+    max_attempts: int,
 ) -> list[Attempt]:
-    """Attempts of one job, newest first."""
-    statement = rs.attempts(bool(status), ids is not None, limit is not None)
-    params: dict[str, Any] = {"p_job": job, "p_limit": limit}
-    if status:
-        params["p_status"] = [str(s) for s in status]
+    """Attempts of one job as seen now, newest first."""
+    statuses = frozenset(str(s) for s in status) if status else None
+    statement = rs.attempts(statuses, ids is not None, limit is not None)
+    params: dict[str, Any] = {"p_job": job, "p_limit": limit, "p_max_attempts": max_attempts}
     if ids is not None:
         params["p_ids"] = list(ids)
     return await _attempts(conn, statement, params)
 
 
 async def history(
-    conn: AsyncConnection, rs: ReadStatements, meta_table: str, meta_id: int
+    conn: AsyncConnection, rs: ReadStatements, meta_table: str, meta_id: int, max_attempts: int
 ) -> list[Attempt]:
-    """Every attempt of every job on ``meta_table`` whose range covers ``meta_id``."""
-    return await _attempts(conn, rs.history, {"p_meta_table": meta_table, "p_meta_id": meta_id})
+    """Every attempt, as seen now, of every job on ``meta_table`` covering ``meta_id``."""
+    params = {"p_meta_table": meta_table, "p_meta_id": meta_id, "p_max_attempts": max_attempts}
+    return await _attempts(conn, rs.history, params)
 
 
-async def ledger_summary(conn: AsyncConnection, rs: ReadStatements, job: str) -> LedgerSummary:
-    """Running leases, ranges waiting for retry and dead ranges of one job (rows, weight)."""
-    row = (await conn.execute(rs.ledger_summary, {"p_job": job})).mappings().one()
+async def ledger_summary(
+    conn: AsyncConnection, rs: ReadStatements, job: str, max_attempts: int
+) -> LedgerSummary:
+    """Running leases, ranges waiting for retry and dead ranges of one job (rows, weight), now."""
+    params = {"p_job": job, "p_max_attempts": max_attempts}
+    row = (await conn.execute(rs.ledger_summary, params)).mappings().one()
     return LedgerSummary(
         running=int(row["running"]),
         retry_ranges=int(row["retry_ranges"]),
@@ -72,7 +76,9 @@ async def ledger_summary(conn: AsyncConnection, rs: ReadStatements, job: str) ->
     )
 
 
-async def job_statuses(conn: AsyncConnection, rs: ReadStatements) -> list[JobStatus]:
+async def job_statuses(
+    conn: AsyncConnection, rs: ReadStatements, max_attempts: int
+) -> list[JobStatus]:
     """One line per job, by name: cursor, window, counts, last success."""
     return [
         JobStatus(
@@ -88,7 +94,9 @@ async def job_statuses(conn: AsyncConnection, rs: ReadStatements) -> list[JobSta
             },
             last_success=aware(row["last_success"]),
         )
-        for row in (await conn.execute(rs.job_statuses)).mappings()
+        for row in (
+            await conn.execute(rs.job_statuses, {"p_max_attempts": max_attempts})
+        ).mappings()
     ]
 
 
