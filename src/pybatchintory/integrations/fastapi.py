@@ -54,6 +54,7 @@ from pybatchintory.errors import (
     MissingDriver,
     NoBatchAvailable,
     PybatchintoryError,
+    StoreError,
     StoreUnavailable,
     UnknownJob,
 )
@@ -313,27 +314,39 @@ async def _backfill(
     first: Batch | None,
     stop: asyncio.Event,
 ) -> None:
-    """Process ``first``, then lease and process batches until the window is done or stop."""
+    """Process ``first``, then lease and process batches until the window is done or stop.
+
+    An unreachable database (``StoreError``) is retried with a growing backoff.
+    """
     if first is not None:
         await _run_one(first, backfill.handler)
+    source = None if isinstance(backfill.source, str) else backfill.source
+    backoff = 1.0
     while not stop.is_set():
-        batch = await inv.acquire(
-            job,
-            backfill.source,
-            max_count=backfill.max_count,
-            max_weight=backfill.max_weight,
-            id_start=id_start,
-            id_end=id_end,
-        )
-        if batch is None:
-            left = await inv.backlog(job)
-            if left.running == 0 and left.retry_due == 0:
-                logger.info("backfill %r is done", job)
+        try:
+            batch = await inv.acquire(
+                job,
+                backfill.source,
+                max_count=backfill.max_count,
+                max_weight=backfill.max_weight,
+                id_start=id_start,
+                id_end=id_end,
+            )
+            left = None if batch is not None else await inv.backlog(job, source)
+        except StoreError as exc:
+            logger.warning("backfill %r: the inventory failed (%s); retrying", job, exc)
+            if await _stopped(stop, backoff):
                 return
-            if await _stopped(stop, 1.0):
-                return
+            backoff = min(backoff * 2, 30.0)
             continue
-        await _run_one(batch, backfill.handler)
+        backoff = 1.0
+        if batch is not None:
+            await _run_one(batch, backfill.handler)
+        elif left is not None and left.running == 0 and left.retry_due == 0:
+            logger.info("backfill %r is done", job)
+            return
+        elif await _stopped(stop, 1.0):
+            return
 
 
 # -- dependencies ---------------------------------------------------------------------------
