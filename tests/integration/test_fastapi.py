@@ -149,6 +149,12 @@ async def test_interruptions_mid_lease(
             _Interruption("SIGINT, graceful 1 s", (signal.SIGINT,), graceful=1),
             _Interruption("double SIGINT", (signal.SIGINT, signal.SIGINT)),
             _Interruption("SIGKILL", (signal.SIGKILL,), env={"PBI_EXAMPLE_LEASE_TTL": "1"}),
+            # Each consumer batch takes 6 s: past the request (2.5 s) plus the 2 s grace.
+            _Interruption(
+                "SIGTERM, consumer past grace",
+                (signal.SIGTERM,),
+                env={"PBI_EXAMPLE_WORK_SECONDS": "6"},
+            ),
         )
     }
     await asyncio.gather(*(_interrupt(case, apps, tmp_path) for case in cases.values()))
@@ -176,6 +182,11 @@ async def test_interruptions_mid_lease(
     assert cases["SIGTERM"].response == 200
     assert cases["SIGTERM"].ledger["requests"] == {"succeeded": 1}
     assert set(cases["SIGTERM"].ledger["thumbnails"]) == {"succeeded"}
+    # The lifespan waited its grace (2 s) for the consumer's batch, then cancelled it:
+    # released, while the request (2.5 s, no graceful timeout) finished.
+    past_grace = cases["SIGTERM, consumer past grace"]
+    assert past_grace.ledger["thumbnails"] == {"released": 1}, output(past_grace.name)
+    assert past_grace.ledger["requests"] == {"succeeded": 1}
     # SIGKILL leaves the leases running; they expire after the TTL, and a restart retries
     # them and covers every id exactly once.
     killed = cases["SIGKILL"]
