@@ -102,7 +102,8 @@ async def test_follow_mode_feeder_stop_and_pipeline_stop(tmp_path: Path) -> None
     ledger = {(r["job"], r["status"]): int(r["n"]) for r in rows}
     assert ledger[("follow", "succeeded")] == 15
     # pipeline.stop(): bergtalzug drops the items in flight without a callback; the feeder
-    # released them, and nothing is left running.
-    assert ledger[("stopped", "released")] == report["stopped"]["released"] >= 1
+    # released them (and an acquire the stop cancelled gave its ranges back), and nothing
+    # is left running.
+    assert ledger[("stopped", "released")] >= report["stopped"]["released"] >= 1
     assert ledger[("stopped", "succeeded")] == report["stopped"]["succeeded"]
     assert not any(status == "running" for _, status in ledger)
