@@ -14,7 +14,10 @@ same objects as ``pybatchintory.sync``'s); the async top level is ``pbi.lease``,
 ``await pbi.acquire`` and ``pbi.leases`` on a default ``Inventory.from_settings()``.
 """
 
+from pybatchintory._consumer import ConsumeReport
 from pybatchintory._default_inventory import acquire, lease, leases, shutdown
+from pybatchintory._group import BatchGroup
+from pybatchintory._service import run_service
 from pybatchintory.batch import Batch
 from pybatchintory.errors import (
     AlreadySettled,
@@ -59,7 +62,9 @@ __all__ = (
     "Attempt",
     "Backlog",
     "Batch",
+    "BatchGroup",
     "ConfigurationError",
+    "ConsumeReport",
     "ErrorGroup",
     "EventLoopRunning",
     "InvalidArgument",
@@ -94,5 +99,6 @@ __all__ = (
     "acquire_batches",
     "lease",
     "leases",
+    "run_service",
     "shutdown",
 )

@@ -20,6 +20,7 @@ import functools
 import inspect
 import json
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from types import TracebackType
@@ -111,6 +112,13 @@ class Settler(Protocol):
         """The settlement that records ``exc`` (or a message) as the failure (retry or dead)."""
         ...
 
+    def dropped(self, grant: LeaseGrant) -> bool:
+        """The batch of ``grant`` was garbage-collected unsettled: release its lease.
+
+        Returns whether its lease was still held (and is now being released).
+        """
+        ...
+
     def settle_nowait(self, batch: Batch, settlement: Settlement) -> asyncio.Task[None]:
         """Start writing ``settlement`` now, in a tracked task, without waiting for it.
 
@@ -170,6 +178,8 @@ class Batch:
         # When the lease was last known renewed (local monotonic clock): a failing settle
         # is retried until about then + lease_ttl.
         self._renewed_at = time.monotonic()
+        self._writing: asyncio.Task[None] | None = None
+        self._observers: list[Callable[[Batch], None]] = []
 
     # -- the range ------------------------------------------------------------------------
 
@@ -267,6 +277,8 @@ class Batch:
     def _claim_settle(self, status: Status) -> None:
         self._check_unsettled(status)
         self._status = status
+        self._writing = None  # its write starts right after the claim
+        self._changed()
 
     def _check_unsettled(self, status: Status) -> None:
         if self._status is not None:
@@ -503,6 +515,25 @@ class Batch:
         except LeaseLost as lost:
             raise lost from exc
 
+    def __del__(self) -> None:
+        # A batch nobody references can never be settled: without this its lease would be
+        # renewed for as long as the Inventory lives. ``getattr``: ``__init__`` may not
+        # have run to the end.
+        settler = getattr(self, "_settler", None)
+        if settler is None or getattr(self, "_status", None) is not None:
+            return
+        if getattr(self, "_lost", True):
+            return
+        if settler.dropped(self._grant):
+            warnings.warn(
+                f"{self!r} was garbage-collected while its lease was held; the lease is "
+                "released. Settle every batch (success(), error(), release(), or "
+                "`async with batch:`).",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
+
     # -- transitions the lease keeper reports ------------------------------------------
 
     @property
@@ -524,12 +555,32 @@ class Batch:
         if lost:
             self._lost = True
             self._loss_reported = True
+        self._changed()
+
+    def _writing_in(self, task: asyncio.Task[None]) -> None:
+        """The settle claimed last is being written by ``task``."""
+        self._writing = task
+        task.add_done_callback(lambda _: self._changed())
+
+    @property
+    def _settling(self) -> bool:
+        """A settle was claimed and its write has not ended yet."""
+        return self._status is not None and (self._writing is None or not self._writing.done())
+
+    def _observe(self, observer: Callable[[Batch], None]) -> None:
+        """Call ``observer(batch)`` after every change: claimed, written, failed, lost."""
+        self._observers.append(observer)
+
+    def _changed(self) -> None:
+        for observer in self._observers:
+            observer(self)
 
     def _on_lost(self) -> None:
         """Called by the heartbeat when the lease is gone: cancel a running body."""
         if self._status is not None or self._lost:
             return
         self._lost = True
+        self._changed()
         task = self._task
         if task is not None and not task.done():
             self._cancelled_for_loss = True

@@ -12,6 +12,7 @@ and disposes the engines the ``Inventory`` created. See docs/architecture.md.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Collection
 from types import TracebackType
@@ -19,14 +20,17 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pybatchintory._consumer import ConsumeReport, Handler, consume
 from pybatchintory._database import Database
+from pybatchintory._group import BatchGroup
 from pybatchintory._jobs import Jobs
 from pybatchintory._leases import LeaseContext, Leases, lease_policy
 from pybatchintory._operator import AuditFinding, Operator
 from pybatchintory._planning import is_seconds
 from pybatchintory._registry import normalise_url
+from pybatchintory._stopping import StopSignal, as_stop
 from pybatchintory.batch import Batch
-from pybatchintory.errors import InvalidArgument
+from pybatchintory.errors import InvalidArgument, StoreError
 from pybatchintory.models import (
     Attempt,
     Backlog,
@@ -296,14 +300,21 @@ class Inventory:
         wait: bool = False,
         poll_interval: float = 1.0,
         timeout: float | None = None,
+        stop: StopSignal | None = None,
     ) -> LeaseContext:
         """``async with inv.lease(job, source) as batch:`` leases, runs, and settles.
 
+        With ``wait=True`` it polls every ``poll_interval`` seconds until a batch is
+        available; setting ``stop`` (an ``asyncio.Event`` or ``anyio.Event``) ends that
+        wait at once, without a cancel.
+
         Raises:
-            NoBatchAvailable: On entry, when there is nothing to do and ``wait`` is false.
+            NoBatchAvailable: On entry, when there is nothing to do and ``wait`` is false,
+                or when ``stop`` is set before a batch was leased.
         """
         if not is_seconds(poll_interval) or poll_interval <= 0:
             raise InvalidArgument(f"poll_interval must be > 0 seconds: {poll_interval!r}")
+        checked_stop = as_stop(stop)
         acquire = functools.partial(
             self.acquire,
             job,
@@ -314,7 +325,87 @@ class Inventory:
             id_end=id_end,
             timeout=timeout,
         )
-        return LeaseContext(acquire, job, wait=wait, poll_interval=float(poll_interval))
+        return LeaseContext(
+            acquire, job, wait=wait, poll_interval=float(poll_interval), stop=checked_stop
+        )
+
+    async def consume(
+        self,
+        job: str,
+        source: MetadataSource | str,
+        handler: Handler,
+        *,
+        max_count: int | None = None,
+        max_weight: int | None = None,
+        id_start: int | None = None,
+        id_end: int | None = None,
+        concurrency: int = 1,
+        poll_interval: float = 1.0,
+        timeout: float | None = None,
+        stop: StopSignal | None = None,
+    ) -> ConsumeReport:
+        """Run ``handler(batch)`` on every batch of ``job``, as a service, until ``stop``.
+
+        ``concurrency`` workers each lease a batch and run the handler under
+        ``async with batch``: a return records ``succeeded`` (a value other than ``None``
+        is stored as the result), an exception ``failed``; either way the loop goes on.
+        ``LeaseLost`` and ``StoreError`` are logged and retried with a growing backoff.
+        With nothing to do a worker waits ``poll_interval`` seconds. Setting ``stop`` (an
+        ``asyncio.Event`` or ``anyio.Event``) ends the run between batches: batches in
+        hand finish first. Cancelling the call releases the batches in hand. Without
+        ``stop`` it runs until cancelled (``pbi.run_service`` wires SIGTERM to ``stop``).
+
+        Returns:
+            How many batches ended which way.
+
+        Raises:
+            InvalidArgument: A setting is out of range (before anything is leased).
+        """
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidArgument(f"concurrency must be a positive integer: {concurrency!r}")
+        if not is_seconds(poll_interval) or poll_interval <= 0:
+            raise InvalidArgument(f"poll_interval must be > 0 seconds: {poll_interval!r}")
+        if not callable(handler):
+            raise InvalidArgument(f"handler must be callable: {handler!r}")
+        checked_stop = as_stop(stop)
+        acquire = functools.partial(
+            self.acquire,
+            job,
+            source,
+            max_count=max_count,
+            max_weight=max_weight,
+            id_start=id_start,
+            id_end=id_end,
+            timeout=timeout,
+        )
+        # Bad arguments and a job conflict raise here, before any worker starts; a database
+        # that is not up yet is the workers' to wait for.
+        with contextlib.suppress(StoreError):
+            await self._jobs.prepare(
+                job,
+                source,
+                max_count=max_count,
+                max_weight=max_weight,
+                id_start=id_start,
+                id_end=id_end,
+            )
+        return await consume(
+            acquire,
+            handler,
+            concurrency=concurrency,
+            poll_interval=float(poll_interval),
+            stop=checked_stop,
+        )
+
+    def group(self) -> BatchGroup:
+        """``async with inv.group() as group:`` for batches settled away from their acquire.
+
+        ``group.acquire(...)`` and ``group.acquire_many(...)`` take the arguments of
+        ``acquire`` and ``acquire_many``; the group counts ``outstanding`` and
+        ``settling`` batches, ``await group.wait_settled()`` waits for all of them, and
+        on exit it releases what nobody settled and waits for every settle write.
+        """
+        return BatchGroup(self.acquire_many)
 
     async def leases(
         self,

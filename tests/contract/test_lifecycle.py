@@ -1,20 +1,23 @@
-"""Settles from synchronous code, and what ``aclose()`` does with them (issue 13, bug 1).
+"""Settles from synchronous code, ``aclose()``, and dropped batches (issue 13, bugs 1, 3).
 
 A synchronous callback on the loop (a done-callback, a pipeline's completion callback) can
 only schedule a settle. ``aclose()`` must neither overtake one already scheduled nor drop
-one claimed with a ``_nowait`` call: the ledger, read with plain SQL, says what happened.
+one claimed with a ``_nowait`` call. A batch nobody references any more is released, with
+a ``ResourceWarning``. The ledger, read with plain SQL, says what happened.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import warnings
 
 import pytest
 
 import pybatchintory as pbi
 
-from tests.contract._ledger import attempt_row, expire_lease
+from tests.contract._ledger import attempt_row, expire_lease, wait_until
 from tests.contract.conftest import MakeFiles
 
 
@@ -123,3 +126,70 @@ async def test_a_nowait_settle_that_finds_its_lease_gone_is_logged(
     assert "of job 'nowait'" in warning and "the ledger has it as running, expired" in warning
     assert not any("<Batch" in w for w in warnings)
     assert (await attempt_row(db_url, batch.id))["status"] == "running"
+
+
+# -- a batch nobody references (bug 3) --------------------------------------------------
+
+
+async def test_a_dropped_batch_is_released_with_a_resource_warning(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=20)
+    batch = await inventory.acquire("dropped", files, max_count=10)
+    assert batch is not None
+    attempt_id = batch.id
+    with pytest.warns(ResourceWarning, match="garbage-collected while its lease was held"):
+        del batch
+        gc.collect()
+
+    async def released() -> bool:
+        return bool((await attempt_row(db_url, attempt_id))["status"] == "released")
+
+    await wait_until(released)
+    # Released without fault: the range is handed out again, as attempt 1's successor.
+    again = await inventory.acquire("dropped", files, max_count=10)
+    assert again is not None and again.meta_id_start == 1
+    await again.success()
+
+
+async def test_a_task_that_dies_between_acquire_and_settle_releases_its_batch(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=20)
+    acquired: list[int] = []
+
+    async def worker() -> None:
+        batch = await inventory.acquire("dropped", files, max_count=10)
+        assert batch is not None
+        acquired.append(batch.id)
+        raise RuntimeError("crashed before `async with batch`")
+
+    task = asyncio.get_running_loop().create_task(worker())
+    await asyncio.wait([task])
+    assert isinstance(task.exception(), RuntimeError)
+    # The task's exception holds the worker's frame, and so the batch, until it goes.
+    with pytest.warns(ResourceWarning, match=r"<Batch 'dropped' #\d+ \[1, 10\]"):
+        del task
+        gc.collect()
+
+    async def released() -> bool:
+        return bool((await attempt_row(db_url, acquired[0]))["status"] == "released")
+
+    await wait_until(released)
+
+
+async def test_a_settled_or_closed_batch_that_is_dropped_warns_nothing(
+    db_url: str, make_files: MakeFiles
+) -> None:
+    files = await make_files(rows=30)
+    async with pbi.Inventory(db_url) as inv:
+        settled = await inv.acquire("dropped", files, max_count=10)
+        assert settled is not None
+        await settled.success()
+        kept = await inv.acquire("dropped", files, max_count=10)
+        assert kept is not None
+    # aclose() released the one still held: dropping both now is no leak.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        del settled, kept
+        gc.collect()

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
+from tests.conftest import DatabaseFactory
 from tests.helpers import create_meta_table, fetch_all
-from tests.integration._uvicorn import UvicornApp, ledger_counts
+from tests.integration._uvicorn import TcpProxy, UvicornApp, ledger_counts
 
 pytestmark = [pytest.mark.slow, pytest.mark.sqlite]
 
@@ -32,7 +34,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[UvicornApp]]:
+def apps(tmp_path: Path) -> Iterator[list[UvicornApp]]:
     started: list[UvicornApp] = []
     yield started
     for server in started:
@@ -40,7 +42,7 @@ def servers(tmp_path: Path) -> Iterator[list[UvicornApp]]:
 
 
 def _start(
-    servers: list[UvicornApp],
+    apps: list[UvicornApp],
     url: str,
     tmp_path: Path,
     *,
@@ -49,11 +51,11 @@ def _start(
 ) -> UvicornApp:
     server = UvicornApp(
         url,
-        tmp_path / f"uvicorn-{len(servers)}.log",
+        tmp_path / f"uvicorn-{len(apps)}.log",
         graceful=graceful,
         env={**FAST, **(env or {})},
     )
-    servers.append(server)
+    apps.append(server)
     return server
 
 
@@ -106,12 +108,12 @@ async def _slow_request(server: UvicornApp) -> AsyncIterator[asyncio.Task[httpx.
 async def test_signal_mid_lease_leaves_nothing_running(
     sqlite_url: str,
     tmp_path: Path,
-    servers: list[UvicornApp],
+    apps: list[UvicornApp],
     sig: signal.Signals,
     graceful: int | None,
 ) -> None:
     await create_meta_table(sqlite_url, rows=ROWS)
-    server = _start(servers, sqlite_url, tmp_path, graceful=graceful)
+    server = _start(apps, sqlite_url, tmp_path, graceful=graceful)
     await server.ready()
     async with _slow_request(server) as request:
         await _running(sqlite_url, "requests")
@@ -131,10 +133,10 @@ async def test_signal_mid_lease_leaves_nothing_running(
 
 
 async def test_double_sigint_releases_what_is_held(
-    sqlite_url: str, tmp_path: Path, servers: list[UvicornApp]
+    sqlite_url: str, tmp_path: Path, apps: list[UvicornApp]
 ) -> None:
     await create_meta_table(sqlite_url, rows=ROWS)
-    server = _start(servers, sqlite_url, tmp_path)
+    server = _start(apps, sqlite_url, tmp_path)
     await server.ready()
     async with _slow_request(server):
         await _running(sqlite_url, "requests")
@@ -150,11 +152,11 @@ async def test_double_sigint_releases_what_is_held(
 
 
 async def test_sigkill_lease_expires_and_restart_finishes(
-    sqlite_url: str, tmp_path: Path, servers: list[UvicornApp]
+    sqlite_url: str, tmp_path: Path, apps: list[UvicornApp]
 ) -> None:
     await create_meta_table(sqlite_url, rows=300)
     env = {"PBI_EXAMPLE_LEASE_TTL": "1", "PBI_EXAMPLE_WORK_SECONDS": "0.1"}
-    server = _start(servers, sqlite_url, tmp_path, env=env)
+    server = _start(apps, sqlite_url, tmp_path, env=env)
     await server.ready()
     await _running(sqlite_url, "thumbnails")
     server.signal(signal.SIGKILL)
@@ -162,7 +164,7 @@ async def test_sigkill_lease_expires_and_restart_finishes(
     assert (await ledger_counts(sqlite_url))["thumbnails"]["running"] == 1
 
     await asyncio.sleep(1.2)  # the dead server's lease runs out
-    restarted = _start(servers, sqlite_url, tmp_path, env=env)
+    restarted = _start(apps, sqlite_url, tmp_path, env=env)
     await restarted.ready()
     async with restarted.client() as client:
         for _ in range(100):
@@ -180,10 +182,10 @@ async def test_sigkill_lease_expires_and_restart_finishes(
 
 
 async def test_client_gone_mid_stream_releases_the_batch(
-    sqlite_url: str, tmp_path: Path, servers: list[UvicornApp]
+    sqlite_url: str, tmp_path: Path, apps: list[UvicornApp]
 ) -> None:
     await create_meta_table(sqlite_url, rows=ROWS)
-    server = _start(servers, sqlite_url, tmp_path)
+    server = _start(apps, sqlite_url, tmp_path)
     await server.ready()
     async with server.client() as client, client.stream("GET", "/stream") as response:
         assert response.status_code == 200
@@ -205,9 +207,9 @@ async def test_client_gone_mid_stream_releases_the_batch(
     assert ledger["exports"] == {"released": 1, "succeeded": 1}, server.output()
 
 
-async def test_http_semantics(sqlite_url: str, tmp_path: Path, servers: list[UvicornApp]) -> None:
+async def test_http_semantics(sqlite_url: str, tmp_path: Path, apps: list[UvicornApp]) -> None:
     await create_meta_table(sqlite_url, rows=ROWS)
-    server = _start(servers, sqlite_url, tmp_path, env={"PBI_EXAMPLE_WORK_SECONDS": "0.01"})
+    server = _start(apps, sqlite_url, tmp_path, env={"PBI_EXAMPLE_WORK_SECONDS": "0.01"})
     await server.ready()
     async with server.client() as client:
         done = await client.post("/work")
@@ -251,10 +253,10 @@ async def test_http_semantics(sqlite_url: str, tmp_path: Path, servers: list[Uvi
 
 
 async def test_backfill_resumes_after_restart(
-    sqlite_url: str, tmp_path: Path, servers: list[UvicornApp]
+    sqlite_url: str, tmp_path: Path, apps: list[UvicornApp]
 ) -> None:
     await create_meta_table(sqlite_url, rows=ROWS)
-    server = _start(servers, sqlite_url, tmp_path)
+    server = _start(apps, sqlite_url, tmp_path)
     await server.ready()
     async with server.client() as client:
         started = await client.post("/backfills/r", params={"id_start": 1, "id_end": ROWS})
@@ -266,7 +268,7 @@ async def test_backfill_resumes_after_restart(
     assert "running" not in ledger["reindex-r"]
     assert ledger["reindex-r"]["succeeded"] < ROWS // 100
 
-    restarted = _start(servers, sqlite_url, tmp_path, env={"PBI_EXAMPLE_WORK_SECONDS": "0.01"})
+    restarted = _start(apps, sqlite_url, tmp_path, env={"PBI_EXAMPLE_WORK_SECONDS": "0.01"})
     await restarted.ready()
     async with restarted.client() as client:
         for _ in range(200):
@@ -277,3 +279,40 @@ async def test_backfill_resumes_after_restart(
     restarted.signal(signal.SIGTERM)
     await restarted.exited()
     await _covered_once(sqlite_url, "reindex-r", 1, ROWS)
+
+
+@pytest.fixture
+def postgres_url(any_db_url_factory: DatabaseFactory) -> str:
+    return any_db_url_factory("postgres")
+
+
+@pytest.mark.postgres
+async def test_store_unavailable_answers_503(
+    postgres_url: str, tmp_path: Path, apps: list[UvicornApp]
+) -> None:
+    url = make_url(postgres_url)
+    await create_meta_table(url.render_as_string(hide_password=False), rows=100)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    via_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    server = _start(apps, via_proxy, tmp_path, env={"PBI_EXAMPLE_WORK_SECONDS": "0.01"})
+    try:
+        await server.ready()
+        async with server.client() as client:
+            assert (await client.get("/inventory/jobs")).status_code == 200
+            await proxy.cut()  # the database goes away under the running app
+            down = await client.get("/inventory/jobs")
+            assert down.status_code == 503, down.text
+            assert down.json()["error"] == "StoreUnavailable"
+            assert down.headers["retry-after"] == "5"
+            await proxy.start()  # and comes back: the app answers again
+            for _ in range(50):
+                back = await client.get("/inventory/jobs")
+                if back.status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert back.status_code == 200, back.text
+        server.signal(signal.SIGTERM)
+        await server.exited()
+    finally:
+        await proxy.cut()

@@ -209,6 +209,9 @@ class SQLAlchemyStore:
                 return await work(conn)
         except DBAPIError as exc:
             raise self._translate(exc) from exc
+        except OSError as exc:
+            # A refused or reset connect is not wrapped by SQLAlchemy (asyncpg raises it).
+            raise StoreUnavailable(f"the inventory database is unreachable: {exc}") from exc
 
     # -- schema and jobs ------------------------------------------------------------------
 
