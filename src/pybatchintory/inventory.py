@@ -212,6 +212,7 @@ class Inventory:
             raise InvalidArgument(f"timeout must be a positive number of seconds: {timeout!r}")
         if self._db.closed:
             raise RuntimeError("this Inventory was closed")
+        id_start, id_end = await self._jobs.window(job, id_start, id_end)
         bound, limits = await self._jobs.prepare(
             job,
             source,
