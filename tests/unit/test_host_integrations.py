@@ -51,3 +51,21 @@ def test_batch_feeder_refuses_bad_options(options: dict[str, object]) -> None:
 def test_lease_batch_source_refuses_bad_max_batches(max_batches: object) -> None:
     with pytest.raises(pbi.InvalidArgument):
         LeaseBatchSource(None, None, None, "job", "files", max_batches=max_batches)  # type: ignore[arg-type]
+
+
+def test_status_router_offers_retry_only_when_enabled() -> None:
+    def routes(enable_retry: bool) -> set[tuple[str, str]]:
+        router = pbi_fastapi.status_router(enable_retry=enable_retry)
+        return {
+            (method, route.path)  # type: ignore[attr-defined]
+            for route in router.routes
+            for method in route.methods  # type: ignore[attr-defined]
+        }
+
+    reads = {
+        ("GET", "/jobs"),
+        ("GET", "/jobs/{job}/backlog"),
+        ("GET", "/jobs/{job}/errors"),
+    }
+    assert routes(False) == reads
+    assert routes(True) == reads | {("POST", "/jobs/{job}/retry")}
