@@ -39,10 +39,12 @@ from pybatchintory.models import (
     PlannedRange,
     Settlement,
     Status,
+    Weight,
 )
 from pybatchintory.protocols import InventoryStore, MetadataSource
 from pybatchintory.settings import Settings
 from pybatchintory.sources import SourceDefaults
+from pybatchintory.weights import as_json
 
 __all__ = ("Inventory", "LeaseContext", "settings_defaults")
 
@@ -200,7 +202,7 @@ class Inventory:
         n: int,
         *,
         max_count: int | None,
-        max_weight: int | None,
+        max_weight: Weight | None,
         id_start: int | None,
         id_end: int | None,
         timeout: float | None = None,
@@ -211,6 +213,7 @@ class Inventory:
             raise InvalidArgument(f"timeout must be a positive number of seconds: {timeout!r}")
         if self._db.closed:
             raise RuntimeError("this Inventory was closed")
+        id_start, id_end = await self._jobs.window(job, id_start, id_end)
         bound, limits = await self._jobs.prepare(
             job,
             source,
@@ -226,7 +229,7 @@ class Inventory:
             n=n,
             config={
                 "max_count": limits.max_count,
-                "max_weight": limits.max_weight,
+                "max_weight": as_json(limits.max_weight),
                 "lease_ttl": self.lease_ttl,
                 "max_attempts": self.max_attempts,
                 "code_version": self.code_version,
@@ -240,7 +243,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         timeout: float | None = None,
@@ -269,7 +272,7 @@ class Inventory:
         n: int,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         timeout: float | None = None,
@@ -292,7 +295,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         wait: bool = False,
@@ -411,7 +414,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         iterations: int | None = None,
@@ -558,7 +561,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         n: int = 5,

@@ -34,7 +34,15 @@ from pybatchintory._default_inventory import resolve_seed_arguments
 from pybatchintory.batch import Batch, _call_arguments
 from pybatchintory.errors import EventLoopRunning, InvalidArgument, NoBatchAvailable
 from pybatchintory.inventory import Inventory
-from pybatchintory.models import Attempt, Backlog, ErrorGroup, JobStatus, PlannedRange, Status
+from pybatchintory.models import (
+    Attempt,
+    Backlog,
+    ErrorGroup,
+    JobStatus,
+    PlannedRange,
+    Status,
+    Weight,
+)
 from pybatchintory.protocols import MetadataSource
 from pybatchintory.settings import Settings
 
@@ -135,13 +143,28 @@ class SyncBatch:
         rows: list[Mapping[str, Any]] = self._owner._call(self._batch.items)
         return rows
 
-    def success(self, result: Any = None) -> None:
-        """Record success (see ``Batch.success``)."""
-        self._owner._call(self._batch.success, result)
+    def success(self, result: Any = None, *, logging: str | None = None) -> None:
+        """Record success (see ``Batch.success``); ``logging`` goes to the logging column."""
+        self._owner._call(self._batch.success, result, logging=logging)
 
-    def error(self, exc: BaseException) -> None:
-        """Record a failure (see ``Batch.error``)."""
-        self._owner._call(self._batch.error, exc)
+    def error(
+        self, exc: BaseException | str, *, result: Any = None, logging: str | None = None
+    ) -> None:
+        """Record a failure: an exception or a message (see ``Batch.error``)."""
+        self._owner._call(self._batch.error, exc, result=result, logging=logging)
+
+    def succeeded(self, result: Any = None, logging: str | None = None) -> None:
+        """The seed's (0.0.8) name of ``success``."""
+        self.success(result, logging=logging)
+
+    def failed(
+        self,
+        error: BaseException | str | None = None,
+        result: Any = None,
+        logging: str | None = None,
+    ) -> None:
+        """The seed's (0.0.8) name of ``error``; without an error, a failure without cause."""
+        self.error("failed" if error is None else error, result=result, logging=logging)
 
     def release(self) -> None:
         """Give the range back without fault (see ``Batch.release``)."""
@@ -373,9 +396,9 @@ def acquire_batch(
     *,
     id_start: int | None = None,
     id_end: int | None = None,
-    weight: int | None = None,
+    weight: Weight | None = None,
     count: int | None = None,
-    max_weight: int | None = None,
+    max_weight: Weight | None = None,
     max_count: int | None = None,
 ) -> SyncBatch | None:
     """Lease the next batch of ``job`` (seed spelling; ``None``: nothing to do).
@@ -406,9 +429,9 @@ def acquire_batches(
     *,
     id_start: int | None = None,
     id_end: int | None = None,
-    weight: int | None = None,
+    weight: Weight | None = None,
     count: int | None = None,
-    max_weight: int | None = None,
+    max_weight: Weight | None = None,
     max_count: int | None = None,
     iterations: int | None = None,
 ) -> Iterator[SyncBatch]:

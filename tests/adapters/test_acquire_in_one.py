@@ -146,7 +146,7 @@ async def test_every_cut_is_the_transactions_cut(
         options["where"] = where
     files = pbi.MetaTable("files", **options)
     window = {"id_start": 5, "id_end": 260}
-    cuts: dict[str, list[tuple[int, int, int, int, bool]]] = {}
+    cuts: dict[str, list[tuple[Any, ...]]] = {}
     async with pbi.Inventory(pg_url) as fast, pbi.Inventory(pg_url) as slow:
         _slow(slow)
         for name, inv in (("fast", fast), ("slow", slow)):
@@ -232,7 +232,7 @@ async def test_acquire_many_of_count_capped_ranges_is_one_statement(
     odd = pbi.MetaTable("files", weight="size_in_bytes", where={"kind": "csv"})
     async with pbi.Inventory(pg_url) as fast, pbi.Inventory(pg_url) as slow:
         _slow(slow)
-        cuts: dict[str, list[tuple[int, int, int, int]]] = {}
+        cuts: dict[str, list[tuple[Any, ...]]] = {}
         for name, inv in (("fast", fast), ("slow", slow)):
             cuts[name] = []
             first = await inv.acquire(name, odd, max_count=max_count, id_start=3, id_end=390)

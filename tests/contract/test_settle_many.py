@@ -182,8 +182,8 @@ async def test_a_repeated_store_settle_many_counts_as_settled(
         wrong = Settlement(batches[0].id, batches[0].token, Status.FAILED, counts_as_failure=True)
         stranger = Settlement(batches[1].id, "not-the-token", Status.SUCCEEDED)
         assert await inv.store.settle_many([wrong, stranger]) == {
-            batches[0].id: "already succeeded",
-            batches[1].id: "taken over",
+            batches[0].id: "the ledger has it as succeeded",
+            batches[1].id: "another lease holds it; the ledger has it as succeeded",
         }
         for batch in batches:
             batch._settle_failed(lost=True)  # settled behind the handles' back

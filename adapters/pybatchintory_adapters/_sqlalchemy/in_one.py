@@ -38,6 +38,7 @@ from sqlalchemy.sql import visitors
 
 from pybatchintory.models import LeaseGrant, PlannedRange
 from pybatchintory.protocols import FirstPage
+from pybatchintory.weights import as_weight
 from pybatchintory_adapters._sqlalchemy.driver_path import HotPath
 from pybatchintory_adapters._sqlalchemy.records import aware
 from pybatchintory_adapters._sqlalchemy.rules import RUNNING, running
@@ -235,7 +236,7 @@ class LeaseInOne:
         if key is None:
             nothing = cursor is not None and bool(free) and int(page_rows) == 0
             return [] if nothing else None
-        cut = PlannedRange(int(start), int(end), int(count), int(weight), bool(oversized))
+        cut = PlannedRange(int(start), int(end), int(count), as_weight(weight), bool(oversized))
         self.first.taken(cut)
         return [
             LeaseGrant(
@@ -421,7 +422,7 @@ class LeaseManyInOne:
                     meta_id_start=int(start),
                     meta_id_end=int(end),
                     count=int(count),
-                    weight=int(weight),
+                    weight=as_weight(weight),
                     attempt=1,
                     failures=0,
                     oversized=False,
