@@ -131,6 +131,9 @@ def lease_in_one(t: Tables, page_query: Any, *, limited: bool, counted: bool) ->
     free = _free(clock)
     go = sa.and_(clock.c.cursor.is_not(None), free, rows > 0, sa.or_(*decides))
     owner = _p("owner", sa.String())
+    # The range's weight as the page summed it (the ledger's NUMERIC column would read a
+    # float column's sum back as a decimal; the slower path hands out the page's sum too).
+    cut_weight = sa.case((alone, first_weight), (split, fit_weight), else_=weight)
     values: dict[str, Any] = {
         "meta_table": clock.c.meta_table,
         "job": job,
@@ -138,7 +141,7 @@ def lease_in_one(t: Tables, page_query: Any, *, limited: bool, counted: bool) ->
         "processing_start": now,
         "meta_id_start": clock.c.cursor + 1,
         "meta_id_end": sa.case((alone, first), (split, fit_last), else_=last),
-        "weight": sa.case((alone, first_weight), (split, fit_weight), else_=weight),
+        "weight": cut_weight,
         "count": sa.case((alone, 1), (split, fit_rows), else_=rows),
         "attempt": sa.literal(1, sa.Integer()),
         "status": sa.literal(RUNNING, inv.c.status.type),
@@ -189,7 +192,7 @@ def lease_in_one(t: Tables, page_query: Any, *, limited: bool, counted: bool) ->
             leased.c.meta_id_start,
             leased.c.meta_id_end,
             leased.c.count,
-            leased.c.weight,
+            sa.case((leased.c.id.is_(None), None), else_=cut_weight),
             leased.c.oversized,
             leased.c.expires_at,
         )
@@ -302,7 +305,7 @@ def lease_many_in_one(t: Tables, rows_query: Any) -> sa.Select[Any]:
             cuts.c.wt,
         )
         .select_from(cuts.join(clock, sa.true()))
-        .subquery("ranged")
+        .cte("ranged")
     )
     now = clock.c.now
     go = sa.and_(clock.c.cursor.is_not(None), _free(clock))
@@ -369,10 +372,13 @@ def lease_many_in_one(t: Tables, rows_query: Any) -> sa.Select[Any]:
             leased.c.meta_id_start,
             leased.c.meta_id_end,
             leased.c.count,
-            leased.c.weight,
+            ranged.c.wt,
             leased.c.expires_at,
         )
-        .select_from(clock.outerjoin(leased, sa.true()))
+        # The weight as the page summed it (see ``lease_in_one``), by the range's start.
+        .select_from(
+            clock.outerjoin(leased.join(ranged, ranged.c.s == leased.c.meta_id_start), sa.true())
+        )
         .add_cte(moved)
     )
 
