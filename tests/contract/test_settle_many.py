@@ -53,7 +53,9 @@ async def test_each_batch_ends_as_asked_in_one_call(db_url: str, make_files: Mak
         assert 22 <= delay <= 38
         assert released["status"] == "released" and released["failures"] == 0
         assert released["retry_after"] is not None and not released["dead"]
-        assert released["retry_after"] <= released["processing_end"]
+        # Due at once: the clock of the settle (read twice in one statement on PostgreSQL).
+        gap = (released["retry_after"] - released["processing_end"]).total_seconds()
+        assert abs(gap) < 1
         for row in (ok, plain, failed, released):
             assert row["processing_end"] is not None
         # The released range is handed out again at once; the failed one waits.
