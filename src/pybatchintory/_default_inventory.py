@@ -18,6 +18,7 @@ from pybatchintory._leases import LeaseContext
 from pybatchintory.batch import Batch
 from pybatchintory.errors import InvalidArgument
 from pybatchintory.inventory import Inventory
+from pybatchintory.models import Weight
 from pybatchintory.protocols import MetadataSource
 from pybatchintory.settings import Settings
 
@@ -72,12 +73,12 @@ async def shutdown() -> None:
 def resolve_seed_arguments(
     source: MetadataSource | str | None,
     *,
-    weight: int | None,
+    weight: Weight | None,
     count: int | None,
-    max_weight: int | None,
+    max_weight: Weight | None,
     max_count: int | None,
     settings: Settings | None = None,
-) -> tuple[MetadataSource | str, int | None, int | None]:
+) -> tuple[MetadataSource | str, int | None, Weight | None]:
     """Map the seed's ``weight=``/``count=`` onto ``max_weight``/``max_count``.
 
     Raises:
@@ -102,9 +103,9 @@ async def acquire(
     *,
     id_start: int | None = None,
     id_end: int | None = None,
-    weight: int | None = None,
+    weight: Weight | None = None,
     count: int | None = None,
-    max_weight: int | None = None,
+    max_weight: Weight | None = None,
     max_count: int | None = None,
     timeout: float | None = None,
 ) -> Batch | None:
@@ -130,9 +131,9 @@ async def leases(
     *,
     id_start: int | None = None,
     id_end: int | None = None,
-    weight: int | None = None,
+    weight: Weight | None = None,
     count: int | None = None,
-    max_weight: int | None = None,
+    max_weight: Weight | None = None,
     max_count: int | None = None,
     iterations: int | None = None,
     timeout: float | None = None,
@@ -161,9 +162,9 @@ def lease(
     *,
     id_start: int | None = None,
     id_end: int | None = None,
-    weight: int | None = None,
+    weight: Weight | None = None,
     count: int | None = None,
-    max_weight: int | None = None,
+    max_weight: Weight | None = None,
     max_count: int | None = None,
     wait: bool = False,
     poll_interval: float = 1.0,

@@ -20,7 +20,7 @@ from pybatchintory._planning import (
     validate_window,
 )
 from pybatchintory.errors import InvalidArgument, UnknownJob
-from pybatchintory.models import JobSpec, Limits, PlannedRange
+from pybatchintory.models import JobSpec, Limits, PlannedRange, Weight
 from pybatchintory.protocols import BindContext, BoundSource, JobRecord, MetadataSource, Planner
 from pybatchintory.recursion import InventorySource
 from pybatchintory.sources import MetaTable, SourceDefaults
@@ -87,7 +87,7 @@ class Jobs:
         source: MetadataSource | str,
         *,
         max_count: int | None,
-        max_weight: int | None,
+        max_weight: Weight | None,
         id_start: int | None,
         id_end: int | None,
         record: bool = True,

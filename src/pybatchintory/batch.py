@@ -34,7 +34,7 @@ from pybatchintory.errors import (
     LeaseLost,
     StoreError,
 )
-from pybatchintory.models import LeaseGrant, Settlement, Status
+from pybatchintory.models import LeaseGrant, Settlement, Status, Weight
 from pybatchintory.protocols import BoundSource
 
 __all__ = ("Batch", "Settler")
@@ -201,7 +201,7 @@ class Batch:
         return self._grant.count
 
     @property
-    def weight(self) -> int:
+    def weight(self) -> Weight:
         """Their summed weight (0 without a weight column)."""
         return self._grant.weight
 

@@ -31,10 +31,19 @@ from pybatchintory._registry import normalise_url
 from pybatchintory._stopping import StopSignal, as_stop
 from pybatchintory.batch import Batch
 from pybatchintory.errors import InvalidArgument, StoreError
-from pybatchintory.models import Attempt, Backlog, ErrorGroup, JobStatus, PlannedRange, Status
+from pybatchintory.models import (
+    Attempt,
+    Backlog,
+    ErrorGroup,
+    JobStatus,
+    PlannedRange,
+    Status,
+    Weight,
+)
 from pybatchintory.protocols import InventoryStore, MetadataSource
 from pybatchintory.settings import Settings
 from pybatchintory.sources import SourceDefaults
+from pybatchintory.weights import as_json
 
 __all__ = ("Inventory", "LeaseContext", "settings_defaults")
 
@@ -192,7 +201,7 @@ class Inventory:
         n: int,
         *,
         max_count: int | None,
-        max_weight: int | None,
+        max_weight: Weight | None,
         id_start: int | None,
         id_end: int | None,
         timeout: float | None = None,
@@ -218,7 +227,7 @@ class Inventory:
             n=n,
             config={
                 "max_count": limits.max_count,
-                "max_weight": limits.max_weight,
+                "max_weight": as_json(limits.max_weight),
                 "lease_ttl": self.lease_ttl,
                 "max_attempts": self.max_attempts,
                 "code_version": self.code_version,
@@ -232,7 +241,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         timeout: float | None = None,
@@ -261,7 +270,7 @@ class Inventory:
         n: int,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         timeout: float | None = None,
@@ -284,7 +293,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         wait: bool = False,
@@ -403,7 +412,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         iterations: int | None = None,
@@ -487,7 +496,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         n: int = 5,

@@ -34,7 +34,15 @@ from pybatchintory._default_inventory import resolve_seed_arguments
 from pybatchintory.batch import Batch, _call_arguments
 from pybatchintory.errors import EventLoopRunning, NoBatchAvailable
 from pybatchintory.inventory import Inventory
-from pybatchintory.models import Attempt, Backlog, ErrorGroup, JobStatus, PlannedRange, Status
+from pybatchintory.models import (
+    Attempt,
+    Backlog,
+    ErrorGroup,
+    JobStatus,
+    PlannedRange,
+    Status,
+    Weight,
+)
 from pybatchintory.protocols import MetadataSource
 from pybatchintory.settings import Settings
 
@@ -345,9 +353,9 @@ def acquire_batch(
     *,
     id_start: int | None = None,
     id_end: int | None = None,
-    weight: int | None = None,
+    weight: Weight | None = None,
     count: int | None = None,
-    max_weight: int | None = None,
+    max_weight: Weight | None = None,
     max_count: int | None = None,
 ) -> SyncBatch | None:
     """Lease the next batch of ``job`` (seed spelling; ``None``: nothing to do).
@@ -378,9 +386,9 @@ def acquire_batches(
     *,
     id_start: int | None = None,
     id_end: int | None = None,
-    weight: int | None = None,
+    weight: Weight | None = None,
     count: int | None = None,
-    max_weight: int | None = None,
+    max_weight: Weight | None = None,
     max_count: int | None = None,
     iterations: int | None = None,
 ) -> Iterator[SyncBatch]:

@@ -221,7 +221,7 @@ def acquiring_span(job: str) -> Iterator[Callable[[Collection[_Leased]], None]]:
             if leased:
                 instruments.batches.add(len(leased), {"job": job})
                 instruments.rows.add(sum(b.count for b in leased), {"job": job})
-                instruments.weight.add(float(sum(b.weight for b in leased)), {"job": job})
+                instruments.weight.add(sum(float(b.weight) for b in leased), {"job": job})
     verbose = log.isEnabledFor(logging.INFO)
     for batch in leased:
         _started[batch.token] = now

@@ -6,6 +6,7 @@ test sends it real signals by pid and reads the ledger with plain SQL afterwards
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ import httpx
 from tests.helpers import fetch_all
 from tests.processes import ROOT
 
-__all__ = ("UvicornApp", "free_port", "ledger_counts")
+__all__ = ("TcpProxy", "UvicornApp", "free_port", "ledger_counts")
 
 
 def free_port() -> int:
@@ -116,3 +117,47 @@ async def ledger_counts(url: str) -> dict[str, Counter[str]]:
     for row in rows:
         counts.setdefault(str(row["job"]), Counter())[str(row["status"])] = int(row["n"])
     return counts
+
+
+class TcpProxy:
+    """A loopback TCP proxy the test can cut: the database 'goes away' for real."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        """Listen (again) on ``self.port``."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        """Stop listening and drop every connection."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.difference_update((writer, up_writer))

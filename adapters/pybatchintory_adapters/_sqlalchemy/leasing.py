@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from pybatchintory.errors import LeaseLost, UnknownJob
 from pybatchintory.models import LeaseGrant, PlannedRange, Settlement, Status
 from pybatchintory.protocols import Planner
+from pybatchintory.weights import as_weight
 from pybatchintory_adapters._sqlalchemy.driver_path import HotPath
 from pybatchintory_adapters._sqlalchemy.records import aware
 from pybatchintory_adapters._sqlalchemy.rules import RUNNING
@@ -150,7 +151,7 @@ class Acquisition:
             st.due_retries, params
         ):
             await ex.run(st.clear_retry, {"p_id": old_id})
-            cut = PlannedRange(int(start), int(end), int(count), int(weight), bool(oversized))
+            cut = PlannedRange(int(start), int(end), int(count), as_weight(weight), bool(oversized))
             attempt, failures = (int(v) for v in tries)
             rows.append(_Next(old_table, cut, attempt + 1, failures))
         return rows
