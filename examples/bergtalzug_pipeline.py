@@ -27,8 +27,9 @@ bergtalzug = import_bergtalzug()
 
 def build_pipeline(feeder: BatchFeeder, *, max_count: int, fail_every: int | None) -> Any:
     """The three-stage pipeline, its first queue refilled by ``feeder``."""
+    base: Any = bergtalzug.ETLPipeline  # bergtalzug is untyped here
 
-    class SizesPipeline(bergtalzug.ETLPipeline):  # type: ignore[misc]
+    class SizesPipeline(base):  # type: ignore[misc]
         async def refill_queue(self, count: int) -> list[Any]:
             return await feeder.refill_queue(count)
 

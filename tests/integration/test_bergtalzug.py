@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +26,14 @@ MAX_COUNT = 1000
 SCRIPT = ROOT / "examples" / "bergtalzug_pipeline.py"
 
 
-async def test_pipeline_with_failures_and_a_cancel(db_url: str, tmp_path: Path) -> None:
+def _summary(rows: list[dict[str, Any]]) -> str:
+    counts = Counter(str(r["status"]) for r in rows)
+    return ", ".join(f"{status} {n}" for status, n in sorted(counts.items()))
+
+
+async def test_pipeline_with_failures_and_a_cancel(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bergtalzug_python()
     await create_meta_table(db_url, rows=ROWS)
     common = [db_url, "--job", "sizes", "--max-count", str(MAX_COUNT), "--fail-every", "10"]
@@ -38,6 +47,8 @@ async def test_pipeline_with_failures_and_a_cancel(db_url: str, tmp_path: Path) 
         db_url,
         "SELECT status, attempt, error_type FROM inventory WHERE job = 'sizes' ORDER BY id",
     )
+    with capsys.disabled():
+        print(f"\nbergtalzug, cancelled run: feeder {counts}; ledger: {_summary(after_cancel)}")
     assert [r for r in after_cancel if r["status"] == "running"] == []
     failed = [r for r in after_cancel if r["status"] == "failed"]
     assert failed, "the injected failure was not recorded"
@@ -52,6 +63,8 @@ async def test_pipeline_with_failures_and_a_cancel(db_url: str, tmp_path: Path) 
         "SELECT meta_id_start, meta_id_end, status, attempt FROM inventory "
         "WHERE job = 'sizes' ORDER BY meta_id_start, id",
     )
+    with capsys.disabled():
+        print(f"bergtalzug, second run: ledger: {_summary(rows)}")
     assert [r for r in rows if r["status"] == "running"] == []
     succeeded = [r for r in rows if r["status"] == "succeeded"]
     ranges = [(int(r["meta_id_start"]), int(r["meta_id_end"])) for r in succeeded]
@@ -69,3 +82,28 @@ async def test_pipeline_with_failures_and_a_cancel(db_url: str, tmp_path: Path) 
     for r in succeeded:
         if int(r["meta_id_start"]) in failed_starts:
             assert int(r["attempt"]) >= 2
+
+
+@pytest.mark.sqlite
+async def test_follow_mode_feeder_stop_and_pipeline_stop(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'inventory.db'}"
+    await create_meta_table(url, rows=1000)
+    done = run_in_bergtalzug_venv(
+        ROOT / "tests" / "integration" / "bergtalzug_follow.py", [url], tmp_path / "follow.log"
+    )
+    report = json.loads(done.stdout.splitlines()[-1])
+    # follow=True: drained, the pipeline kept waiting, took the 500 new rows, and ended
+    # (all settled) on feeder.stop().
+    assert report["follow"]["waited"] is True
+    assert report["follow"]["succeeded"] == report["follow"]["results"] == 15
+    rows = await fetch_all(
+        url, "SELECT job, status, COUNT(*) AS n FROM inventory GROUP BY job, status"
+    )
+    ledger = {(r["job"], r["status"]): int(r["n"]) for r in rows}
+    assert ledger[("follow", "succeeded")] == 15
+    # pipeline.stop(): bergtalzug drops the items in flight without a callback; the feeder
+    # released them (and an acquire the stop cancelled gave its ranges back), and nothing
+    # is left running.
+    assert ledger[("stopped", "released")] >= report["stopped"]["released"] >= 1
+    assert ledger[("stopped", "succeeded")] == report["stopped"]["succeeded"]
+    assert not any(status == "running" for _, status in ledger)

@@ -8,10 +8,11 @@ client gone mid-stream) and reads the ledger with plain SQL afterwards.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -89,96 +90,128 @@ async def _covered_once(url: str, job: str, first: int, last: int) -> None:
         assert start == end + 1, f"{job}: ranges overlap or leave a gap: {ranges}"
 
 
-@contextlib.asynccontextmanager
-async def _slow_request(server: UvicornApp) -> AsyncIterator[asyncio.Task[httpx.Response]]:
+@dataclass
+class _Interruption:
+    """One uvicorn interrupted mid-lease, and what the ledger held afterwards."""
+
+    name: str
+    signals: tuple[signal.Signals, ...]
+    graceful: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    url: str = ""
+    server: UvicornApp | None = None
+    response: int | str | None = None
+    ledger: dict[str, Counter[str]] = field(default_factory=dict)
+
+    def row(self) -> str:
+        cells = [
+            ", ".join(f"{status} {n}" for status, n in sorted(self.ledger.get(job, {}).items()))
+            for job in ("requests", "thumbnails")
+        ]
+        return f"| {self.name} | {cells[0]} | {cells[1]} | {self.response} |"
+
+
+async def _interrupt(case: _Interruption, apps: list[UvicornApp], tmp_path: Path) -> None:
+    """Start a server on its own database, lease in a request, send the signals."""
+    path = tmp_path / case.name
+    path.mkdir()
+    case.url = f"sqlite+aiosqlite:///{path / 'inventory.db'}"
+    await create_meta_table(case.url, rows=ROWS)
+    server = case.server = _start(apps, case.url, path, graceful=case.graceful, env=case.env)
+    await server.ready()
     async with server.client() as client:
-        task = asyncio.ensure_future(client.post("/work", params={"seconds": 4}))
+        request = asyncio.ensure_future(client.post("/work", params={"seconds": 2.5}))
+        await _running(case.url, "requests")
+        await _running(case.url, "thumbnails")
+        for sig in case.signals:
+            server.signal(sig)
+            await asyncio.sleep(0.3)
+        await server.exited()
         try:
-            yield task
-        finally:
-            with contextlib.suppress(httpx.HTTPError):
-                await task
+            case.response = (await request).status_code
+        except httpx.HTTPError as exc:
+            case.response = type(exc).__name__
+    case.ledger = await ledger_counts(case.url)
 
 
-@pytest.mark.parametrize(
-    ("sig", "graceful"),
-    [(signal.SIGTERM, 1), (signal.SIGTERM, None), (signal.SIGINT, 1)],
-    ids=["sigterm-grace-1", "sigterm", "sigint-grace-1"],
-)
-async def test_signal_mid_lease_leaves_nothing_running(
-    sqlite_url: str,
-    tmp_path: Path,
-    apps: list[UvicornApp],
-    sig: signal.Signals,
-    graceful: int | None,
+async def test_interruptions_mid_lease(
+    tmp_path: Path, apps: list[UvicornApp], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    await create_meta_table(sqlite_url, rows=ROWS)
-    server = _start(apps, sqlite_url, tmp_path, graceful=graceful)
-    await server.ready()
-    async with _slow_request(server) as request:
-        await _running(sqlite_url, "requests")
-        await _running(sqlite_url, "thumbnails")
-        server.signal(sig)
-        await server.exited()
-    ledger = await ledger_counts(sqlite_url)
-    assert "running" not in ledger["thumbnails"], server.output()
-    assert ledger["thumbnails"]["succeeded"] >= 1
-    if graceful is None:
-        # uvicorn waits for the request: it finishes, and its 200 means recorded.
-        assert request.result().status_code == 200
-        assert ledger["requests"] == {"succeeded": 1}
-    else:
-        # The request outlived the graceful timeout: cancelled, its batch given back.
-        assert ledger["requests"] == {"released": 1}, server.output()
+    """SIGTERM/SIGINT with and without a graceful timeout, a double SIGINT, SIGKILL.
 
+    The five servers run at once (each on its own database) to keep the wall time small.
+    """
+    cases = {
+        case.name: case
+        for case in (
+            _Interruption("SIGTERM, graceful 1 s", (signal.SIGTERM,), graceful=1),
+            _Interruption("SIGTERM", (signal.SIGTERM,)),
+            _Interruption("SIGINT, graceful 1 s", (signal.SIGINT,), graceful=1),
+            _Interruption("double SIGINT", (signal.SIGINT, signal.SIGINT)),
+            _Interruption("SIGKILL", (signal.SIGKILL,), env={"PBI_EXAMPLE_LEASE_TTL": "1"}),
+            # Each consumer batch takes 6 s: past the request (2.5 s) plus the 2 s grace.
+            _Interruption(
+                "SIGTERM, consumer past grace",
+                (signal.SIGTERM,),
+                env={"PBI_EXAMPLE_WORK_SECONDS": "6"},
+            ),
+        )
+    }
+    await asyncio.gather(*(_interrupt(case, apps, tmp_path) for case in cases.values()))
+    with capsys.disabled():
+        print("\n| interruption | requests | thumbnails | client got |")
+        print("| --- | --- | --- | --- |")
+        for case in cases.values():
+            print(case.row())
 
-async def test_double_sigint_releases_what_is_held(
-    sqlite_url: str, tmp_path: Path, apps: list[UvicornApp]
-) -> None:
-    await create_meta_table(sqlite_url, rows=ROWS)
-    server = _start(apps, sqlite_url, tmp_path)
-    await server.ready()
-    async with _slow_request(server):
-        await _running(sqlite_url, "requests")
-        await _running(sqlite_url, "thumbnails")
-        server.signal(signal.SIGINT)
-        await asyncio.sleep(0.3)
-        server.signal(signal.SIGINT)  # force exit: uvicorn skips the lifespan shutdown
-        await server.exited()
-    ledger = await ledger_counts(sqlite_url)
-    for job in ("requests", "thumbnails"):
-        assert "running" not in ledger[job], (job, ledger, server.output())
-    assert ledger["requests"] == {"released": 1}
+    def output(name: str) -> str:
+        server = cases[name].server
+        return "" if server is None else server.output()
 
-
-async def test_sigkill_lease_expires_and_restart_finishes(
-    sqlite_url: str, tmp_path: Path, apps: list[UvicornApp]
-) -> None:
-    await create_meta_table(sqlite_url, rows=300)
-    env = {"PBI_EXAMPLE_LEASE_TTL": "1", "PBI_EXAMPLE_WORK_SECONDS": "0.1"}
-    server = _start(apps, sqlite_url, tmp_path, env=env)
-    await server.ready()
-    await _running(sqlite_url, "thumbnails")
-    server.signal(signal.SIGKILL)
-    assert await server.exited() == -signal.SIGKILL
-    assert (await ledger_counts(sqlite_url))["thumbnails"]["running"] == 1
-
-    await asyncio.sleep(1.2)  # the dead server's lease runs out
-    restarted = _start(apps, sqlite_url, tmp_path, env=env)
+    for name in ("SIGTERM, graceful 1 s", "SIGINT, graceful 1 s", "double SIGINT"):
+        # The request outlived the graceful timeout (or the forced exit): cancelled, and
+        # its batch given back; no attempt of any job is left running.
+        ledger = cases[name].ledger
+        assert ledger["requests"] == {"released": 1}, (name, ledger, output(name))
+        assert "running" not in ledger["thumbnails"], (name, ledger, output(name))
+    for name in ("SIGTERM, graceful 1 s", "SIGINT, graceful 1 s"):
+        # A graceful stop lets the consumer finish the batch in hand: nothing released.
+        assert set(cases[name].ledger["thumbnails"]) == {"succeeded"}, name
+    # uvicorn waits for the request without a graceful timeout: it finishes, and its 200
+    # means recorded.
+    assert cases["SIGTERM"].response == 200
+    assert cases["SIGTERM"].ledger["requests"] == {"succeeded": 1}
+    assert set(cases["SIGTERM"].ledger["thumbnails"]) == {"succeeded"}
+    # The lifespan waited its grace (2 s) for the consumer's batch, then cancelled it:
+    # released, while the request (2.5 s, no graceful timeout) finished.
+    past_grace = cases["SIGTERM, consumer past grace"]
+    assert past_grace.ledger["thumbnails"] == {"released": 1}, output(past_grace.name)
+    assert past_grace.ledger["requests"] == {"succeeded": 1}
+    # SIGKILL leaves the leases running; they expire after the TTL, and a restart retries
+    # them and covers every id exactly once.
+    killed = cases["SIGKILL"]
+    assert killed.ledger["requests"] == {"running": 1}
+    assert killed.ledger["thumbnails"]["running"] == 1
+    await asyncio.sleep(1.0)
+    restarted = _start(apps, killed.url, tmp_path, env={"PBI_EXAMPLE_WORK_SECONDS": "0.01"})
     await restarted.ready()
     async with restarted.client() as client:
-        for _ in range(100):
+        for _ in range(200):
             left = (await client.get("/inventory/jobs/thumbnails/backlog")).json()
             if left["count"] == 0 and left["running"] == 0 and left["retry_due"] == 0:
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
         assert left["count"] == 0, left
+        # Nobody leased `requests` since: its row still says running, but every read
+        # counts a lease past its expiry as expired.
+        requests = (await client.get("/inventory/jobs/requests/backlog")).json()
+        assert requests["running"] == 0, requests
     restarted.signal(signal.SIGTERM)
     await restarted.exited()
-    ledger = await ledger_counts(sqlite_url)
+    ledger = await ledger_counts(killed.url)
     assert "running" not in ledger["thumbnails"]
     assert ledger["thumbnails"]["expired"] == 1
-    await _covered_once(sqlite_url, "thumbnails", 1, 300)
+    await _covered_once(killed.url, "thumbnails", 1, ROWS)
 
 
 async def test_client_gone_mid_stream_releases_the_batch(

@@ -47,7 +47,6 @@ from pybatchintory.errors import (
     InvalidArgument,
     LeaseLost,
     MissingDriver,
-    StoreError,
     UnknownJob,
 )
 from pybatchintory.inventory import Inventory
@@ -135,8 +134,11 @@ class BatchFeeder:
         self.max_outstanding = max_outstanding
         self.follow = follow
         self.poll_interval = float(poll_interval)
+        # The group keeps every leased batch until its settle is written, and releases on
+        # release_unsettled() what nobody settled; _held maps an item to its batch until
+        # the pipeline calls back.
+        self._group = inventory.group()
         self._held: dict[str, Batch] = {}
-        self._settling: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._stopping = False
         self.counts = {"leased": 0, "succeeded": 0, "failed": 0, "released": 0}
@@ -151,7 +153,7 @@ class BatchFeeder:
     @property
     def settling(self) -> int:
         """Settle writes scheduled by the completion callback and not finished yet."""
-        return len(self._settling)
+        return self._group.settling
 
     def stop(self) -> None:
         """Lease nothing more: the next ``refill_queue`` returns ``[]``.
@@ -173,7 +175,7 @@ class BatchFeeder:
             room = min(count, self.max_outstanding - self.outstanding)
             batches: list[Batch] = []
             if room > 0:
-                batches = await self.inventory.acquire_many(
+                batches = await self._group.acquire_many(
                     self.job, self.source, room, **self._limits
                 )
             if batches:
@@ -190,7 +192,7 @@ class BatchFeeder:
         return []
 
     async def _drained(self) -> bool:
-        if self._held or self._settling:
+        if self._held or self._group.settling:
             return False
         try:
             left = await self.inventory.backlog(self.job)
@@ -224,12 +226,10 @@ class BatchFeeder:
             logger.warning("batch %s of job %r was not settled: %s", batch.id, batch.job, exc)
             self._changed.set()
             return
-        self._settling.add(task)
         task.add_done_callback(self._settled)
         self._changed.set()
 
     def _settled(self, task: asyncio.Task[None]) -> None:
-        self._settling.discard(task)
         self._changed.set()
 
     def attach(self, pipeline: Any) -> None:
@@ -243,18 +243,10 @@ class BatchFeeder:
 
         Returns how many batches were released.
         """
-        held, self._held = self._held, {}
-        released = 0
-        for batch in held.values():
-            try:
-                await batch.release()
-            except (LeaseLost, AlreadySettled, StoreError) as exc:
-                logger.warning("batch %s of job %r: release failed: %s", batch.id, batch.job, exc)
-            else:
-                released += 1
+        self._held.clear()
+        released = await self._group.release_outstanding()
         self.counts["released"] += released
-        if self._settling:
-            await asyncio.wait(set(self._settling))
+        await self._group.wait_settled()
         return released
 
     async def run(self, pipeline: Any) -> list[Any]:

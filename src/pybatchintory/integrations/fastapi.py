@@ -54,6 +54,7 @@ from pybatchintory.errors import (
     MissingDriver,
     NoBatchAvailable,
     PybatchintoryError,
+    StoreError,
     StoreUnavailable,
     UnknownJob,
 )
@@ -96,8 +97,10 @@ Handler = Callable[[Batch], Awaitable[Any]]
 class Consumer:
     """A long-running consumer the lifespan starts: lease, ``handler(batch)``, settle.
 
-    A failure of ``handler`` is recorded as the attempt's failure and the loop goes on;
-    when nothing is left it polls every ``poll_interval`` seconds until shutdown.
+    Runs ``Inventory.consume``: a failure of ``handler`` is recorded as the attempt's
+    failure and the loop goes on; an unreachable database is retried with backoff; when
+    nothing is left it polls every ``poll_interval`` seconds until shutdown, which stops it
+    between batches.
 
     Attributes:
         job: The job's name.
@@ -224,10 +227,7 @@ def inventory_lifespan(
         _RUNTIMES[inv] = runtime
         try:
             for consumer in consumers:
-                for n in range(consumer.concurrency):
-                    runtime.spawn(
-                        _consume(inv, consumer, runtime.stop), f"consumer {consumer.job}#{n}"
-                    )
+                runtime.spawn(_consume(inv, consumer, runtime.stop), f"consumer {consumer.job}")
             if resume_backfills and kinds:
                 await _resume(runtime)
             yield
@@ -270,27 +270,17 @@ async def _run_one(batch: Batch, handler: Handler) -> None:
 
 
 async def _consume(inv: Inventory, consumer: Consumer, stop: asyncio.Event) -> None:
-    backoff = consumer.poll_interval
-    while not stop.is_set():
-        try:
-            batch = await inv.acquire(
-                consumer.job,
-                consumer.source,
-                max_count=consumer.max_count,
-                max_weight=consumer.max_weight,
-            )
-        except StoreUnavailable:
-            logger.warning("inventory unreachable; consumer %r retries", consumer.job)
-            if await _stopped(stop, backoff):
-                return
-            backoff = min(backoff * 2, 30.0)
-            continue
-        backoff = consumer.poll_interval
-        if batch is None:
-            if await _stopped(stop, consumer.poll_interval):
-                return
-            continue
-        await _run_one(batch, consumer.handler)
+    report = await inv.consume(
+        consumer.job,
+        consumer.source,
+        consumer.handler,
+        max_count=consumer.max_count,
+        max_weight=consumer.max_weight,
+        concurrency=consumer.concurrency,
+        poll_interval=consumer.poll_interval,
+        stop=stop,
+    )
+    logger.info("consumer %r stopped: %s", consumer.job, report)
 
 
 def _kind(runtime: _Runtime, job: str) -> Backfill | None:
@@ -324,27 +314,39 @@ async def _backfill(
     first: Batch | None,
     stop: asyncio.Event,
 ) -> None:
-    """Process ``first``, then lease and process batches until the window is done or stop."""
+    """Process ``first``, then lease and process batches until the window is done or stop.
+
+    An unreachable database (``StoreError``) is retried with a growing backoff.
+    """
     if first is not None:
         await _run_one(first, backfill.handler)
+    source = None if isinstance(backfill.source, str) else backfill.source
+    backoff = 1.0
     while not stop.is_set():
-        batch = await inv.acquire(
-            job,
-            backfill.source,
-            max_count=backfill.max_count,
-            max_weight=backfill.max_weight,
-            id_start=id_start,
-            id_end=id_end,
-        )
-        if batch is None:
-            left = await inv.backlog(job)
-            if left.running == 0 and left.retry_due == 0:
-                logger.info("backfill %r is done", job)
+        try:
+            batch = await inv.acquire(
+                job,
+                backfill.source,
+                max_count=backfill.max_count,
+                max_weight=backfill.max_weight,
+                id_start=id_start,
+                id_end=id_end,
+            )
+            left = None if batch is not None else await inv.backlog(job, source)
+        except StoreError as exc:
+            logger.warning("backfill %r: the inventory failed (%s); retrying", job, exc)
+            if await _stopped(stop, backoff):
                 return
-            if await _stopped(stop, 1.0):
-                return
+            backoff = min(backoff * 2, 30.0)
             continue
-        await _run_one(batch, backfill.handler)
+        backoff = 1.0
+        if batch is not None:
+            await _run_one(batch, backfill.handler)
+        elif left is not None and left.running == 0 and left.retry_due == 0:
+            logger.info("backfill %r is done", job)
+            return
+        elif await _stopped(stop, 1.0):
+            return
 
 
 # -- dependencies ---------------------------------------------------------------------------
