@@ -10,6 +10,7 @@ in a ``.env`` in the working directory. The ledger is then checked with plain SQ
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -26,10 +27,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tests.helpers import fetch_all
 
 README = Path(__file__).parent / "data" / "seed_readme_0_0_8.md"
+README_SHA256 = "7f1d1f345f4df76c32a935d0e1711af0014aa844f3e44da22acaec2b6eb7c350"
+"""Of the description in ``pybatchintory-0.0.8-py3-none-any.whl``'s METADATA, as published."""
 ROWS = 300
 
 PRELUDE = """\
 # The names the README leaves to the reader; the snippet follows unchanged.
+import hashlib
 import itertools
 import json
 import os
@@ -138,6 +142,8 @@ def _weight(first: int, last: int) -> float:
 
 
 def test_the_readme_has_the_four_invocation_snippets() -> None:
+    # Verbatim: the published text, byte for byte (ruff must not reformat its code blocks).
+    assert hashlib.sha256(README.read_bytes()).hexdigest() == README_SHA256
     found = snippets()
     for heading in (
         "Incremental with predictable workload",
