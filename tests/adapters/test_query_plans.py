@@ -91,7 +91,9 @@ async def test_hot_queries_use_indexes(db_url: str, backend: str) -> None:
     await create_meta_table(db_url, rows=10)
     files = pbi.MetaTable("files")
     async with pbi.Inventory(db_url) as inv:
-        await inv.acquire("big", files, max_count=5)  # records the job, creates tables
+        batch = await inv.acquire("big", files, max_count=5)  # records the job, creates tables
+        assert batch is not None
+        await batch.release()  # settled: a dropped batch would warn (ResourceWarning)
         store = inv.store
         assert isinstance(store, SQLAlchemyStore)
         st = store.statements
