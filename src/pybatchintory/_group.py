@@ -19,6 +19,7 @@ import anyio
 
 from pybatchintory.batch import Batch
 from pybatchintory.errors import AlreadySettled, LeaseLost, StoreError
+from pybatchintory.protocols import MetadataSource
 
 __all__ = ("BatchGroup",)
 
@@ -72,12 +73,14 @@ class BatchGroup:
 
     # -- acquiring ------------------------------------------------------------------------
 
-    async def acquire(self, job: str, source: Any, **options: Any) -> Batch | None:
+    async def acquire(self, job: str, source: MetadataSource | str, **options: Any) -> Batch | None:
         """``Inventory.acquire`` into the group (same arguments)."""
         batches = await self.acquire_many(job, source, 1, **options)
         return batches[0] if batches else None
 
-    async def acquire_many(self, job: str, source: Any, n: int, **options: Any) -> list[Batch]:
+    async def acquire_many(
+        self, job: str, source: MetadataSource | str, n: int, **options: Any
+    ) -> list[Batch]:
         """``Inventory.acquire_many`` into the group (same arguments).
 
         Raises:

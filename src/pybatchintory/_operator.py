@@ -22,8 +22,10 @@ from pybatchintory.models import (
     JobStatus,
     PlannedRange,
     Status,
+    Weight,
 )
 from pybatchintory.protocols import JobRecord, MetadataSource, PageRequest, RangeCount
+from pybatchintory.weights import same, total
 
 __all__ = ("AuditFinding", "Operator")
 
@@ -83,14 +85,16 @@ class Operator:
             PageRequest(after=after, end=record.id_end, limit=None, max_weight=None), None
         )
         ledger = await self._db.store.ledger_summary(job, max_attempts=self._max_attempts)
-        count = ahead.rows + ledger["retry_count"]
+        count = ahead.rows + ledger.retry_count
         return Backlog(
             count=count,
-            weight=ahead.weight + ledger["retry_weight"],
-            retry_due=ledger["retry_ranges"],
-            dead=ledger["dead_ranges"],
-            running=ledger["running"],
+            weight=total(ahead.weight, ledger.retry_weight),
+            retry_due=ledger.retry_ranges,
+            dead=ledger.dead_ranges,
+            running=ledger.running,
             eta=await self._eta(job, count),
+            dead_count=ledger.dead_count,
+            dead_weight=ledger.dead_weight,
         )
 
     async def _eta(self, job: str, count: int) -> timedelta | None:
@@ -168,7 +172,7 @@ class Operator:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         n: int = 5,
@@ -179,6 +183,8 @@ class Operator:
         check_job_name(job)
         await self._db.open()
         record = await self._db.store.get_job(job)
+        if record is not None and id_start is None and id_end is None:
+            id_start, id_end = record.id_start, record.id_end  # the recorded window
         # An existing job is compared with the call (JobConflict, never a write); a new one
         # is not recorded: a dry run leaves no trace.
         bound, limits = await self._jobs.prepare(
@@ -306,7 +312,7 @@ class Operator:
             current = await bound.recount([(a.meta_id_start, a.meta_id_end) for a in ranges])
             for attempt, now in zip(ranges, current, strict=True):
                 if now.count != attempt.count or (
-                    bound.has_weight and now.weight != attempt.weight
+                    bound.has_weight and not same(now.weight, attempt.weight)
                 ):
                     findings.append(AuditFinding(attempt, now))
             after = ranges[-1].meta_id_start

@@ -31,10 +31,19 @@ from pybatchintory._registry import normalise_url
 from pybatchintory._stopping import StopSignal, as_stop
 from pybatchintory.batch import Batch
 from pybatchintory.errors import InvalidArgument, StoreError
-from pybatchintory.models import Attempt, Backlog, ErrorGroup, JobStatus, PlannedRange, Status
+from pybatchintory.models import (
+    Attempt,
+    Backlog,
+    ErrorGroup,
+    JobStatus,
+    PlannedRange,
+    Status,
+    Weight,
+)
 from pybatchintory.protocols import InventoryStore, MetadataSource
-from pybatchintory.settings import Settings
+from pybatchintory.settings import Settings, current_settings
 from pybatchintory.sources import SourceDefaults
+from pybatchintory.weights import as_json
 
 __all__ = ("Inventory", "LeaseContext", "settings_defaults")
 
@@ -120,7 +129,7 @@ class Inventory:
         ``MetaTable`` without ``url=``, and the reads of a recorded job (``backlog``,
         ``audit``) find its metadata table through them.
         """
-        s = settings or Settings()
+        s = settings or current_settings()
         options: dict[str, Any] = {
             "owner": s.owner,
             "lease_ttl": s.lease_ttl,
@@ -192,7 +201,7 @@ class Inventory:
         n: int,
         *,
         max_count: int | None,
-        max_weight: int | None,
+        max_weight: Weight | None,
         id_start: int | None,
         id_end: int | None,
         timeout: float | None = None,
@@ -203,6 +212,7 @@ class Inventory:
             raise InvalidArgument(f"timeout must be a positive number of seconds: {timeout!r}")
         if self._db.closed:
             raise RuntimeError("this Inventory was closed")
+        id_start, id_end = await self._jobs.window(job, id_start, id_end)
         bound, limits = await self._jobs.prepare(
             job,
             source,
@@ -218,7 +228,7 @@ class Inventory:
             n=n,
             config={
                 "max_count": limits.max_count,
-                "max_weight": limits.max_weight,
+                "max_weight": as_json(limits.max_weight),
                 "lease_ttl": self.lease_ttl,
                 "max_attempts": self.max_attempts,
                 "code_version": self.code_version,
@@ -232,7 +242,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         timeout: float | None = None,
@@ -261,7 +271,7 @@ class Inventory:
         n: int,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         timeout: float | None = None,
@@ -284,7 +294,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         wait: bool = False,
@@ -403,7 +413,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         iterations: int | None = None,
@@ -487,7 +497,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         n: int = 5,

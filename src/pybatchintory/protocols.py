@@ -17,9 +17,11 @@ from pybatchintory.models import (
     JobSpec,
     JobStatus,
     LeaseGrant,
+    LedgerSummary,
     PlannedRange,
     Settlement,
     Status,
+    Weight,
 )
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ class PageRequest:
     after: int | None
     end: int | None
     limit: int | None
-    max_weight: int | None
+    max_weight: Weight | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +77,12 @@ class PageSummary:
 
     rows: int
     first_id: int | None
-    first_weight: int
+    first_weight: Weight
     last_id: int | None
-    weight: int
+    weight: Weight
     fit_rows: int
     fit_last_id: int | None
-    fit_weight: int
+    fit_weight: Weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,7 @@ class RangeCount:
     meta_id_start: int
     meta_id_end: int
     count: int
-    weight: int
+    weight: Weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,8 +260,8 @@ class InventoryStore(Protocol):
         """Every attempt, as seen now, of every job on ``meta_table`` covering ``meta_id``."""
         ...
 
-    async def ledger_summary(self, job: str, *, max_attempts: int) -> dict[str, int]:
-        """Counts for backlog/status, as of now: running, retry ranges/count/weight, dead."""
+    async def ledger_summary(self, job: str, *, max_attempts: int) -> LedgerSummary:
+        """Counts for backlog, as of now: running, ranges (rows, weight) waiting, dead ones."""
         ...
 
     async def job_statuses(self, *, max_attempts: int) -> list[JobStatus]:
@@ -291,7 +293,7 @@ class InventoryStore(Protocol):
         ...
 
     async def record_done(
-        self, job: str, start: int, end: int, count: int, weight: int, owner: str
+        self, job: str, start: int, end: int, count: int, weight: Weight, owner: str
     ) -> int:
         """Record a succeeded range done outside the inventory; return its attempt id."""
         ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +31,7 @@ from pybatchintory.errors import (
     InvalidColumn,
     UnknownTable,
 )
+from pybatchintory.models import Weight
 from pybatchintory.protocols import (
     BindContext,
     PageRequest,
@@ -37,8 +39,9 @@ from pybatchintory.protocols import (
     RangeCount,
     StatementLink,
 )
+from pybatchintory.weights import as_weight
 
-__all__ = ("Filter", "MetaTable", "SourceDefaults")
+__all__ = ("Filter", "MetaTable", "SourceDefaults", "page_params")
 
 
 _RECOUNT_CHUNK = 200
@@ -155,6 +158,42 @@ class MetaTable:
         return BoundMetaTable(self, engine, table, separate=engine is not context.inventory_engine)
 
 
+class _AsRead(sa.types.UserDefinedType[Any]):
+    """A sum of weights, as the driver reads it: ``int``, ``float`` or ``Decimal``.
+
+    Without it SQLAlchemy would process a ``NUMERIC`` sum as the column's type (and warn on
+    SQLite, which has no decimals); ``as_weight`` makes the value what the API shows.
+    """
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "NUMERIC"
+
+
+_CAP = sa.Numeric(38, 10)
+"""The weight cap's bound type: ``NUMERIC`` compares with integer, float and decimal sums."""
+
+
+def page_params(request: PageRequest) -> dict[str, Any]:
+    """The bound parameters of a page summary; the weight cap as a ``Decimal``.
+
+    ``1.5`` and ``10**9`` alike: the cap is compared with a running sum of any numeric
+    column, and a float becomes the decimal of its shortest repr, not its binary value.
+    """
+    params: dict[str, Any] = {
+        "p_after": request.after,
+        "p_end": request.end,
+        "p_limit": request.limit,
+        "p_max_weight": None if request.max_weight is None else _decimal(request.max_weight),
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _decimal(value: Weight) -> Decimal:
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
 def _python_type(column: sa.Column[Any]) -> type | None:
     try:
         return column.type.python_type
@@ -182,14 +221,13 @@ class BoundMetaTable:
         self.weight_col: sa.Column[Any] | None = None
         if spec.weight is not None:
             self.weight_col = column_of(table, spec.weight, "weight")
-            if _python_type(self.weight_col) not in (int, float):
-                from decimal import Decimal
-
-                if _python_type(self.weight_col) is not Decimal:
-                    raise InvalidColumn(
-                        f"weight column {spec.weight!r} of {spec.table!r} must be numeric, "
-                        f"not {self.weight_col.type}"
-                    )
+            if _python_type(self.weight_col) not in (int, float, Decimal) or isinstance(
+                self.weight_col.type, sa.Boolean
+            ):
+                raise InvalidColumn(
+                    f"weight column {spec.weight!r} of {spec.table!r} must be numeric "
+                    f"(integer, FLOAT, REAL or NUMERIC), not {self.weight_col.type}"
+                )
         self.has_weight = self.weight_col is not None
         self.ts_col: sa.Column[Any] | None = None
         if spec.timestamp is not None:
@@ -225,7 +263,7 @@ class BoundMetaTable:
     def _weight_expr(self) -> ColumnElement[Any]:
         if self.weight_col is None:
             return sa.literal(0, sa.BigInteger)
-        return sa.func.coalesce(self.weight_col, 0)
+        return sa.type_coerce(sa.func.coalesce(self.weight_col, 0), _AsRead())
 
     def _link(self, link: object | None) -> AsyncConnection | None:
         if isinstance(link, AsyncConnection) and link.engine is self.engine:
@@ -316,7 +354,7 @@ class BoundMetaTable:
                 rows.c.w,
                 sa.func.sum(rows.c.w).over(order_by=rows.c.id).label("cw"),
             ).subquery("running")
-            fits = running.c.cw <= sa.bindparam("p_max_weight", type_=sa.BigInteger())
+            fits = running.c.cw <= sa.bindparam("p_max_weight", type_=_CAP)
             query = sa.select(
                 sa.func.count(),
                 sa.func.min(running.c.id),
@@ -340,24 +378,17 @@ class BoundMetaTable:
         query = self._page_query(
             request.after is not None, request.end is not None, request.limit is not None, weighted
         )
-        params = {
-            "p_after": request.after,
-            "p_end": request.end,
-            "p_limit": request.limit,
-            "p_max_weight": request.max_weight,
-        }
-        params = {k: v for k, v in params.items() if v is not None}
-        row = await self._scalar_row(query, link, params)
+        row = await self._scalar_row(query, link, page_params(request))
         count, first, first_w, last, weight, fit_rows, fit_last, fit_weight = row
         return PageSummary(
             rows=int(count),
             first_id=None if first is None else int(first),
-            first_weight=int(first_w or 0),
+            first_weight=as_weight(first_w),
             last_id=None if last is None else int(last),
-            weight=int(weight or 0),
+            weight=as_weight(weight),
             fit_rows=int(fit_rows or 0),
             fit_last_id=None if fit_last is None else int(fit_last),
-            fit_weight=int(fit_weight or 0),
+            fit_weight=as_weight(fit_weight),
         )
 
     def _range_query(self, start: int, end: int) -> sa.Select[Any]:
@@ -420,7 +451,7 @@ class BoundMetaTable:
                 .group_by(bounds.c.idx)
             )
             async with self.engine.connect() as conn:
-                found = {int(i): (int(c), int(w)) for i, c, w in await conn.execute(query)}
+                found = {int(i): (int(c), as_weight(w)) for i, c, w in await conn.execute(query)}
             for i, (start, end) in enumerate(chunk):
                 count, weight = found.get(i, (0, 0))
                 out.append(RangeCount(start, end, count, weight))

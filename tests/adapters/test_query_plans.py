@@ -91,7 +91,10 @@ async def test_hot_queries_use_indexes(db_url: str, backend: str) -> None:
     await create_meta_table(db_url, rows=10)
     files = pbi.MetaTable("files")
     async with pbi.Inventory(db_url) as inv:
-        await inv.acquire("big", files, max_count=5)  # records the job, creates tables
+        # Records the job and creates the tables; settled, or it would be a leaked lease.
+        first = await inv.acquire("big", files, max_count=5)
+        assert first is not None
+        await first.success()
         store = inv.store
         assert isinstance(store, SQLAlchemyStore)
         st = store.statements

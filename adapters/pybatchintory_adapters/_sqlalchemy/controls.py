@@ -15,6 +15,7 @@ from typing import NamedTuple
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pybatchintory.errors import UnknownJob
+from pybatchintory.models import Weight
 from pybatchintory_adapters._sqlalchemy.statements import Statements
 
 __all__ = ("cursor_move", "done_record", "revival")
@@ -88,7 +89,7 @@ def cursor_move(
 
 
 def done_record(
-    st: Statements, job: str, start: int, end: int, count: int, weight: int, owner: str
+    st: Statements, job: str, start: int, end: int, count: int, weight: Weight, owner: str
 ) -> Callable[[AsyncConnection], Awaitable[int]]:
     """Record ``[start, end]`` as succeeded and move the cursor past it; the attempt's id.
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pybatchintory.models import Attempt, ErrorGroup, JobStatus, Status
+from pybatchintory.models import Attempt, ErrorGroup, JobStatus, LedgerSummary, Status
+from pybatchintory.weights import as_weight
 from pybatchintory_adapters._sqlalchemy.read_statements import ReadStatements
 from pybatchintory_adapters._sqlalchemy.records import aware, to_attempt
 
@@ -60,11 +61,19 @@ async def history(
 
 async def ledger_summary(
     conn: AsyncConnection, rs: ReadStatements, job: str, max_attempts: int
-) -> dict[str, int]:
-    """Running leases, ranges waiting for retry and dead ranges of one job, as of now."""
+) -> LedgerSummary:
+    """Running leases, ranges waiting for retry and dead ranges of one job (rows, weight), now."""
     params = {"p_job": job, "p_max_attempts": max_attempts}
     row = (await conn.execute(rs.ledger_summary, params)).mappings().one()
-    return {name: int(value) for name, value in row.items()}
+    return LedgerSummary(
+        running=int(row["running"]),
+        retry_ranges=int(row["retry_ranges"]),
+        retry_count=int(row["retry_count"]),
+        retry_weight=as_weight(row["retry_weight"]),
+        dead_ranges=int(row["dead_ranges"]),
+        dead_count=int(row["dead_count"]),
+        dead_weight=as_weight(row["dead_weight"]),
+    )
 
 
 async def job_statuses(

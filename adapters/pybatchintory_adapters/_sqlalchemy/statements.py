@@ -14,7 +14,7 @@ from typing import Any, TypedDict
 
 import sqlalchemy as sa
 
-from pybatchintory.models import Status
+from pybatchintory.models import Status, Weight
 from pybatchintory_adapters._sqlalchemy.rules import (
     dead,
     expiry_values,
@@ -37,7 +37,7 @@ class NewAttempt(TypedDict):
     processing_start: datetime
     meta_id_start: int
     meta_id_end: int
-    weight: int
+    weight: Weight
     count: int
     attempt: int
     status: str
@@ -178,7 +178,7 @@ class Statements:
             meta_id_start=start,
             meta_id_end=end,
             count=_p("count", sa.BigInteger()),
-            weight=_p("weight", sa.BigInteger()),
+            weight=_p("weight", inv.c.weight.type),
             attempt=1,
             status=str(Status.SUCCEEDED),
             owner=_p("owner"),

@@ -31,8 +31,10 @@ from pybatchintory.models import (
     JobSpec,
     JobStatus,
     LeaseGrant,
+    LedgerSummary,
     Settlement,
     Status,
+    Weight,
 )
 from pybatchintory.protocols import JobRecord, Planner
 from pybatchintory_adapters._sqlalchemy import compat, controls, jobs, migrations, queries
@@ -334,7 +336,7 @@ class SQLAlchemyStore:
         await self._transact(controls.cursor_move(self.statements, job, meta_id))
 
     async def record_done(
-        self, job: str, start: int, end: int, count: int, weight: int, owner: str
+        self, job: str, start: int, end: int, count: int, weight: Weight, owner: str
     ) -> int:
         """Record ``[start, end]`` as succeeded and move the cursor past it.
 
@@ -368,8 +370,8 @@ class SQLAlchemyStore:
             lambda c: queries.history(c, self.reads, meta_table, meta_id, max_attempts)
         )
 
-    async def ledger_summary(self, job: str, *, max_attempts: int) -> dict[str, int]:
-        """Running, retry-pending and dead counts of one job, as of now."""
+    async def ledger_summary(self, job: str, *, max_attempts: int) -> LedgerSummary:
+        """Running, retry-pending and dead counts of one job (rows, weight), as of now."""
         return await self._read(lambda c: queries.ledger_summary(c, self.reads, job, max_attempts))
 
     async def job_statuses(self, *, max_attempts: int) -> list[JobStatus]:
