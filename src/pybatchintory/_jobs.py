@@ -81,6 +81,25 @@ class Jobs:
             self._bound.popitem(last=False)
         return bound
 
+    async def window(
+        self, job: str, id_start: int | None, id_end: int | None
+    ) -> tuple[int | None, int | None]:
+        """The window of a call: as given, or the recorded one when the call gives none.
+
+        A job's window is its identity, but callers need not repeat it: a backfill job
+        recorded with ``[10, 50]`` is leased again by ``acquire("backfill", files)``. A
+        different window is compared with the record (``JobConflict``) by ``prepare``.
+        """
+        if id_start is not None or id_end is not None:
+            return id_start, id_end
+        known = self._jobs.get(job)
+        if known is not None:
+            return known.id_start, known.id_end
+        check_job_name(job)
+        store = await self._db.open()
+        record = await store.get_job(job)
+        return (None, None) if record is None else (record.id_start, record.id_end)
+
     async def prepare(
         self,
         job: str,

@@ -34,7 +34,7 @@ import anyio
 
 from pybatchintory import telemetry
 from pybatchintory._database import Database
-from pybatchintory._failure import describe_failure
+from pybatchintory._failure import describe_failure, describe_message
 from pybatchintory._planning import backoff_delay, is_seconds
 from pybatchintory._stopping import StopSignal, wait_or_stop
 from pybatchintory.batch import Batch
@@ -126,7 +126,11 @@ def lease_policy(
 
 
 def _report_unawaited(batch: str, settlement: Settlement, task: asyncio.Task[None]) -> None:
-    """A ``_nowait`` settle whose write failed: say so, since its caller could not await it."""
+    """A ``_nowait`` settle whose write failed: say so, since its caller could not await it.
+
+    ``batch`` names the attempt without a status: the status a handle claimed is not the
+    ledger's, and a ``LeaseLost`` message says what the ledger has.
+    """
     if task.cancelled():
         return
     exc = task.exception()
@@ -217,10 +221,10 @@ class Leases:
 
     # -- Settler ----------------------------------------------------------------------------
 
-    def failure(self, grant: LeaseGrant, exc: BaseException) -> Settlement:
-        """The settlement recording ``exc``: a retry after a backoff, or dead."""
+    def failure(self, grant: LeaseGrant, exc: BaseException | str) -> Settlement:
+        """The settlement recording ``exc`` (or a message): a retry after a backoff, or dead."""
         p = self.policy
-        failure = describe_failure(exc)
+        failure = describe_message(exc) if isinstance(exc, str) else describe_failure(exc)
         failures = grant.failures + 1
         return Settlement(
             grant.id,
@@ -249,7 +253,7 @@ class Leases:
         task = asyncio.get_running_loop().create_task(self._write_settle(batch, settlement))
         self._track(task)
         batch._writing_in(task)
-        task.add_done_callback(functools.partial(_report_unawaited, repr(batch), settlement))
+        task.add_done_callback(functools.partial(_report_unawaited, batch.describe(), settlement))
         return task
 
     async def _write_settle(self, batch: Batch, settlement: Settlement) -> None:

@@ -183,6 +183,8 @@ class Operator:
         check_job_name(job)
         await self._db.open()
         record = await self._db.store.get_job(job)
+        if record is not None and id_start is None and id_end is None:
+            id_start, id_end = record.id_start, record.id_end  # the recorded window
         # An existing job is compared with the call (JobConflict, never a write); a new one
         # is not recorded: a dry run leaves no trace.
         bound, limits = await self._jobs.prepare(

@@ -15,6 +15,7 @@ cancellation and tracked by the lease keeper so that ``aclose()`` waits for it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import json
@@ -79,6 +80,18 @@ def _call_arguments(args: object, kwargs: object) -> tuple[tuple[Any, ...], dict
     return tuple(args), dict(kwargs or {})
 
 
+def _check_logging(logging: object) -> None:
+    """Refuse a ``logging`` text some store cannot hold (before anything is written)."""
+    if logging is None:
+        return
+    if not isinstance(logging, str):
+        raise InvalidArgument(f"logging must be a string, got {logging!r}")
+    if "\x00" in logging:
+        raise InvalidArgument(
+            "logging must not contain NUL characters: PostgreSQL cannot store them"
+        )
+
+
 def _check_json(result: Any) -> None:
     """Refuse, before anything is written, a result that some store cannot hold."""
     try:
@@ -95,8 +108,8 @@ def _check_json(result: Any) -> None:
 class Settler(Protocol):
     """What a ``Batch`` needs from whoever keeps its lease: a way to write its settle."""
 
-    def failure(self, grant: LeaseGrant, exc: BaseException) -> Settlement:
-        """The settlement that records ``exc`` as the attempt's failure (retry or dead)."""
+    def failure(self, grant: LeaseGrant, exc: BaseException | str) -> Settlement:
+        """The settlement that records ``exc`` (or a message) as the failure (retry or dead)."""
         ...
 
     def dropped(self, grant: LeaseGrant) -> bool:
@@ -236,10 +249,16 @@ class Batch:
         return self._lost
 
     def __repr__(self) -> str:
+        # A lost lease says so: the status this handle holds is not what the ledger has.
+        state = "lease lost" if self._lost else str(self.status)
         return (
             f"<Batch {self.job!r} #{self.id} [{self.meta_id_start}, {self.meta_id_end}] "
-            f"count={self.count} weight={self.weight} attempt={self.attempt} {self.status}>"
+            f"count={self.count} weight={self.weight} attempt={self.attempt} {state}>"
         )
+
+    def describe(self) -> str:
+        """The attempt, without a status: ``attempt 7 of job 'daily' [1, 1000]``."""
+        return f"attempt {self.id} of job {self.job!r} [{self.meta_id_start}, {self.meta_id_end}]"
 
     async def items(self) -> list[Mapping[str, Any]]:
         """Every row of the range that passes the job's filter, in id order (cached)."""
@@ -273,41 +292,61 @@ class Batch:
                 f"its {status} was not recorded"
             )
 
-    def _success_settlement(self, result: Any) -> Settlement:
+    def _success_settlement(self, result: Any, logging: str | None = None) -> Settlement:
         value = self.result if result is None else result
         _check_json(value)
+        _check_logging(logging)
         self._claim_settle(Status.SUCCEEDED)
         self.result = value
-        return Settlement(self.id, self.token, Status.SUCCEEDED, result=value)
+        return Settlement(self.id, self.token, Status.SUCCEEDED, result=value, logging=logging)
 
-    def _error_settlement(self, exc: BaseException) -> Settlement:
-        if not isinstance(exc, BaseException):
-            raise InvalidArgument(f"error() takes an exception, got {exc!r}")
+    def _error_settlement(
+        self, exc: BaseException | str, result: Any = None, logging: str | None = None
+    ) -> Settlement:
+        if not isinstance(exc, (BaseException, str)):
+            raise InvalidArgument(f"error() takes an exception or a message, got {exc!r}")
+        if isinstance(exc, str) and "\x00" in exc:
+            raise InvalidArgument("an error message must not contain NUL characters")
+        _check_json(result)
+        _check_logging(logging)
         self._claim_settle(Status.FAILED)
-        return self._settler.failure(self._grant, exc)
+        settlement = self._settler.failure(self._grant, exc)
+        return dataclasses.replace(settlement, result=result, logging=logging)
 
     def _release_settlement(self) -> Settlement:
         self._claim_settle(Status.RELEASED)
         return Settlement(self.id, self.token, Status.RELEASED, retry_delay=0.0)
 
-    async def success(self, result: Any = None) -> None:
+    async def success(self, result: Any = None, *, logging: str | None = None) -> None:
         """Record the attempt as succeeded, with ``result`` (or ``self.result``) as JSON.
 
+        ``logging`` is free text stored in the ledger's ``logging`` column (the seed's).
+
         Raises:
-            InvalidArgument: ``result`` is not JSON-serialisable (nothing is written).
+            InvalidArgument: ``result`` is not JSON-serialisable, or ``logging`` is not a
+                string (nothing is written).
             LeaseLost: The lease is gone; nothing changed.
             AlreadySettled: This handle was settled before.
         """
-        await self._settler.settle(self, self._success_settlement(result))
+        await self._settler.settle(self, self._success_settlement(result, logging))
 
-    async def error(self, exc: BaseException) -> None:
-        """Record the attempt as failed with ``exc``'s type, message, traceback, fingerprint.
+    async def error(
+        self, exc: BaseException | str, *, result: Any = None, logging: str | None = None
+    ) -> None:
+        """Record the attempt as failed: retried after a backoff, or dead.
+
+        An exception records its type, message, traceback and fingerprint; a message string
+        (the seed's ``batch.failed("...")``) is recorded with ``error_type`` ``"Error"``. A
+        failed attempt may carry a ``result`` (JSON) too; ``logging`` is free text stored in
+        the ``logging`` column, before the traceback.
 
         Raises:
+            InvalidArgument: ``exc`` is neither an exception nor a string, or ``result`` is
+                not JSON-serialisable (nothing is written).
             LeaseLost: The lease is gone; nothing changed.
             AlreadySettled: This handle was settled before.
         """
-        await self._settler.settle(self, self._error_settlement(exc))
+        await self._settler.settle(self, self._error_settlement(exc, result, logging))
 
     async def release(self) -> None:
         """Give the range back without fault; it is due again at once, no attempt used.
@@ -323,7 +362,9 @@ class Batch:
     # settle at once, so nothing (``aclose()`` included) can settle the batch otherwise,
     # then writes it in a task the lease keeper tracks and ``aclose()`` drains.
 
-    def success_nowait(self, result: Any = None) -> asyncio.Task[None]:
+    def success_nowait(
+        self, result: Any = None, *, logging: str | None = None
+    ) -> asyncio.Task[None]:
         """Like ``success()``, for synchronous code on the event loop's thread.
 
         The settle is claimed before this returns; the write runs in a task that
@@ -338,9 +379,11 @@ class Batch:
             RuntimeError: Not called on the thread of a running event loop.
         """
         asyncio.get_running_loop()
-        return self._settler.settle_nowait(self, self._success_settlement(result))
+        return self._settler.settle_nowait(self, self._success_settlement(result, logging))
 
-    def error_nowait(self, exc: BaseException) -> asyncio.Task[None]:
+    def error_nowait(
+        self, exc: BaseException | str, *, result: Any = None, logging: str | None = None
+    ) -> asyncio.Task[None]:
         """Like ``error()``, for synchronous code on the event loop's thread.
 
         See ``success_nowait()`` for how the write runs and is reported.
@@ -352,7 +395,7 @@ class Batch:
             RuntimeError: Not called on the thread of a running event loop.
         """
         asyncio.get_running_loop()
-        return self._settler.settle_nowait(self, self._error_settlement(exc))
+        return self._settler.settle_nowait(self, self._error_settlement(exc, result, logging))
 
     def release_nowait(self) -> asyncio.Task[None]:
         """Like ``release()``, for synchronous code on the event loop's thread.

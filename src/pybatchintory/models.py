@@ -123,6 +123,7 @@ class Settlement:
     counts_as_failure: bool = False
     dead: bool = False
     retry_delay: float = 0.0
+    logging: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,14 @@ class Attempt:
     fingerprint: str | None
     traceback: str | None
     code_version: str | None
+
+    @property
+    def logging(self) -> str | None:
+        """The seed's ``logging`` column (the same column as ``traceback``).
+
+        Free text given to ``success``/``error``, then a failure's traceback.
+        """
+        return self.traceback
 
 
 @dataclass(frozen=True, slots=True)

@@ -269,7 +269,12 @@ def settling(batch: _Leased, status: str) -> Iterator[None]:
                 _fail(span, exc)
                 _ended(batch, "lost")
                 log.warning(
-                    "settle of %s attempt %d found its lease lost", batch.job, batch.attempt
+                    "lease lost: %s attempt %d [%d, %d]: %s",
+                    batch.job,
+                    batch.attempt,
+                    batch.meta_id_start,
+                    batch.meta_id_end,
+                    exc,
                 )
                 raise
             except BaseException as exc:

@@ -211,12 +211,19 @@ def inventory_lifespan(
         The lifespan function: ``FastAPI(lifespan=inventory_lifespan(...))``.
     """
     _positive("grace", grace)
+    if inventory is not None and (url is not None or inventory_options):
+        raise InvalidArgument("pass either inventory= or url= and Inventory options, not both")
     for consumer in consumers:
         if not isinstance(consumer, Consumer):
             raise InvalidArgument(f"consumers takes Consumer objects, got {consumer!r}")
-        _positive("concurrency", consumer.concurrency)
+        concurrency = consumer.concurrency
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidArgument(f"concurrency must be a positive integer: {concurrency!r}")
         _positive("poll_interval", consumer.poll_interval)
     kinds = dict(backfills or {})
+    for prefix, kind in kinds.items():
+        if not isinstance(prefix, str) or not isinstance(kind, Backfill):
+            raise InvalidArgument(f"backfills maps name prefixes to Backfill: {prefix!r}")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
