@@ -302,10 +302,13 @@ async def pgqueuer(backend: str, db: Database, quick: bool) -> list[dict[str, An
                         if batch == 1:
                             one = await inv.acquire("queue-1", source, max_count=1)
                             leased = [one] if one is not None else []
+                            for b in leased:
+                                await b.success()
                         else:
+                            # The queue path: one acquire, one settle_many for all of them.
                             leased = await inv.acquire_many("queue-10", source, batch, max_count=1)
-                        for b in leased:
-                            await b.success()
+                            if leased:
+                                await inv.settle_many(leased)
                         got += len(leased)
                         calls[0] += 1
                         if not leased:

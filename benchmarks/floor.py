@@ -1,7 +1,15 @@
-"""The raw-SQL floor: the fewest statements a correct lease can cost, straight on the driver.
+"""The raw-SQL floors: the fewest statements a correct lease can cost, straight on the driver.
 
-One transaction locks the job row, cuts the range with an index-bounded query and inserts
+Two-transaction floor (``Floor(..., one_statement=False)``, every backend): one
+transaction locks the job row, cuts the range with an index-bounded query and inserts
 the attempt (and moves the cursor); one statement settles it, fenced by token and status.
+
+One-statement floor (``one_statement=True``, PostgreSQL): the same acquire as one
+data-modifying statement in autocommit (lock the job row in a CTE, cut the range with an
+index-bounded ``LIMIT`` read whose lower bound is a scalar subquery on the locked cursor,
+insert the attempt, move the cursor), then the same fenced settle: two round trips per
+lease, the fewest a lease with a separate settle can make.
+
 The range query sums the weight column as well as counting: the ledger records both for
 every range, so a lease that skipped the weight would not be the same lease.
 """
@@ -14,8 +22,8 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 SCHEMA = (
-    "CREATE TABLE floor_jobs (name VARCHAR(64) PRIMARY KEY, cursor_id BIGINT NOT NULL)",
-    "CREATE TABLE floor_attempts (id {serial}, job VARCHAR(64) NOT NULL, "
+    "CREATE TABLE {prefix}jobs (name VARCHAR(64) PRIMARY KEY, cursor_id BIGINT NOT NULL)",
+    "CREATE TABLE {prefix}attempts (id {serial}, job VARCHAR(64) NOT NULL, "
     "id_start BIGINT NOT NULL, id_end BIGINT NOT NULL, cnt BIGINT NOT NULL, weight BIGINT, "
     "status VARCHAR(16) NOT NULL, token VARCHAR(64) NOT NULL)",
 )
@@ -26,13 +34,42 @@ SERIAL = {
 }
 
 
-class Floor:
-    """A lease loop written directly against one driver."""
+# One statement: the job row is locked first (MATERIALIZED: before anything reads the
+# cursor), the page's lower bound is the locked cursor, the attempt's insert and the cursor
+# move read the page; a waiter gets the row as the lock holder left it.
+_ONE_STATEMENT = (
+    "WITH job AS MATERIALIZED (SELECT cursor_id FROM {prefix}jobs WHERE name = 'floor' "
+    "FOR UPDATE), "
+    "page AS (SELECT max(id) AS e, count(*) AS c, sum(w) AS w FROM (SELECT id, "
+    "size_in_bytes AS w FROM files WHERE id > (SELECT cursor_id FROM job) "
+    "ORDER BY id LIMIT $1) s), "
+    "ins AS (INSERT INTO {prefix}attempts (job, id_start, id_end, cnt, weight, status, token) "
+    "SELECT 'floor', job.cursor_id + 1, page.e, page.c, page.w, 'running', $2 "
+    "FROM job, page WHERE page.c > 0 RETURNING id, id_end), "
+    "moved AS (UPDATE {prefix}jobs SET cursor_id = (SELECT id_end FROM ins) "
+    "WHERE name = 'floor' AND EXISTS (SELECT 1 FROM ins)) "
+    "SELECT id FROM ins"
+)
 
-    def __init__(self, backend: str, url: str, cap: int) -> None:
+
+class Floor:
+    """A lease loop written directly against one driver.
+
+    Args:
+        backend: ``sqlite``, ``postgres`` or ``mysql``.
+        url: The database (SQLAlchemy URL).
+        cap: Rows per lease (a count cap).
+        one_statement: Acquire as one statement (PostgreSQL only).
+    """
+
+    def __init__(self, backend: str, url: str, cap: int, *, one_statement: bool = False) -> None:
+        if one_statement and backend != "postgres":
+            raise ValueError("the one-statement floor is written for PostgreSQL")
         self.backend = backend
         self.url = make_url(url)
         self.cap = cap
+        self.one_statement = one_statement
+        self.prefix = "floor1_" if one_statement else "floor_"
         self.conn: Any = None
 
     async def open(self) -> None:
@@ -63,8 +100,8 @@ class Floor:
             await self.conn.execute("PRAGMA journal_mode = WAL")
             await self.conn.execute("PRAGMA synchronous = NORMAL")
         for statement in SCHEMA:
-            await self._exec(statement.format(serial=SERIAL[self.backend]))
-        await self._exec("INSERT INTO floor_jobs VALUES ('floor', 0)")
+            await self._exec(statement.format(serial=SERIAL[self.backend], prefix=self.prefix))
+        await self._exec(f"INSERT INTO {self.prefix}jobs VALUES ('floor', 0)")
 
     async def _mysql(self, sql: str, *args: Any) -> Any:
         async with self.conn.cursor() as cur:
@@ -82,7 +119,16 @@ class Floor:
     async def lease(self) -> None:
         """One acquire (one transaction) and one fenced settle."""
         token = secrets.token_hex(16)
-        if self.backend == "postgres":
+        if self.one_statement:
+            c = self.conn
+            attempt = await c.fetchval(_ONE_STATEMENT.format(prefix=self.prefix), self.cap, token)
+            await c.execute(
+                f"UPDATE {self.prefix}attempts SET status = 'succeeded' "
+                "WHERE id = $1 AND token = $2 AND status = 'running'",
+                attempt,
+                token,
+            )
+        elif self.backend == "postgres":
             c = self.conn
             async with c.transaction():
                 cursor = await c.fetchval(
@@ -169,7 +215,7 @@ class Floor:
 
     async def rewind(self) -> None:
         """Start again from the head of the table."""
-        await self._exec("UPDATE floor_jobs SET cursor_id = 0 WHERE name = 'floor'")
+        await self._exec(f"UPDATE {self.prefix}jobs SET cursor_id = 0 WHERE name = 'floor'")
 
     async def close(self) -> None:
         """Close the connection."""

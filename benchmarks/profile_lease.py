@@ -1,8 +1,10 @@
 """Profile the lease hot path: statements and round trips per lease, and where time goes.
 
 Usage: ``python -m benchmarks.profile_lease [--backend sqlite] [--caps count] [--n 300]
-[--cprofile]``. Prints statements per lease (grouped by their first words) and, with
-``--cprofile``, the top functions by cumulative and own time.
+[--cprofile] [--floor [--one-statement]]``. Prints statements per lease (grouped by their
+first words), with ``--floor`` ours against the floor (``--one-statement``: the PostgreSQL
+one-statement floor too) and, with ``--cprofile``, the top functions by cumulative and own
+time.
 """
 
 from __future__ import annotations
@@ -63,10 +65,16 @@ def _count_socket_writes() -> list[int]:
 
 
 async def versus_floor(
-    inv: pbi.Inventory, source: pbi.MetaTable, url: str, backend: str, caps: Any, n: int
+    inv: pbi.Inventory,
+    source: pbi.MetaTable,
+    url: str,
+    backend: str,
+    caps: Any,
+    n: int,
+    one_statement: bool = False,
 ) -> None:
-    """Ours against the floor, interleaved in blocks of 20 leases."""
-    floor = Floor(backend, url, 1000)
+    """Ours against the floor (or the one-statement floor), interleaved in blocks of 20."""
+    floor = Floor(backend, url, 1000, one_statement=one_statement)
     await floor.open()
     ours: list[float] = []
     theirs: list[float] = []
@@ -93,7 +101,9 @@ async def versus_floor(
             sent[1] += writes[0] - before
     finally:
         await floor.close()
+    name = "one-statement floor" if one_statement else "two-transaction floor"
     print(
+        f"[{name}] "
         f"ours {20 * len(ours) / sum(ours):.0f}/s, floor {20 * len(theirs) / sum(theirs):.0f}/s, "
         f"overhead {sum(ours) / sum(theirs):.2f}x; client CPU per lease: ours "
         f"{cpu[0] / len(ours) / 20 * 1e6:.0f} us, floor {cpu[1] / len(theirs) / 20 * 1e6:.0f} us; "
@@ -110,6 +120,11 @@ async def main() -> None:
     parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument("--cprofile", action="store_true")
     parser.add_argument("--floor", action="store_true", help="also time the raw-SQL floor")
+    parser.add_argument(
+        "--one-statement",
+        action="store_true",
+        help="with --floor on PostgreSQL: the one-statement floor too",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         db = await fresh_database(args.backend, workdir)
@@ -162,6 +177,10 @@ async def main() -> None:
                     print(f"  {k / args.n:5.2f}  {text}")
                 if args.floor:
                     await versus_floor(inv, source, db.url, args.backend, caps, args.n)
+                    if args.one_statement:
+                        await versus_floor(
+                            inv, source, db.url, args.backend, caps, args.n, one_statement=True
+                        )
                 if profiler:
                     stats = pstats.Stats(profiler)
                     stats.sort_stats("cumulative").print_stats(35)

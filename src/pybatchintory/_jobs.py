@@ -9,6 +9,7 @@ starting from the size of the job's previous range.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -21,7 +22,14 @@ from pybatchintory._planning import (
 )
 from pybatchintory.errors import InvalidArgument, UnknownJob
 from pybatchintory.models import JobSpec, Limits, PlannedRange, Weight
-from pybatchintory.protocols import BindContext, BoundSource, JobRecord, MetadataSource, Planner
+from pybatchintory.protocols import (
+    BindContext,
+    BoundSource,
+    FirstPage,
+    JobRecord,
+    MetadataSource,
+    Planner,
+)
 from pybatchintory.recursion import InventorySource
 from pybatchintory.sources import MetaTable, SourceDefaults
 
@@ -137,21 +145,7 @@ class Jobs:
 
     def planner(self, job: str, bound: BoundSource, limits: Limits, id_end: int | None) -> Planner:
         """Cuts ``job``'s next range inside an acquire, from the size of its previous one."""
-
-        async def plan(link: object | None, cursor: int | None) -> PlannedRange | None:
-            end = id_end
-            horizon = await bound.horizon(link)
-            if horizon is not None:
-                end = horizon if end is None else min(end, horizon)
-            cutter = RangeCutter(after=cursor, end=end, limits=limits, hint=self._hints.get(job))
-            while (request := cutter.request()) is not None:
-                cutter.feed(await bound.summarize(request, link))
-            cut = cutter.result()
-            if cut is not None and not cut.oversized:
-                self._hints[job] = cut.count
-            return cut
-
-        return plan
+        return _JobPlanner(self._hints, job, bound, limits, id_end)
 
     async def record(self, job: str) -> JobRecord:
         """``job`` as recorded in the ledger.
@@ -203,4 +197,74 @@ class Jobs:
             f"job {record.name!r} reads a metadata database other than the inventory's; "
             "pass source= to reach it, or set PYBATCHINTORY_META_URL and use "
             "Inventory.from_settings()"
+        )
+
+
+class _JobPlanner:
+    """The planner of one acquire: ``await planner(link, cursor)`` cuts the next range.
+
+    ``first_page`` offers the cut's first page as a statement to a store that runs the
+    whole acquire as one statement (``FirstPage``); ``taken`` hears what such a store cut.
+    """
+
+    __slots__ = ("_bound", "_hints", "_id_end", "_job", "_limits")
+
+    def __init__(
+        self,
+        hints: dict[str, int],
+        job: str,
+        bound: BoundSource,
+        limits: Limits,
+        id_end: int | None,
+    ) -> None:
+        self._hints = hints
+        self._job = job
+        self._bound = bound
+        self._limits = limits
+        self._id_end = id_end
+
+    async def __call__(self, link: object | None, cursor: int | None) -> PlannedRange | None:
+        end = self._id_end
+        horizon = await self._bound.horizon(link)
+        if horizon is not None:
+            end = horizon if end is None else min(end, horizon)
+        cutter = RangeCutter(
+            after=cursor, end=end, limits=self._limits, hint=self._hints.get(self._job)
+        )
+        while (request := cutter.request()) is not None:
+            cutter.feed(await self._bound.summarize(request, link))
+        cut = cutter.result()
+        if cut is not None:
+            self.taken(cut)
+        return cut
+
+    def taken(self, cut: PlannedRange) -> None:
+        """A range was cut: its count sizes the job's next first page (unless oversized)."""
+        if not cut.oversized:
+            self._hints[self._job] = cut.count
+
+    def first_page(self, engine: Any) -> FirstPage | None:
+        """The first page of the cut as a statement, if the source can give one."""
+        offer = getattr(self._bound, "first_page", None)
+        if offer is None:
+            return None
+        # The page's size and caps do not depend on the cursor (only the hint does).
+        cutter = RangeCutter(
+            after=None, end=self._id_end, limits=self._limits, hint=self._hints.get(self._job)
+        )
+        request = cutter.request()
+        if request is None:
+            return None
+        found = offer(engine, request)
+        if found is None:
+            return None
+        query, rows, params = found
+        return FirstPage(
+            query=query,
+            rows=rows,
+            params=params,
+            limit=request.limit,
+            max_count=self._limits.max_count,
+            max_weight=self._limits.max_weight,
+            taken=self.taken,
         )

@@ -149,7 +149,7 @@ class Leases:
         self._held: weakref.WeakValueDictionary[str, Batch] = weakref.WeakValueDictionary()
         self._holding: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Task[Any]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -328,11 +328,64 @@ class Leases:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _SETTLE_RETRY_MAX)
 
-    def _track(self, task: asyncio.Task[None]) -> None:
+    async def settle_many(self, settles: list[tuple[Batch, Settlement]]) -> list[Batch]:
+        """Write many settles (claimed by their batches) at once; return the batches lost.
+
+        Like ``settle``: in its own task, shielded from the caller's cancellation and
+        drained by ``aclose``; a failing database is retried until the first of the leases
+        would run out. A lost batch is marked lost and let go; nothing is raised for it.
+        """
+        task = asyncio.get_running_loop().create_task(self._write_settles(settles))
+        self._track(task)
+        with anyio.CancelScope(shield=True):
+            lost = await asyncio.shield(task)
+        return lost
+
+    async def _write_settles(self, settles: list[tuple[Batch, Settlement]]) -> list[Batch]:
+        batches = [batch for batch, _ in settles]
+        try:
+            with telemetry.settling_many(len(settles)):
+                gone = await self._settles_while_leased(batches, [s for _, s in settles])
+        except BaseException:
+            for batch in batches:
+                batch._settle_failed(lost=False)
+                self._unhold(batch.token)
+            raise
+        lost: list[Batch] = []
+        for batch, settlement in settles:
+            self._unhold(batch.token)
+            why = gone.get(settlement.attempt_id)
+            if why is None:
+                telemetry.ended(batch, str(settlement.status))
+                continue
+            batch._settle_failed(lost=True)
+            telemetry.ended(batch, "lost")
+            log.warning("%r was not settled: %s", batch, why)
+            lost.append(batch)
+        return lost
+
+    async def _settles_while_leased(
+        self, batches: list[Batch], settlements: list[Settlement]
+    ) -> dict[int, str]:
+        """``_settle_while_leased`` for many: retried until the first lease would run out."""
+        delay = _SETTLE_RETRY_FIRST
+        while True:
+            try:
+                return await self._store.settle_many(settlements)
+            except StoreError as exc:
+                if min(b._lease_left(self.policy.lease_ttl) for b in batches) <= delay:
+                    raise
+                log.warning(
+                    "settle of %d batches failed, retrying in %.2fs: %s", len(batches), delay, exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _SETTLE_RETRY_MAX)
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
         self._pending.add(task)
         task.add_done_callback(self._settled)
 
-    def _settled(self, task: asyncio.Task[None]) -> None:
+    def _settled(self, task: asyncio.Task[Any]) -> None:
         self._pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
             pass  # retrieved here so an abandoned settle's error is not reported as lost

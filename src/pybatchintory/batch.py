@@ -94,6 +94,8 @@ def _check_logging(logging: object) -> None:
 
 def _check_json(result: Any) -> None:
     """Refuse, before anything is written, a result that some store cannot hold."""
+    if result is None:
+        return  # the common case, on the hot path: SQL NULL
     try:
         # NaN and infinities are not JSON: PostgreSQL and MySQL/MariaDB refuse them.
         json.dumps(result, allow_nan=False)
@@ -537,6 +539,10 @@ class Batch:
             )
 
     # -- transitions the lease keeper reports ------------------------------------------
+
+    def _kept_by(self, settler: object) -> bool:
+        """This batch's lease is kept (and settled) by ``settler``."""
+        return self._settler is settler
 
     @property
     def _unsettled(self) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -29,14 +29,15 @@ from pybatchintory._operator import AuditFinding, Operator
 from pybatchintory._planning import is_seconds
 from pybatchintory._registry import normalise_url
 from pybatchintory._stopping import StopSignal, as_stop
-from pybatchintory.batch import Batch
-from pybatchintory.errors import InvalidArgument, StoreError
+from pybatchintory.batch import Batch, _check_json
+from pybatchintory.errors import AlreadySettled, InvalidArgument, StoreError
 from pybatchintory.models import (
     Attempt,
     Backlog,
     ErrorGroup,
     JobStatus,
     PlannedRange,
+    Settlement,
     Status,
     Weight,
 )
@@ -442,6 +443,69 @@ class Inventory:
                 return
             done += 1
             yield batch
+
+    async def settle_many(
+        self,
+        succeeded: Iterable[Batch] = (),
+        *,
+        failed: Mapping[Batch, BaseException] | Iterable[tuple[Batch, BaseException]] = (),
+        released: Iterable[Batch] = (),
+    ) -> list[Batch]:
+        """End many batches at once: one fenced statement per 50, each by its own token.
+
+        ``succeeded`` records each batch's ``result``; ``failed`` maps a batch to its
+        exception (a retry after the backoff, or dead, as ``error()``); ``released`` gives
+        ranges back. With ``acquire_many`` this is the queue path: a batch of leases taken
+        and ended in two round trips.
+
+        Returns the batches whose lease was gone (taken over, expired, or already known
+        lost): nothing was recorded for them, and each is marked ``lost``. Every other
+        batch was settled. Like ``success()``, the write runs in its own task, shielded
+        from cancellation, and a failing database is retried while the leases last.
+
+        Raises:
+            InvalidArgument: A batch appears twice, is not one of this inventory's, a
+                ``failed`` value is not an exception, or a result is not JSON (nothing
+                is written).
+            AlreadySettled: A batch was settled before (nothing is written).
+            StoreError: The database kept failing until a lease would have run out;
+                every batch is running again, unsettled.
+        """
+        pairs = failed.items() if isinstance(failed, Mapping) else failed
+        wanted: list[tuple[Batch, Status, BaseException | None]] = [
+            *((batch, Status.SUCCEEDED, None) for batch in succeeded),
+            *((batch, Status.FAILED, exc) for batch, exc in pairs),
+            *((batch, Status.RELEASED, None) for batch in released),
+        ]
+        seen: set[int] = set()
+        for batch, status, exc in wanted:
+            if not isinstance(batch, Batch) or not batch._kept_by(self._leases):
+                raise InvalidArgument(f"settle_many takes this inventory's batches, got {batch!r}")
+            if id(batch) in seen:
+                raise InvalidArgument(f"{batch!r} is named twice in settle_many")
+            seen.add(id(batch))
+            if batch.status is not Status.RUNNING:
+                raise AlreadySettled(
+                    f"attempt {batch.id} of job {batch.job!r} was already settled as {batch.status}"
+                )
+            if status is Status.FAILED and not isinstance(exc, BaseException):
+                raise InvalidArgument(f"settle_many: failed takes exceptions, got {exc!r}")
+            if status is Status.SUCCEEDED:
+                _check_json(batch.result)
+        known_lost = [batch for batch, _, _ in wanted if batch.lost]
+        settles: list[tuple[Batch, Settlement]] = []
+        for batch, status, exc in wanted:
+            if batch.lost:
+                continue
+            if status is Status.SUCCEEDED:
+                settles.append((batch, batch._success_settlement(None)))
+            elif exc is not None:
+                settles.append((batch, batch._error_settlement(exc)))
+            else:
+                settles.append((batch, batch._release_settlement()))
+        if not settles:
+            return known_lost
+        return known_lost + await self._leases.settle_many(settles)
 
     # -- the operator's reads and controls (see ``_operator``) ----------------------------
 

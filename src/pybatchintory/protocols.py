@@ -33,6 +33,7 @@ __all__ = (
     "InventoryStore",
     "JobRecord",
     "MetadataSource",
+    "FirstPage",
     "PageRequest",
     "PageSummary",
     "Planner",
@@ -188,7 +189,45 @@ class StatementLink(Protocol):
 
 
 Planner = Callable[[object | None, int | None], Awaitable[PlannedRange | None]]
-"""Cuts the next range after a cursor: ``await planner(link, cursor)``."""
+"""Cuts the next range after a cursor: ``await planner(link, cursor)``.
+
+A planner may also have ``first_page(engine) -> FirstPage | None``: the first page of its
+cut as a statement, for a store that locks, cuts, inserts and moves the cursor in one
+statement (``FirstPage``). Stores call it through ``getattr``; a plain callable has none.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FirstPage:
+    """The first page of a cut, for a store that runs the whole acquire as one statement.
+
+    The store puts ``query`` (a SQLAlchemy ``Select`` on the inventory's own database)
+    inside its acquire statement with the bind parameter ``p_after`` replaced by the locked
+    job's cursor. When that one page decides the cut (it is empty, the weight cap is hit
+    inside it, it holds fewer rows than ``limit``, or ``max_count`` rows), the store cuts
+    the range from it as the planner would; otherwise it calls the planner as usual.
+
+    With a count cap and no weight cap, ``rows`` also lets a store cut ``n`` ranges of an
+    ``acquire_many`` at once: every ``max_count`` rows of one page of ``n * max_count``
+    rows (``p_limit``) are one range, as the planner would cut them one after another.
+
+    Attributes:
+        query: The page summary: ``PageSummary``'s eight fields as columns, in that order.
+        rows: The page's rows: ``id`` and weight ``w`` in id order, at most ``p_limit``.
+        params: Their bind parameters other than ``p_after``.
+        limit: Rows the page reads at most (``None``: all of them).
+        max_count: The count cap (``None``: none).
+        max_weight: The weight cap (``None``: none).
+        taken: Tell the planner what was cut (it sizes the job's next first page).
+    """
+
+    query: Any
+    rows: Any
+    params: Mapping[str, Any]
+    limit: int | None
+    max_count: int | None
+    max_weight: Weight | None
+    taken: Callable[[PlannedRange], None]
 
 
 class InventoryStore(Protocol):
@@ -237,6 +276,16 @@ class InventoryStore(Protocol):
 
     async def settle(self, settlement: Settlement) -> None:
         """End an attempt; raise ``LeaseLost`` (and change nothing) if the lease is gone."""
+        ...
+
+    async def settle_many(self, settlements: Sequence[Settlement]) -> dict[int, str]:
+        """End many attempts, each fenced by its token as ``settle`` is, in one statement.
+
+        Returns the attempt ids whose lease was gone (nothing changed for them), each with
+        why ("taken over", "lease expired", "already failed", ...); an attempt already
+        settled the same way with the same token counts as settled (a retry after a
+        dropped connection). Raises only when the database fails.
+        """
         ...
 
     async def attempts(

@@ -235,6 +235,7 @@ class BoundMetaTable:
         self.condition = resolve_filter(table, spec.where)
         self._filter_text = describe_filter(self.condition, spec.table)
         self._page_queries: dict[tuple[bool, bool, bool, bool], Any] = {}
+        self._page_rows: dict[tuple[bool, bool, bool, bool], Any] = {}
         self._horizon_query: sa.Select[Any] | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -334,6 +335,7 @@ class BoundMetaTable:
         )
         if has_limit:
             page = page.limit(sa.bindparam("p_limit", type_=sa.Integer()))
+        self._page_rows[key] = page
         rows = page.subquery("page")
         query: sa.Select[Any]
         if not weighted:
@@ -367,6 +369,27 @@ class BoundMetaTable:
             )
         self._page_queries[key] = query
         return query
+
+    def first_page(
+        self, engine: AsyncEngine, request: PageRequest
+    ) -> tuple[Any, Any, dict[str, Any]] | None:
+        """``request``'s page as statements for an acquire's own statement.
+
+        ``(summary, rows, params)``: the page summary (``PageSummary``'s fields as
+        columns) and the page's rows themselves (``id``, ``w``, in id order, at most
+        ``p_limit``). Their cursor is the bind parameter ``p_after``; the other parameters
+        come with them (the weight cap as a ``Decimal``, as ``page_params`` gives it).
+        ``None`` when the store cannot read it inside its statement: the table lives in
+        another database, or a ``settle=`` horizon must be read first.
+        """
+        if engine is not self.engine or (self.spec.settle is not None and self.ts_col is not None):
+            return None
+        weighted = request.max_weight is not None
+        key = (True, request.end is not None, request.limit is not None, weighted)
+        query = self._page_query(*key)
+        params = page_params(request)
+        params.pop("p_after", None)
+        return query, self._page_rows[key], params
 
     async def summarize(self, request: PageRequest, link: object | None) -> PageSummary:
         """One aggregate query over at most ``request.limit`` rows after ``request.after``.

@@ -22,7 +22,7 @@ import asyncio
 import atexit
 import functools
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
@@ -32,7 +32,12 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from pybatchintory._default_inventory import seed_call
 from pybatchintory.batch import Batch, _call_arguments
-from pybatchintory.errors import EventLoopRunning, NoBatchAvailable, UnknownColumn
+from pybatchintory.errors import (
+    EventLoopRunning,
+    InvalidArgument,
+    NoBatchAvailable,
+    UnknownColumn,
+)
 from pybatchintory.inventory import Inventory
 from pybatchintory.models import (
     Attempt,
@@ -296,6 +301,34 @@ class SyncInventory:
         """Lease up to ``n`` ranges at once. See ``Inventory.acquire_many``."""
         batches = self._call(self._inventory.acquire_many, job, source, n, **options)
         return [SyncBatch(self, b) for b in batches]
+
+    def settle_many(
+        self,
+        succeeded: Iterable[SyncBatch] = (),
+        *,
+        failed: Mapping[SyncBatch, BaseException] | Iterable[tuple[SyncBatch, BaseException]] = (),
+        released: Iterable[SyncBatch] = (),
+    ) -> list[SyncBatch]:
+        """End many batches in one statement per 50; the ones whose lease was lost.
+
+        See ``Inventory.settle_many``.
+        """
+        handles: dict[int, SyncBatch] = {}
+
+        def unwrap(handle: SyncBatch) -> Batch:
+            if not isinstance(handle, SyncBatch) or handle._owner is not self:
+                raise InvalidArgument(f"settle_many takes this inventory's batches: {handle!r}")
+            handles[id(handle._batch)] = handle
+            return handle._batch
+
+        pairs = failed.items() if isinstance(failed, Mapping) else failed
+        lost: list[Batch] = self._call(
+            self._inventory.settle_many,
+            [unwrap(b) for b in succeeded],
+            failed=[(unwrap(b), exc) for b, exc in pairs],
+            released=[unwrap(b) for b in released],
+        )
+        return [handles[id(batch)] for batch in lost]
 
     def lease(self, job: str, source: MetadataSource | str, **options: Any) -> SyncBatch:
         """Lease and use as ``with inv.lease(...) as batch:``; raises ``NoBatchAvailable``."""

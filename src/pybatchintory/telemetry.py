@@ -295,6 +295,33 @@ def settling(batch: _Leased, status: str) -> Iterator[None]:
 
 
 @contextmanager
+def settling_many(batches: int) -> Iterator[None]:
+    """Around one ``settle_many`` write of ``batches`` settles (each reported by ``ended``)."""
+    with _span("pybatchintory.settle_many", {"pybatchintory.batches": batches}) as span:
+        try:
+            yield
+        except BaseException as exc:
+            _fail(span, exc)
+            raise
+
+
+def ended(batch: _Leased, outcome: str) -> None:
+    """One batch of a ``settle_many`` ended as ``outcome`` (a status, or ``lost``)."""
+    _ended(batch, outcome)
+    if outcome == "lost":
+        log.warning("settle of %s attempt %d found its lease lost", batch.job, batch.attempt)
+    elif log.isEnabledFor(logging.INFO):
+        log.info(
+            "%s %s attempt %d [%d, %d]",
+            outcome,
+            batch.job,
+            batch.attempt,
+            batch.meta_id_start,
+            batch.meta_id_end,
+        )
+
+
+@contextmanager
 def heartbeat(owner: str, leases: int) -> Iterator[None]:
     """Around one heartbeat renewing ``leases`` leases of ``owner``."""
     attributes = {"pybatchintory.owner": owner, "pybatchintory.leases": leases}

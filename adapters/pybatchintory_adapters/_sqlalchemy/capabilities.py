@@ -38,6 +38,9 @@ class Capabilities:
         translate: Maps a driver error to a pybatchintory error, or ``None`` to keep it.
         write_in_with: ``UPDATE`` may run inside ``WITH`` of an ``INSERT`` (PostgreSQL):
             a new range's attempt and the cursor move go in one statement.
+        acquire_in_one: The common acquire (one range, nothing expired, no retry due, a
+            source on the inventory's database whose first page decides the cut) runs as
+            one data-modifying statement, in autocommit (see ``in_one``; PostgreSQL).
         driver_session: Runs acquire and settle on the pooled driver connection (see
             ``driver_path``); ``None`` runs them through SQLAlchemy.
     """
@@ -47,4 +50,5 @@ class Capabilities:
     retryable: Callable[[BaseException], bool] = _never
     translate: Callable[[DBAPIError], PybatchintoryError | None] = _no_translation
     write_in_with: bool = False
+    acquire_in_one: bool = False
     driver_session: SessionFactory | None = None

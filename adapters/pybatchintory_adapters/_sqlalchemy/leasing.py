@@ -11,6 +11,9 @@ connections); the bodies only say what happens inside one:
   renew are lost.
 - ``settling``: one ``UPDATE`` fenced by token, status and expiry ends an attempt; when it
   matches nothing, a read says why and ``LeaseLost`` is raised.
+- ``settling_many``: one ``UPDATE`` (per ``MANY_SETTLES``) ends many attempts, each fenced
+  as ``settling`` fences one; when fewer rows matched than were asked, one read says which
+  were lost and why.
 """
 
 from __future__ import annotations
@@ -31,9 +34,14 @@ from pybatchintory.weights import as_weight
 from pybatchintory_adapters._sqlalchemy.driver_path import HotPath
 from pybatchintory_adapters._sqlalchemy.records import aware
 from pybatchintory_adapters._sqlalchemy.rules import RUNNING
-from pybatchintory_adapters._sqlalchemy.statements import MANY_ROWS, NewAttempt, Statements
+from pybatchintory_adapters._sqlalchemy.statements import (
+    MANY_ROWS,
+    MANY_SETTLES,
+    NewAttempt,
+    Statements,
+)
 
-__all__ = ("Acquisition", "renewal", "settling")
+__all__ = ("Acquisition", "renewal", "settling", "settling_many")
 
 # How stale the locking statement's clock may be before an acquire reads it again (a lease
 # granted after a lock wait must not be born short by the wait); at most ttl/20 as well.
@@ -265,6 +273,69 @@ def settling(
             f"attempt {s.attempt_id} is no longer leased to this worker "
             f"({_why(row, s.token)}); its {s.status} was not recorded"
         )
+
+    return work
+
+
+def _retries(s: Settlement) -> bool:
+    """The settle makes its range due again (failed with attempts left, or released)."""
+    return s.status is not Status.SUCCEEDED and not s.dead
+
+
+def _settle_params(chunk: list[Settlement]) -> dict[str, Any]:
+    """``Statements.settle_many``'s parameters for ``chunk`` (the retrying rows first)."""
+    params: dict[str, Any] = {}
+    for i, s in enumerate(chunk):
+        params[f"p_id_{i}"] = s.attempt_id
+        params[f"p_token_{i}"] = s.token
+        params[f"p_status_{i}"] = str(s.status)
+        params[f"p_result_{i}"] = s.result
+        params[f"p_error_type_{i}"] = s.error_type
+        params[f"p_error_message_{i}"] = s.error_message
+        params[f"p_traceback_{i}"] = _logging_text(s)
+        params[f"p_fingerprint_{i}"] = s.fingerprint
+        params[f"p_code_version_{i}"] = s.code_version
+        params[f"p_failed_{i}"] = 1 if s.counts_as_failure else 0
+        params[f"p_dead_{i}"] = bool(s.status is not Status.SUCCEEDED and s.dead)
+        if _retries(s):
+            params[f"p_delay_{i}"] = float(s.retry_delay)
+    return params
+
+
+def settling_many(
+    statements: Statements, settlements: list[Settlement]
+) -> Callable[[HotPath, object], Awaitable[dict[int, str]]]:
+    """The body of ``settle_many``: end every attempt whose lease is still held.
+
+    One fenced ``UPDATE`` per ``MANY_SETTLES`` settlements, each statement atomic by itself
+    (the settles are independent: one lost lease does not hold back the others). Returns
+    the attempt ids that were not settled, with why (taken over, lease expired, already
+    settled otherwise, missing); an attempt found already settled the same way by this
+    token counts as settled (an earlier try committed before its connection dropped).
+    """
+    ordered = sorted(settlements, key=lambda s: not _retries(s))
+    chunks = [ordered[i : i + MANY_SETTLES] for i in range(0, len(ordered), MANY_SETTLES)]
+    prepared = [
+        (statements.settle_many(len(chunk), sum(map(_retries, chunk))), _settle_params(chunk))
+        for chunk in chunks
+    ]
+
+    async def work(ex: HotPath, link: object) -> dict[int, str]:
+        lost: dict[int, str] = {}
+        for chunk, (statement, params) in zip(chunks, prepared, strict=True):
+            if await ex.run(statement, params) == len(chunk):
+                continue
+            ids = [s.attempt_id for s in chunk]
+            found = {
+                int(key): _Check(str(status), str(token))
+                for key, status, token in await ex.all(statements.settle_checks, {"p_ids": ids})
+            }
+            for s in chunk:
+                row = found.get(s.attempt_id)
+                if row is not None and row.token == s.token and row.status == str(s.status):
+                    continue
+                lost[s.attempt_id] = _why(row, s.token)
+        return lost
 
     return work
 

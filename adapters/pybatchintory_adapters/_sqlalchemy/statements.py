@@ -9,7 +9,7 @@ key costs more than executing it on a local server. Bound parameter names start 
 from __future__ import annotations
 
 from datetime import datetime
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, TypedDict
 
 import sqlalchemy as sa
@@ -25,7 +25,7 @@ from pybatchintory_adapters._sqlalchemy.rules import (
 from pybatchintory_adapters._sqlalchemy.tables import Tables
 from pybatchintory_adapters._sqlalchemy.types import LedgerJSON, Timestamp, db_now, db_now_plus
 
-__all__ = ("ATTEMPT_COLUMNS", "MANY_ROWS", "NewAttempt", "Statements")
+__all__ = ("ATTEMPT_COLUMNS", "MANY_ROWS", "MANY_SETTLES", "NewAttempt", "Statements")
 
 
 class NewAttempt(TypedDict):
@@ -56,6 +56,9 @@ ATTEMPT_COLUMNS = tuple(NewAttempt.__annotations__)
 
 MANY_ROWS = 50
 """Attempts per multi-row INSERT (18 parameters each: under SQLite's old 999 limit)."""
+
+MANY_SETTLES = 50
+"""Settles per ``settle_many`` statement (12 parameters each, the id repeated per column)."""
 
 
 def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
@@ -153,6 +156,8 @@ class Statements:
         )
         self.live_tokens = sa.select(inv.c.token).where(live)
         self.settle_check = sa.select(inv.c.status, inv.c.token).where(inv.c.id == _p("id"))
+        ids: sa.BindParameter[Any] = sa.bindparam("p_ids", expanding=True)
+        self.settle_checks = sa.select(inv.c.id, inv.c.status, inv.c.token).where(inv.c.id.in_(ids))
         self._controls(t)
 
     def _controls(self, t: Tables) -> None:
@@ -231,6 +236,56 @@ class Statements:
             for i in range(rows)
         ]
         return sa.insert(inv).values(values).returning(inv.c.id, inv.c.token)
+
+    @lru_cache(maxsize=128)  # noqa: B019 - one Statements per store; (rows, retrying) shapes
+    def settle_many(self, rows: int, retrying: int) -> sa.Update:
+        """``rows`` fenced settles in one ``UPDATE``, each row its own status and values.
+
+        Parameters are ``p_<name>_<i>`` for ``i < rows``: ``id``, ``token``, ``status``,
+        ``result``, the five failure columns, ``failed`` (1 if it counts as a failure, else
+        0) and ``dead``; the first ``retrying`` rows also take ``delay``, and their range is
+        due again that many seconds from now (the others' ``retry_after`` becomes NULL:
+        succeeded or dead). Each row is fenced as ``settle`` fences one: its own token,
+        running, lease not run out by the database clock. The row count says how many
+        matched; which did not, ``settle_checks`` tells.
+        """
+        inv = self.tables.inventory
+        row_ids = [_p(f"id_{i}", sa.BigInteger()) for i in range(rows)]
+
+        def per_row(name: str, type_: Any) -> sa.Case[Any]:
+            return sa.case(
+                *[(inv.c.id == row_ids[i], _p(f"{name}_{i}", type_)) for i in range(rows)]
+            )
+
+        due = [
+            (inv.c.id == row_ids[i], db_now_plus(_p(f"delay_{i}", sa.Float())))
+            for i in range(retrying)
+        ]
+        values: list[tuple[Any, Any]] = [
+            (inv.c.status, per_row("status", inv.c.status.type)),
+            (inv.c.processing_end, db_now()),
+            (inv.c.job_result, per_row("result", LedgerJSON(none_as_null=True))),
+            (inv.c.error_type, per_row("error_type", inv.c.error_type.type)),
+            (inv.c.error_message, per_row("error_message", inv.c.error_message.type)),
+            (inv.c.logging, per_row("traceback", inv.c.logging.type)),
+            (inv.c.fingerprint, per_row("fingerprint", inv.c.fingerprint.type)),
+            (inv.c.code_version, per_row("code_version", inv.c.code_version.type)),
+            (inv.c.dead, per_row("dead", inv.c.dead.type)),
+            # No ELSE: NULL for the rows that succeeded or died.
+            (inv.c.retry_after, sa.case(*due) if due else sa.null()),
+            (inv.c.failures, inv.c.failures + per_row("failed", sa.Integer())),
+        ]
+        fenced = sa.or_(
+            *[
+                sa.and_(inv.c.id == row_ids[i], inv.c.token == _p(f"token_{i}", sa.String()))
+                for i in range(rows)
+            ]
+        )
+        return (
+            sa.update(inv)
+            .where(fenced, running(inv), inv.c.expires_at > db_now())
+            .ordered_values(*values)
+        )
 
     @cache  # noqa: B019 - one Statements per store, a handful of shapes each
     def settle(self, status: Status, counts_as_failure: bool, dead: bool) -> sa.Update:

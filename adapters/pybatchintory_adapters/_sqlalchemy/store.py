@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -36,7 +36,7 @@ from pybatchintory.models import (
     Status,
     Weight,
 )
-from pybatchintory.protocols import JobRecord, Planner
+from pybatchintory.protocols import FirstPage, JobRecord, Planner
 from pybatchintory_adapters._sqlalchemy import compat, controls, jobs, migrations, queries
 from pybatchintory_adapters._sqlalchemy.capabilities import Capabilities
 from pybatchintory_adapters._sqlalchemy.driver_path import (
@@ -45,7 +45,18 @@ from pybatchintory_adapters._sqlalchemy.driver_path import (
     HotPath,
     Prepared,
 )
-from pybatchintory_adapters._sqlalchemy.leasing import Acquisition, renewal, settling
+from pybatchintory_adapters._sqlalchemy.in_one import (
+    LeaseInOne,
+    LeaseManyInOne,
+    lease_in_one,
+    lease_many_in_one,
+)
+from pybatchintory_adapters._sqlalchemy.leasing import (
+    Acquisition,
+    renewal,
+    settling,
+    settling_many,
+)
 from pybatchintory_adapters._sqlalchemy.pooling import mark_committed
 from pybatchintory_adapters._sqlalchemy.read_statements import ReadStatements
 from pybatchintory_adapters._sqlalchemy.statements import Statements
@@ -56,6 +67,8 @@ __all__ = ("SQLAlchemyStore",)
 T = TypeVar("T")
 
 _TRANSIENT_TRIES = 6
+_IN_ONE_STATEMENTS = 64
+"""One-statement acquires a store keeps (one per source page shape)."""
 
 
 class SQLAlchemyStore:
@@ -74,6 +87,9 @@ class SQLAlchemyStore:
         self.statements = Statements(tables)
         self.reads = ReadStatements(tables)
         self._prepared: OrderedDict[int, tuple[sa.Executable, Prepared]] = OrderedDict()
+        self._in_one: OrderedDict[tuple[int, bool, bool], tuple[Any, sa.Select[Any]]] = (
+            OrderedDict()
+        )
         self._ready = False
         # Option engines share the pool; their options cost nothing per connection, unlike
         # ``await conn.execution_options(...)`` on every transaction.
@@ -276,7 +292,15 @@ class SQLAlchemyStore:
         planner: Planner,
         config: Mapping[str, Any] | None = None,
     ) -> list[LeaseGrant]:
-        """Lease up to ``n`` ranges: expire, then retries oldest first, then new ranges."""
+        """Lease up to ``n`` ranges: expire, then retries oldest first, then new ranges.
+
+        The common case of one range takes one statement where the database allows it
+        (``in_one``); the rest, and whatever that statement cannot decide, one transaction.
+        """
+        if self.capabilities.acquire_in_one:
+            grants = await self._acquire_in_one(job, owner, ttl, n, planner, config)
+            if grants is not None:
+                return grants
         work = Acquisition(
             statements=self.statements,
             returning=self.engine.dialect.insert_returning,
@@ -290,6 +314,76 @@ class SQLAlchemyStore:
             config=None if config is None else dict(config),
         )
         return await self._transact_hot(work)
+
+    async def _acquire_in_one(
+        self,
+        job: str,
+        owner: str,
+        ttl: float,
+        n: int,
+        planner: Planner,
+        config: Mapping[str, Any] | None,
+    ) -> list[LeaseGrant] | None:
+        """The acquire as one statement, or ``None`` when the transaction must decide.
+
+        One range, or ``n`` count-capped ones (no weight cap), from a source that offers
+        its first page as a statement (``FirstPage``).
+        """
+        offer = getattr(planner, "first_page", None)
+        first: FirstPage | None = None if offer is None else offer(self.engine)
+        if first is None:
+            return None
+        stored = None if config is None else dict(config)
+        if n == 1:
+            key = (id(first.query), first.limit is not None, first.max_count is not None)
+            one = LeaseInOne(
+                statement=self._cached_in_one(
+                    key,
+                    first.query,
+                    lambda: lease_in_one(
+                        self.tables,
+                        first.query,
+                        limited=first.limit is not None,
+                        counted=first.max_count is not None,
+                    ),
+                ),
+                first=first,
+                job=job,
+                owner=owner,
+                ttl=ttl,
+                config=stored,
+            )
+            return await self._transact_hot(one, single=True)
+        if first.max_count is None or first.max_weight is not None:
+            return None  # a weight cap cuts one range after another: the transaction does
+        key = (id(first.rows), True, True)
+        many = LeaseManyInOne(
+            statement=self._cached_in_one(
+                key, first.rows, lambda: lease_many_in_one(self.tables, first.rows)
+            ),
+            first=first,
+            n=n,
+            job=job,
+            owner=owner,
+            ttl=ttl,
+            config=stored,
+        )
+        return await self._transact_hot(many, single=True)
+
+    def _cached_in_one(
+        self, key: tuple[int, bool, bool], page: Any, build: Callable[[], sa.Select[Any]]
+    ) -> sa.Select[Any]:
+        """A one-statement acquire around the page query ``page``, built once per shape."""
+        cached = self._in_one.get(key)
+        if cached is not None and cached[0] is page:
+            self._in_one.move_to_end(key)
+            return cached[1]
+        statement = build()
+        # Keyed by identity and holding the page query, so an id is never reused for another.
+        self._in_one[key] = (page, statement)
+        while len(self._in_one) > _IN_ONE_STATEMENTS:
+            self._in_one.popitem(last=False)
+        return statement
 
     async def heartbeat(self, owner: str, ttl: float, tokens: Collection[str]) -> set[str]:
         """Renew ``owner``'s live leases among ``tokens`` in one statement; return lost ones.
@@ -305,6 +399,17 @@ class SQLAlchemyStore:
     async def settle(self, settlement: Settlement) -> None:
         """End an attempt if its lease is still held; otherwise raise ``LeaseLost``."""
         await self._transact_hot(settling(self.statements, settlement), single=True)
+
+    async def settle_many(self, settlements: Sequence[Settlement]) -> dict[int, str]:
+        """End many attempts whose leases are still held; the ones lost, by id, with why.
+
+        One fenced ``UPDATE`` per 50 settlements, each fenced by its own token as
+        ``settle`` is; nothing is raised for a lost lease (the caller is told which).
+        """
+        if not settlements:
+            return {}
+        work = settling_many(self.statements, list(settlements))
+        return await self._transact_hot(work, single=True)
 
     # -- operator controls ----------------------------------------------------------------
 

@@ -20,7 +20,15 @@ from sqlalchemy.sql.functions import FunctionElement
 from pybatchintory.models import Weight
 from pybatchintory.weights import LEDGER_PLACES, as_weight, exact
 
-__all__ = ("LedgerId", "LedgerJSON", "LedgerWeight", "Timestamp", "db_now", "db_now_plus")
+__all__ = (
+    "LedgerId",
+    "LedgerJSON",
+    "LedgerWeight",
+    "Timestamp",
+    "db_now",
+    "db_now_plus",
+    "plus_seconds",
+)
 
 
 class Timestamp(sa.DateTime):
@@ -128,6 +136,17 @@ class db_now_plus(FunctionElement[datetime]):
             super().__init__(sa.literal(float(seconds), sa.Float()))
 
 
+class plus_seconds(FunctionElement[datetime]):
+    """A timestamp expression plus ``seconds`` (a bound parameter): ``at + seconds``."""
+
+    type = Timestamp()
+    inherit_cache = True
+    name = "plus_seconds"
+
+    def __init__(self, at: sa.ColumnElement[Any], seconds: sa.ColumnElement[Any]) -> None:
+        super().__init__(at, seconds)
+
+
 def seconds_clause(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
     """Compile the seconds argument of ``db_now_plus`` (for adapters' compile hooks)."""
     (seconds,) = element.clauses.clauses
@@ -137,6 +156,11 @@ def seconds_clause(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> st
 @compiles(db_now)
 def _now_default(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
     raise sa.exc.CompileError(f"no database clock registered for dialect {compiler.dialect.name!r}")
+
+
+@compiles(plus_seconds)
+def _plus_default(element: plus_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    raise sa.exc.CompileError(f"no timestamp arithmetic registered for {compiler.dialect.name!r}")
 
 
 @compiles(db_now_plus)

@@ -20,6 +20,7 @@ from pybatchintory_adapters._sqlalchemy.types import (
     LedgerJSON,
     db_now,
     db_now_plus,
+    plus_seconds,
     seconds_clause,
 )
 
@@ -40,6 +41,13 @@ def _now(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
 @compiles(db_now_plus, "postgresql")
 def _now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
     return f"({_NOW} + make_interval(secs => {seconds_clause(element, compiler, **kw)}))"
+
+
+@compiles(plus_seconds, "postgresql")
+def _plus_seconds(element: plus_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    at, seconds = element.clauses.clauses
+    at_sql, seconds_sql = compiler.process(at, **kw), compiler.process(seconds, **kw)
+    return f"({at_sql} + make_interval(secs => {seconds_sql}))"
 
 
 @compiles(LedgerJSON, "postgresql")
@@ -121,6 +129,7 @@ adapter = SQLAlchemyAdapter(
         retryable=_retryable,
         translate=_translate,
         write_in_with=True,
+        acquire_in_one=True,
         driver_session=_AsyncpgSession,
     ),
     engine_options={"isolation_level": "READ COMMITTED"},

@@ -1,0 +1,264 @@
+"""PostgreSQL's common acquire is one statement, and cuts what the transaction would cut.
+
+``in_one``: lock the job row, cut the range from the source's first page, insert the
+attempt and move the cursor in one data-modifying statement, in autocommit. These tests
+count what reaches the driver, compare every cut with the slower transaction's on the same
+data (count cap, weight cap, an oversized row, a filter, a window), and check that a lease
+granted after a lock wait is not born short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+import pybatchintory as pbi
+import pybatchintory_adapters.postgres as pg_adapter
+from pybatchintory_adapters._sqlalchemy.store import SQLAlchemyStore
+
+from tests.conftest import DatabaseFactory
+from tests.contract._ledger import attempt_row, attempts_of, expire_lease, table_totals
+from tests.helpers import create_meta_table
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_url(any_db_url_factory: DatabaseFactory) -> str:
+    return any_db_url_factory("postgres")
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The statements the PostgreSQL driver session sends (``BEGIN`` included)."""
+    seen: list[str] = []
+    session = pg_adapter._AsyncpgSession
+    rows, run, begin = session.rows, session.run, session.begin
+
+    async def counted_rows(self: Any, sql: str, args: Any) -> Any:
+        seen.append(sql)
+        return await rows(self, sql, args)
+
+    async def counted_run(self: Any, sql: str, args: Any) -> Any:
+        seen.append(sql)
+        return await run(self, sql, args)
+
+    async def counted_begin(self: Any, single: bool) -> None:
+        if not single:
+            seen.append("BEGIN")
+        await begin(self, single)
+
+    monkeypatch.setattr(session, "rows", counted_rows)
+    monkeypatch.setattr(session, "run", counted_run)
+    monkeypatch.setattr(session, "begin", counted_begin)
+    yield seen
+
+
+def _slow(inv: pbi.Inventory) -> None:
+    store = inv.store
+    assert isinstance(store, SQLAlchemyStore)
+    store.capabilities = dataclasses.replace(store.capabilities, acquire_in_one=False)
+
+
+async def test_a_lease_is_one_statement_and_its_settle_another(
+    pg_url: str, sent: list[str]
+) -> None:
+    await create_meta_table(pg_url, rows=100)
+    files = pbi.MetaTable("files", weight="size_in_bytes")
+    async with pbi.Inventory(pg_url) as inv:
+        first = await inv.acquire("one", files, max_count=10)  # records the job, sets a cursor
+        assert first is not None
+        await first.success()
+        for start in (11, 21, 31):
+            sent.clear()
+            batch = await inv.acquire("one", files, max_count=10)
+            assert batch is not None
+            assert len(sent) == 1 and sent[0].lstrip().startswith("WITH"), sent
+            assert (batch.meta_id_start, batch.meta_id_end, batch.count) == (start, start + 9, 10)
+            assert (batch.count, batch.weight) == await table_totals(pg_url, start, start + 9)
+            row = await attempt_row(pg_url, batch.id)
+            assert (row["status"], row["token"], row["attempt"]) == ("running", batch.token, 1)
+            sent.clear()
+            await batch.success()
+            assert len(sent) == 1
+        cursor = (await inv.status())[0]
+        assert cursor.cursor == 40
+
+
+async def test_the_slower_path_takes_expired_leases_and_due_retries(
+    pg_url: str, sent: list[str]
+) -> None:
+    await create_meta_table(pg_url, rows=100)
+    files = pbi.MetaTable("files", weight="size_in_bytes")
+    async with pbi.Inventory(pg_url) as inv:
+        a = await inv.acquire("slow", files, max_count=10)
+        b = await inv.acquire("slow", files, max_count=10)
+        assert a is not None and b is not None
+        await expire_lease(pg_url, a.id)
+        sent.clear()
+        again = await inv.acquire("slow", files, max_count=10)
+        assert again is not None and (again.meta_id_start, again.attempt) == (1, 2)
+        assert "BEGIN" in sent  # the one statement could not decide: the transaction did
+        await again.release()
+        retried = await inv.acquire("slow", files, max_count=10)
+        assert retried is not None and (retried.meta_id_start, retried.attempt) == (1, 3)
+        await retried.success()
+        await b.success()
+        sent.clear()
+        fresh = await inv.acquire("slow", files, max_count=10)
+        assert fresh is not None and fresh.meta_id_start == 21 and len(sent) == 1
+        await fresh.success()
+        # Nothing left: one statement says so.
+        await inv.set_cursor("slow", 100)
+        sent.clear()
+        assert await inv.acquire("slow", files, max_count=10) is None
+        assert len(sent) == 1
+
+
+@pytest.mark.parametrize(
+    ("caps", "where"),
+    [
+        ({"max_count": 7}, None),
+        ({"max_weight": 5_000}, None),
+        ({"max_weight": 3_000, "max_count": 4}, None),
+        ({"max_weight": 1_500}, {"kind": "csv"}),
+        ({"max_count": 9}, {"kind": ["csv", "xml"]}),
+        ({}, None),
+    ],
+)
+async def test_every_cut_is_the_transactions_cut(
+    pg_url: str, caps: dict[str, int], where: dict[str, Any] | None
+) -> None:
+    # Sizes ~1000 with two rows far over any cap: each goes out alone, flagged oversized.
+    weights = [900 + (i * 37) % 400 for i in range(300)]
+    weights[40] = weights[41] = 50_000
+    await create_meta_table(pg_url, rows=300, weights=weights)
+    options: dict[str, Any] = {"weight": "size_in_bytes"}
+    if where is not None:
+        options["where"] = where
+    files = pbi.MetaTable("files", **options)
+    window = {"id_start": 5, "id_end": 260}
+    cuts: dict[str, list[tuple[Any, ...]]] = {}
+    async with pbi.Inventory(pg_url) as fast, pbi.Inventory(pg_url) as slow:
+        _slow(slow)
+        for name, inv in (("fast", fast), ("slow", slow)):
+            cuts[name] = []
+            while (batch := await inv.acquire(name, files, **caps, **window)) is not None:
+                cuts[name].append(
+                    (
+                        batch.meta_id_start,
+                        batch.meta_id_end,
+                        batch.count,
+                        batch.weight,
+                        batch.oversized,
+                    )
+                )
+                await batch.success()
+    assert cuts["fast"] == cuts["slow"]
+    assert cuts["fast"][0][0] == 5 and cuts["fast"][-1][1] <= 260
+    rows = await attempts_of(pg_url, "fast")
+    assert [(r["meta_id_start"], r["meta_id_end"], r["count"]) for r in rows] == [
+        c[:3] for c in cuts["fast"]
+    ]
+
+
+async def test_a_lease_granted_after_a_lock_wait_is_not_born_short(pg_url: str) -> None:
+    await create_meta_table(pg_url, rows=100)
+    files = pbi.MetaTable("files", weight="size_in_bytes")
+    url = make_url(pg_url)
+    async with pbi.Inventory(pg_url, lease_ttl=5) as inv:
+        first = await inv.acquire("wait", files, max_count=10)
+        assert first is not None
+        await first.success()
+        holder = await asyncpg.connect(
+            host=url.host, port=url.port, user=url.username, database=url.database
+        )
+        try:
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute("SELECT 1 FROM inventory_jobs WHERE name = 'wait' FOR UPDATE")
+            asked = datetime.now(UTC).replace(tzinfo=None)
+            waiting = asyncio.ensure_future(inv.acquire("wait", files, max_count=10))
+            await asyncio.sleep(1.0)
+            assert not waiting.done()  # serialised behind the lock
+            await tx.commit()
+            batch = await waiting
+        finally:
+            await holder.close()
+        assert batch is not None and batch.meta_id_start == 11
+        row = await attempt_row(pg_url, batch.id)
+        life = (row["expires_at"] - row["processing_start"]).total_seconds()
+        assert abs(life - 5) < 0.01
+        # Granted after the wait (the database and this test share the machine's clock).
+        assert row["processing_start"] >= asked + timedelta(seconds=0.9)
+        await batch.success()
+
+
+async def test_concurrent_workers_of_one_job_never_overlap(pg_url: str) -> None:
+    await create_meta_table(pg_url, rows=2000)
+    files = pbi.MetaTable("files", weight="size_in_bytes")
+    invs = [pbi.Inventory(pg_url, owner=f"w{i}") for i in range(4)]
+
+    async def work(inv: pbi.Inventory) -> None:
+        while (batch := await inv.acquire("race", files, max_count=17)) is not None:
+            await batch.success()
+
+    try:
+        await asyncio.gather(*(work(inv) for inv in invs))
+    finally:
+        for inv in invs:
+            await inv.aclose()
+    rows = await attempts_of(pg_url, "race")
+    ranges = sorted((r["meta_id_start"], r["meta_id_end"]) for r in rows)
+    assert ranges[0][0] == 1 and ranges[-1][1] == 2000
+    for (_, end), (start, _) in itertools.pairwise(ranges):
+        assert start == end + 1  # contiguous: no overlap, no gap
+    assert sum(r["count"] for r in rows) == 2000
+
+
+@pytest.mark.parametrize(("n", "max_count"), [(10, 1), (7, 13), (50, 3)])
+async def test_acquire_many_of_count_capped_ranges_is_one_statement(
+    pg_url: str, sent: list[str], n: int, max_count: int
+) -> None:
+    await create_meta_table(pg_url, rows=400)
+    odd = pbi.MetaTable("files", weight="size_in_bytes", where={"kind": "csv"})
+    async with pbi.Inventory(pg_url) as fast, pbi.Inventory(pg_url) as slow:
+        _slow(slow)
+        cuts: dict[str, list[tuple[Any, ...]]] = {}
+        for name, inv in (("fast", fast), ("slow", slow)):
+            cuts[name] = []
+            first = await inv.acquire(name, odd, max_count=max_count, id_start=3, id_end=390)
+            assert first is not None
+            await first.success()
+            while True:
+                sent.clear()
+                batches = await inv.acquire_many(
+                    name, odd, n, max_count=max_count, id_start=3, id_end=390
+                )
+                if name == "fast":
+                    assert len(sent) == 1 and "BEGIN" not in sent, sent
+                if not batches:
+                    break
+                assert [b.meta_id_start for b in batches] == sorted(
+                    b.meta_id_start for b in batches
+                )
+                assert len({b.token for b in batches}) == len(batches)
+                cuts[name] += [(b.meta_id_start, b.meta_id_end, b.count, b.weight) for b in batches]
+                assert await inv.settle_many(batches) == []
+        assert cuts["fast"] == cuts["slow"]
+        ranges = cuts["fast"]
+        for (_, end, _, _), (start, _, _, _) in itertools.pairwise(ranges):
+            assert start == end + 1
+        for start, end, count, weight in ranges:
+            assert (count, weight) == await table_totals(pg_url, start, end, where="kind = 'csv'")
+        rows = await attempts_of(pg_url, "fast")
+        assert len({r["token"] for r in rows}) == len(rows)  # a fresh token per range
+        assert all(r["status"] == "succeeded" and r["attempt"] == 1 for r in rows)
