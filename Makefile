@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 
 # bergtalzug 0.2.0 declares Python >= 3.14 and imports InterpreterPoolExecutor; its tests run
 # the real pipeline on Python 3.13 from this second venv (tests/integration/bergtalzug_env.py).
-PY313 ?= $(HOME)/.pyenv/versions/3.13.0/bin/python
+PY313 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python) \
+	$(wildcard /root/.pyenv/versions/3.13*/bin/python) python3.13)
 BZ_VENV := .venv-bergtalzug
 BZ_STAMP := $(BZ_VENV)/.installed
 

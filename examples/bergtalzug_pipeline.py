@@ -8,8 +8,9 @@ Python >= 3.13 with bergtalzug installed (``make venv-bergtalzug``)::
         sqlite+aiosqlite:///inventory.db --job sizes --max-count 1000
 
 ``--fail-every N`` makes the transform stage fail the first attempt of every N-th batch
-(they are retried); ``--cancel-after N`` cancels the run after N items ended (what no
-callback settled is released). It prints the feeder's counts as JSON.
+(they are retried); ``--cancel-after N`` holds the store stage once N items ended and
+cancels the run with items in flight (what no callback settled is released). It prints
+the feeder's counts as JSON.
 """
 
 from __future__ import annotations
@@ -25,8 +26,17 @@ from pybatchintory.integrations.bergtalzug import BatchFeeder, import_bergtalzug
 bergtalzug = import_bergtalzug()
 
 
-def build_pipeline(feeder: BatchFeeder, *, max_count: int, fail_every: int | None) -> Any:
-    """The three-stage pipeline, its first queue refilled by ``feeder``."""
+def build_pipeline(
+    feeder: BatchFeeder,
+    *,
+    max_count: int,
+    fail_every: int | None,
+    gate: asyncio.Event | None = None,
+) -> Any:
+    """The three-stage pipeline, its first queue refilled by ``feeder``.
+
+    ``gate``: the store stage waits while it is clear (to hold items in the pipeline).
+    """
     base: Any = bergtalzug.ETLPipeline  # bergtalzug is untyped here
 
     class SizesPipeline(base):  # type: ignore[misc]
@@ -52,6 +62,8 @@ def build_pipeline(feeder: BatchFeeder, *, max_count: int, fail_every: int | Non
         return item
 
     async def store(item: Any) -> Any:
+        if gate is not None:
+            await gate.wait()
         await asyncio.sleep(0.001)  # a real pipeline writes item.data["total"] somewhere
         return item
 
@@ -92,15 +104,19 @@ async def main(
         feeder = BatchFeeder(
             inv, job, files, max_count=max_count, max_outstanding=8, poll_interval=0.05
         )
-        pipeline = build_pipeline(feeder, max_count=max_count, fail_every=fail_every)
+        gate = asyncio.Event()
+        gate.set()
+        pipeline = build_pipeline(feeder, max_count=max_count, fail_every=fail_every, gate=gate)
         run = asyncio.ensure_future(feeder.run(pipeline))
         if cancel_after is not None:
-            while not run.done():
-                ended = feeder.counts["succeeded"] + feeder.counts["failed"]
-                if ended >= cancel_after and feeder.outstanding:  # with items in flight
-                    run.cancel()
-                    break
+            # Polls the feeder's counters (the callback does not signal anything).
+            while feeder.counts["succeeded"] + feeder.counts["failed"] < cancel_after:  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
+            gate.clear()  # hold the items still in the pipeline, as a slow sink would
+            await asyncio.sleep(0.05)  # let them reach the store stage
+            while not feeder.outstanding:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+            run.cancel()
         try:
             await run
         except asyncio.CancelledError:

@@ -375,7 +375,8 @@ class Batch:
         logged as a warning on the ``pybatchintory`` logger).
 
         Raises:
-            InvalidArgument: ``result`` is not JSON-serialisable (nothing is claimed).
+            InvalidArgument: ``result`` is not JSON-serialisable, or ``logging`` is not a
+                string (nothing is claimed).
             LeaseLost: The lease is already known lost; nothing changed.
             AlreadySettled: This handle was settled before.
             RuntimeError: Not called on the thread of a running event loop.
@@ -391,7 +392,8 @@ class Batch:
         See ``success_nowait()`` for how the write runs and is reported.
 
         Raises:
-            InvalidArgument: ``exc`` is not an exception (nothing is claimed).
+            InvalidArgument: ``exc`` is neither an exception nor a string, or ``result``
+                or ``logging`` cannot be stored (nothing is claimed).
             LeaseLost: The lease is already known lost; nothing changed.
             AlreadySettled: This handle was settled before.
             RuntimeError: Not called on the thread of a running event loop.

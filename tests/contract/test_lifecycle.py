@@ -193,3 +193,19 @@ async def test_a_settled_or_closed_batch_that_is_dropped_warns_nothing(
         warnings.simplefilter("error", ResourceWarning)
         del settled, kept
         gc.collect()
+
+
+async def test_nowait_settles_take_what_their_async_twins_take(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    files = await make_files(rows=20)
+    first, second = await inventory.acquire_many("nowait", files, 2, max_count=10)
+    await first.success_nowait({"rows": 10}, logging="copied 10 files")
+    await second.error_nowait(
+        "the upstream API said 503", result={"partial": 3}, logging="retrying later"
+    )
+    ok = await attempt_row(db_url, first.id)
+    assert ok["status"] == "succeeded" and ok["logging"] == "copied 10 files"
+    bad = await attempt_row(db_url, second.id)
+    assert bad["status"] == "failed" and bad["error_message"] == "the upstream API said 503"
+    assert bad["job_result"] == {"partial": 3} and "retrying later" in bad["logging"]

@@ -73,7 +73,7 @@ class UvicornApp:
         """An httpx client on this server."""
         return httpx.AsyncClient(base_url=self.base, timeout=30, **options)
 
-    async def ready(self, timeout: float = 20.0) -> None:
+    async def ready(self, timeout: float = 60.0) -> None:
         """Wait until the app answers (its lifespan has opened the Inventory)."""
         deadline = time.monotonic() + timeout
         async with self.client() as client:
@@ -93,7 +93,7 @@ class UvicornApp:
         """Send ``sig`` to this server (by pid)."""
         os.kill(self.proc.pid, sig)
 
-    async def exited(self, timeout: float = 20.0) -> int:
+    async def exited(self, timeout: float = 60.0) -> int:
         """Wait for the process to end; its return code."""
         return await anyio.to_thread.run_sync(lambda: self.proc.wait(timeout=timeout))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from tests.conftest import DatabaseFactory
 from tests.contract._ledger import wait_until
 from tests.helpers import create_meta_table, fetch_all
 
@@ -110,3 +111,15 @@ async def test_a_second_sigint_releases_the_batches_in_hand(db_url: str) -> None
     assert process.returncode == -signal.SIGINT  # ended as an interrupted Python does
     statuses = await _statuses(db_url)
     assert statuses == {"released": 2}, statuses
+
+
+async def test_a_second_sigterm_exits_with_its_status(any_db_url_factory: DatabaseFactory) -> None:
+    url = any_db_url_factory("sqlite")  # run_service's own behaviour: one backend is enough
+    await create_meta_table(url, rows=ROWS)
+    process = await _start(url, seconds_per_batch=2.0)
+    await _wait_for(url, "running", 2)
+    process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    await _stop(process, signal.SIGTERM)
+    assert process.returncode == 128 + signal.SIGTERM  # SystemExit(128 + signal)
+    assert await _statuses(url) == {"released": 2}
