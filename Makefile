@@ -9,9 +9,10 @@ LOCK := requirements-dev.lock
 UV_VERSION ?= 0.13.8
 PYTEST_ARGS ?=
 # pytest-xdist: every test has databases of its own, so tests run side by side; the many
-# waits (TTL expiry, heartbeats, worker processes) overlap. Groups (Spark, Dask) stay on one
-# worker so their cluster starts once. `make test XDIST=` runs in one process.
-XDIST ?= -n 4 --dist loadgroup
+# waits (TTL expiry, heartbeats, worker processes) overlap. Each module goes whole to one
+# worker (one Spark JVM, one Dask cluster; the slow modules are started first, see
+# tests/conftest.py). `make test XDIST=` runs in one process.
+XDIST ?= -n 4 --dist loadfile
 # The unit tests and the contract suite on SQLite: no server needed.
 FAST := tests/unit tests/contract tests/test_plumbing.py -m "not postgres and not mysql"
 # The other interpreter and the lowest SQLAlchemy the package allows, each in a venv of its own.

@@ -407,9 +407,10 @@ def meta_db_url(backend: str, any_db_url_factory: DatabaseFactory) -> str:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the slow modules (worker processes, Spark, Dask, the CLI's subprocesses) first.
 
-    Under pytest-xdist the longest tests then start early and the short ones fill in
-    around them, instead of one long module closing the run on a single worker. Whole
-    modules move, in their own order, so module-scoped fixtures are set up once.
+    ``make test`` runs pytest-xdist with ``--dist loadfile``: each module goes whole to
+    one worker (one Spark JVM, one Dask cluster, module fixtures set up once). The longest
+    modules then start early and the short ones fill in around them, instead of one long
+    module closing the run on a single worker. Whole modules move, in their own order.
     """
     slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
 

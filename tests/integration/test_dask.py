@@ -33,12 +33,7 @@ from tests.integration._cluster_jobs import (
 
 distributed = pytest.importorskip("distributed")
 
-pytestmark = [
-    pytest.mark.dask,
-    pytest.mark.slow,
-    pytest.mark.timeout(180),
-    pytest.mark.xdist_group("dask"),  # one LocalCluster for the module
-]
+pytestmark = [pytest.mark.dask, pytest.mark.slow, pytest.mark.timeout(180)]
 
 FILES = pbi.MetaTable("files", weight="size_in_bytes")
 

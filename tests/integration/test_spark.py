@@ -45,12 +45,7 @@ from pybatchintory.integrations.spark import (  # noqa: E402
     run_on_executors,
 )
 
-pytestmark = [
-    pytest.mark.spark,
-    pytest.mark.slow,
-    pytest.mark.timeout(240),
-    pytest.mark.xdist_group("spark"),  # one SparkSession (one JVM) for the module
-]
+pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.timeout(240)]
 
 FILES = pbi.MetaTable("files", weight="size_in_bytes")
 
