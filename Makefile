@@ -22,8 +22,8 @@ SEED ?= 1
 SECONDS ?= 600
 BACKEND ?= sqlite
 
-.PHONY: venv lock demo test test-fast test-sa-min test-py313 test-matrix lint format bench \
-	bench-quick bench-cluster soak docs clean
+.PHONY: venv venv-bergtalzug lock demo test test-fast test-sa-min test-py313 test-matrix lint \
+	format bench bench-quick bench-cluster soak docs clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,20 @@ lock: $(STAMP)
 	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
 		--no-header --annotation-style line --upgrade -o $(LOCK)
+
+# bergtalzug 0.2.0 declares Python >= 3.14 and imports InterpreterPoolExecutor; its tests run
+# the real pipeline on Python 3.13 from this second venv (tests/integration/bergtalzug_env.py).
+BZ_VENV := .venv-bergtalzug
+BZ_STAMP := $(BZ_VENV)/.installed
+
+venv-bergtalzug: $(BZ_STAMP)
+
+$(BZ_STAMP): pyproject.toml $(LOCK)
+	test -x $(BZ_VENV)/bin/python || $(PY313) -m venv $(BZ_VENV)
+	$(BZ_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BZ_VENV)/bin/python -m pip install --quiet --ignore-requires-python 'bergtalzug==0.2.0'
+	$(BZ_VENV)/bin/python -m pip install --quiet -c $(LOCK) -e '.[postgres,mysql]'
+	touch $(BZ_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m pybatchintory.demo
@@ -104,7 +118,8 @@ docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) .venv-sa-min .venv-py313 build dist .pytest_cache .mypy_cache .ruff_cache site
+	rm -rf $(VENV) $(BZ_VENV) .venv-sa-min .venv-py313 build dist .pytest_cache .mypy_cache \
+		.ruff_cache site
 
 bench-cluster: $(STAMP)
 	$(BIN)/python -m benchmarks.cluster

@@ -8,13 +8,21 @@ Quick start::
     async with pbi.Inventory("sqlite+aiosqlite:///inventory.db") as inv:
         async with inv.lease("daily", files, max_count=1000) as batch:
             rows = await batch.items()
+
+The seed's synchronous calls are the top-level ``acquire_batch`` / ``acquire_batches`` (the
+same objects as ``pybatchintory.sync``'s); the async top level is ``pbi.lease``,
+``await pbi.acquire`` and ``pbi.leases`` on a default ``Inventory.from_settings()``.
 """
 
-from pybatchintory._default_inventory import acquire_batch, acquire_batches, lease, shutdown
+from pybatchintory._consumer import ConsumeReport
+from pybatchintory._default_inventory import acquire, lease, leases, shutdown
+from pybatchintory._group import BatchGroup
+from pybatchintory._service import run_service
 from pybatchintory.batch import Batch
 from pybatchintory.errors import (
     AlreadySettled,
     ConfigurationError,
+    EventLoopRunning,
     InvalidArgument,
     InvalidColumn,
     JobConflict,
@@ -44,7 +52,8 @@ from pybatchintory.models import (
 from pybatchintory.protocols import InventoryStore, MetadataSource
 from pybatchintory.recursion import InventorySource
 from pybatchintory.settings import Settings
-from pybatchintory.sources import MetaTable
+from pybatchintory.sources import MetaTable, SourceDefaults
+from pybatchintory.sync import acquire_batch, acquire_batches
 
 __version__ = "0.1.0.dev0"
 
@@ -53,8 +62,11 @@ __all__ = (
     "Attempt",
     "Backlog",
     "Batch",
+    "BatchGroup",
     "ConfigurationError",
+    "ConsumeReport",
     "ErrorGroup",
+    "EventLoopRunning",
     "InvalidArgument",
     "InvalidColumn",
     "Inventory",
@@ -73,6 +85,7 @@ __all__ = (
     "PybatchintoryError",
     "SchemaMismatch",
     "Settings",
+    "SourceDefaults",
     "Status",
     "StoreConflict",
     "StoreError",
@@ -81,8 +94,11 @@ __all__ = (
     "UnknownJob",
     "UnknownTable",
     "UnsupportedURL",
+    "acquire",
     "acquire_batch",
     "acquire_batches",
     "lease",
+    "leases",
+    "run_service",
     "shutdown",
 )

@@ -110,6 +110,8 @@ def backlog_doc(job: str, b: Backlog) -> dict[str, Any]:
         "weight": number(b.weight),
         "retry_due": b.retry_due,
         "dead": b.dead,
+        "dead_count": b.dead_count,
+        "dead_weight": number(b.dead_weight),
         "running": b.running,
         "eta": seconds(b.eta),
     }

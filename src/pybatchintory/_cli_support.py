@@ -152,7 +152,10 @@ def source_of(settings: Settings, record: JobRecord) -> MetadataSource:
     if described.get("kind") != "meta_table":
         raise CommandError(f"job {record.name!r} has a source this command cannot rebuild")
     url = None
-    if described.get("database") != "inventory":
+    if described.get("database") == "inventory" and settings.meta_url is not None:
+        # Without url= the inventory's defaults would look in META_URL's database.
+        url = settings.inventory_url.get_secret_value()
+    elif described.get("database") != "inventory":
         if settings.meta_url is None:
             raise CommandError(
                 f"job {record.name!r} reads a separate metadata database: "

@@ -34,6 +34,7 @@ class Database:
 
     def __init__(self, url: str, *, table_prefix: str, engine: AsyncEngine | None) -> None:
         self._adapter, self._full_url = adapter_for(url)
+        self.url = url
         self._table_prefix = table_prefix
         self._given_engine = engine
         self._engine = engine
@@ -98,7 +99,12 @@ class Database:
                 await engine.dispose()
 
     def engine_for(self, url: str) -> AsyncEngine:
-        """An engine for a metadata database at ``url`` (one per URL, disposed on close)."""
+        """An engine for a metadata database at ``url`` (one per URL, disposed on close).
+
+        The inventory's own URL gives the inventory's engine.
+        """
+        if url == self.url and self._engine is not None:
+            return self._engine
         engine = self._engines.get(url)
         if engine is None:
             adapter, full = adapter_for(url)

@@ -1,8 +1,11 @@
-"""Top-level ``pbi.lease``, ``pbi.acquire_batch``, ``pbi.acquire_batches`` (the seed's spelling).
+"""The async top level: ``pbi.lease``, ``await pbi.acquire``, ``pbi.leases``, ``pbi.shutdown``.
 
 They use one default ``Inventory.from_settings()`` per event loop and the metadata table
 named by ``PYBATCHINTORY_META_TABLE`` (``META_ID``, ``META_WEIGHT``, ``META_URL``) unless a
 source is passed. Call ``await pbi.shutdown()`` before the loop ends to drain settles.
+
+The seed's synchronous calls ``pbi.acquire_batch`` / ``pbi.acquire_batches`` live in
+``pybatchintory.sync``; they share the argument handling here.
 """
 
 from __future__ import annotations
@@ -15,15 +18,15 @@ from pybatchintory._leases import LeaseContext
 from pybatchintory.batch import Batch
 from pybatchintory.errors import InvalidArgument
 from pybatchintory.inventory import Inventory
+from pybatchintory.models import Weight
 from pybatchintory.protocols import MetadataSource
 from pybatchintory.settings import Settings
-from pybatchintory.sources import MetaTable
 
 __all__ = (
-    "acquire_batch",
-    "acquire_batches",
+    "acquire",
     "default_inventory",
     "lease",
+    "leases",
     "resolve_seed_arguments",
     "settings_source",
     "shutdown",
@@ -32,23 +35,22 @@ __all__ = (
 _by_loop: dict[asyncio.AbstractEventLoop, Inventory] = {}
 
 
-def settings_source(settings: Settings) -> MetaTable:
-    """The metadata table configured by ``PYBATCHINTORY_META_*``.
+def settings_source(settings: Settings) -> str:
+    """The metadata table named by ``PYBATCHINTORY_META_TABLE``.
+
+    A name, not a ``MetaTable``: the default inventory (``Inventory.from_settings()``)
+    completes it from ``META_ID``, ``META_WEIGHT``, ``META_TIMESTAMP`` and ``META_URL``, and
+    binds it once, not per call.
 
     Raises:
         InvalidArgument: ``PYBATCHINTORY_META_TABLE`` is not set.
     """
     if not settings.meta_table:
         raise InvalidArgument(
-            "no source given and PYBATCHINTORY_META_TABLE is not set: pass source=MetaTable(...)"
+            "no source given and PYBATCHINTORY_META_TABLE is not set: pass source=MetaTable(...) "
+            "or a table name, or set PYBATCHINTORY_META_TABLE"
         )
-    return MetaTable(
-        settings.meta_table,
-        id=settings.meta_id,
-        weight=settings.meta_weight,
-        timestamp=settings.meta_timestamp,
-        url=None if settings.meta_url is None else settings.meta_url.get_secret_value(),
-    )
+    return settings.meta_table
 
 
 async def default_inventory() -> Inventory:
@@ -71,12 +73,12 @@ async def shutdown() -> None:
 def resolve_seed_arguments(
     source: MetadataSource | str | None,
     *,
-    weight: int | None,
+    weight: Weight | None,
     count: int | None,
-    max_weight: int | None,
+    max_weight: Weight | None,
     max_count: int | None,
     settings: Settings | None = None,
-) -> tuple[MetadataSource | str, int | None, int | None]:
+) -> tuple[MetadataSource | str, int | None, Weight | None]:
     """Map the seed's ``weight=``/``count=`` onto ``max_weight``/``max_count``.
 
     Raises:
@@ -95,15 +97,15 @@ def resolve_seed_arguments(
     )
 
 
-async def acquire_batch(
+async def acquire(
     job: str,
     source: MetadataSource | str | None = None,
     *,
     id_start: int | None = None,
     id_end: int | None = None,
-    weight: int | None = None,
+    weight: Weight | None = None,
     count: int | None = None,
-    max_weight: int | None = None,
+    max_weight: Weight | None = None,
     max_count: int | None = None,
     timeout: float | None = None,
 ) -> Batch | None:
@@ -123,15 +125,15 @@ async def acquire_batch(
     )
 
 
-async def acquire_batches(
+async def leases(
     job: str,
     source: MetadataSource | str | None = None,
     *,
     id_start: int | None = None,
     id_end: int | None = None,
-    weight: int | None = None,
+    weight: Weight | None = None,
     count: int | None = None,
-    max_weight: int | None = None,
+    max_weight: Weight | None = None,
     max_count: int | None = None,
     iterations: int | None = None,
     timeout: float | None = None,
@@ -160,9 +162,9 @@ def lease(
     *,
     id_start: int | None = None,
     id_end: int | None = None,
-    weight: int | None = None,
+    weight: Weight | None = None,
     count: int | None = None,
-    max_weight: int | None = None,
+    max_weight: Weight | None = None,
     max_count: int | None = None,
     wait: bool = False,
     poll_interval: float = 1.0,

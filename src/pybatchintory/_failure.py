@@ -7,7 +7,10 @@ import os
 import traceback
 from dataclasses import dataclass
 
-__all__ = ("Failure", "describe_failure", "fingerprint")
+__all__ = ("MESSAGE_TYPE", "Failure", "describe_failure", "describe_message", "fingerprint")
+
+MESSAGE_TYPE = "Error"
+"""The ``error_type`` of a failure recorded from a message string (``batch.error("...")``)."""
 
 _MAX_MESSAGE = 4000
 _MAX_TRACEBACK = 16_000
@@ -91,3 +94,13 @@ def describe_failure(exc: BaseException) -> Failure:
         traceback=_bounded(_storable(text), _MAX_TRACEBACK),
         fingerprint=fingerprint(exc),
     )
+
+
+def describe_message(message: str) -> Failure:
+    """A failure given as a message (the seed's ``batch.failed("...")``), without a traceback.
+
+    Its fingerprint hashes the message: there are no frames to group by.
+    """
+    text = _bounded(_storable(message), _MAX_MESSAGE)
+    digest = hashlib.sha256(f"{MESSAGE_TYPE}\x00{message}".encode()).hexdigest()[:32]
+    return Failure(error_type=MESSAGE_TYPE, message=text, traceback="", fingerprint=digest)

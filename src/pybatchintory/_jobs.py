@@ -20,10 +20,10 @@ from pybatchintory._planning import (
     validate_window,
 )
 from pybatchintory.errors import InvalidArgument, UnknownJob
-from pybatchintory.models import JobSpec, Limits, PlannedRange
+from pybatchintory.models import JobSpec, Limits, PlannedRange, Weight
 from pybatchintory.protocols import BindContext, BoundSource, JobRecord, MetadataSource, Planner
 from pybatchintory.recursion import InventorySource
-from pybatchintory.sources import MetaTable
+from pybatchintory.sources import MetaTable, SourceDefaults
 
 __all__ = ("Jobs",)
 
@@ -34,8 +34,9 @@ _BOUND_SOURCES = 32
 class Jobs:
     """Bound sources, recorded job definitions and range-size hints of one ``Inventory``."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, defaults: SourceDefaults | None = None) -> None:
         self._db = database
+        self.defaults = defaults or SourceDefaults()
         self._bound: OrderedDict[int, tuple[MetadataSource, BoundSource]] = OrderedDict()
         self._tables: dict[str, MetaTable] = {}
         self._jobs: dict[str, JobSpec] = {}
@@ -48,7 +49,7 @@ class Jobs:
             return source
         table = self._tables.get(source)
         if table is None:
-            table = self._tables[source] = MetaTable(source)
+            table = self._tables[source] = self.defaults.table(source)
         return table
 
     async def bind(self, source: MetadataSource | str) -> BoundSource:
@@ -67,7 +68,10 @@ class Jobs:
             self._bound.move_to_end(id(source))
             return cached[1]
         context = BindContext(
-            store=store, inventory_engine=self._db.engine, engine_for=self._db.engine_for
+            store=store,
+            inventory_engine=self._db.engine,
+            engine_for=self._db.engine_for,
+            metadata_url=self.defaults.url,
         )
         bound = await source.bind(context)
         self._bound[id(source)] = (source, bound)
@@ -77,13 +81,32 @@ class Jobs:
             self._bound.popitem(last=False)
         return bound
 
+    async def window(
+        self, job: str, id_start: int | None, id_end: int | None
+    ) -> tuple[int | None, int | None]:
+        """The window of a call: as given, or the recorded one when the call gives none.
+
+        A job's window is its identity, but callers need not repeat it: a backfill job
+        recorded with ``[10, 50]`` is leased again by ``acquire("backfill", files)``. A
+        different window is compared with the record (``JobConflict``) by ``prepare``.
+        """
+        if id_start is not None or id_end is not None:
+            return id_start, id_end
+        known = self._jobs.get(job)
+        if known is not None:
+            return known.id_start, known.id_end
+        check_job_name(job)
+        store = await self._db.open()
+        record = await store.get_job(job)
+        return (None, None) if record is None else (record.id_start, record.id_end)
+
     async def prepare(
         self,
         job: str,
         source: MetadataSource | str,
         *,
         max_count: int | None,
-        max_weight: int | None,
+        max_weight: Weight | None,
         id_start: int | None,
         id_end: int | None,
         record: bool = True,
@@ -146,8 +169,9 @@ class Jobs:
     async def source_of(self, record: JobRecord, source: MetadataSource | None) -> BoundSource:
         """The bound source of a recorded job: ``source``, the one last used, or rebuilt.
 
-        A job whose metadata table is in the inventory's database, or which reads another
-        job's successes, is rebuilt from its record; any other needs ``source``.
+        A job whose metadata table is in the inventory's database, or in the metadata
+        database of the ``Inventory``'s defaults (``PYBATCHINTORY_META_URL``), or which reads
+        another job's successes, is rebuilt from its record; any other needs ``source``.
         """
         if source is not None:
             return await self.bind(source)
@@ -155,13 +179,19 @@ class Jobs:
         if known is not None:
             return await self.bind(known)
         described = dict(record.source)
-        if described.get("kind") == "meta_table" and described.get("database") == "inventory":
+        reachable = described.get("database") == "inventory" or (
+            described.get("database") == "separate" and self.defaults.url is not None
+        )
+        if described.get("kind") == "meta_table" and reachable:
             where = described.get("filter")
+            on_inventory = described.get("database") == "inventory"
             rebuilt = MetaTable(
                 described["table"],
                 id=described["id"],
                 weight=described.get("weight"),
                 where=None if where is None else sa.text(where),
+                # Without url= a table is looked up in the defaults' metadata database.
+                url=self._db.url if on_inventory and self.defaults.url is not None else None,
             )
             self._sources[record.name] = rebuilt
             return await self.bind(rebuilt)
@@ -171,5 +201,6 @@ class Jobs:
             return await self.bind(upstream)
         raise InvalidArgument(
             f"job {record.name!r} reads a metadata database other than the inventory's; "
-            "pass source= to reach it"
+            "pass source= to reach it, or set PYBATCHINTORY_META_URL and use "
+            "Inventory.from_settings()"
         )

@@ -18,11 +18,13 @@ range if asked to), then the batch's own exit policy.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import secrets
 import socket
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
@@ -32,10 +34,17 @@ import anyio
 
 from pybatchintory import telemetry
 from pybatchintory._database import Database
-from pybatchintory._failure import describe_failure
+from pybatchintory._failure import describe_failure, describe_message
 from pybatchintory._planning import backoff_delay, is_seconds
+from pybatchintory._stopping import StopSignal, wait_or_stop
 from pybatchintory.batch import Batch
-from pybatchintory.errors import InvalidArgument, LeaseLost, NoBatchAvailable, StoreError
+from pybatchintory.errors import (
+    AlreadySettled,
+    InvalidArgument,
+    LeaseLost,
+    NoBatchAvailable,
+    StoreError,
+)
 from pybatchintory.models import LeaseGrant, Settlement, Status
 from pybatchintory.protocols import BoundSource, InventoryStore, Planner
 
@@ -116,13 +125,30 @@ def lease_policy(
     )
 
 
+def _report_unawaited(batch: str, settlement: Settlement, task: asyncio.Task[None]) -> None:
+    """A ``_nowait`` settle whose write failed: say so, since its caller could not await it.
+
+    ``batch`` names the attempt without a status: the status a handle claimed is not the
+    ledger's, and a ``LeaseLost`` message says what the ledger has.
+    """
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.warning("%s of %s was not recorded: %s", settlement.status, batch, exc)
+
+
 class Leases:
     """The held batches of one owner, their heartbeat, settles in flight and give-backs."""
 
     def __init__(self, database: Database, policy: LeasePolicy) -> None:
         self._db = database
         self.policy = policy
-        self._held: dict[str, Batch] = {}
+        # Weak: a batch nobody references is collected, and its ``__del__`` reports it
+        # through ``dropped`` while its token is still in ``_holding``.
+        self._held: weakref.WeakValueDictionary[str, Batch] = weakref.WeakValueDictionary()
+        self._holding: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: set[asyncio.Task[None]] = set()
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -158,8 +184,10 @@ class Leases:
         )
         grants = await telemetry.traced_acquire(job, acquiring)
         batches = [Batch(self, grant, bound, timeout=timeout) for grant in grants]
+        self._loop = asyncio.get_running_loop()
         for batch in batches:
             self._held[batch.token] = batch
+            self._holding.add(batch.token)
         if batches:
             self._ensure_heartbeat()
         return batches
@@ -193,10 +221,10 @@ class Leases:
 
     # -- Settler ----------------------------------------------------------------------------
 
-    def failure(self, grant: LeaseGrant, exc: BaseException) -> Settlement:
-        """The settlement recording ``exc``: a retry after a backoff, or dead."""
+    def failure(self, grant: LeaseGrant, exc: BaseException | str) -> Settlement:
+        """The settlement recording ``exc`` (or a message): a retry after a backoff, or dead."""
         p = self.policy
-        failure = describe_failure(exc)
+        failure = describe_message(exc) if isinstance(exc, str) else describe_failure(exc)
         failures = grant.failures + 1
         return Settlement(
             grant.id,
@@ -216,24 +244,70 @@ class Leases:
         """Write a settle in its own task: shielded from cancellation, drained by aclose."""
         task = asyncio.get_running_loop().create_task(self._write_settle(batch, settlement))
         self._track(task)
+        batch._writing_in(task)
         with anyio.CancelScope(shield=True):
             await asyncio.shield(task)
+
+    def settle_nowait(self, batch: Batch, settlement: Settlement) -> asyncio.Task[None]:
+        """Start a settle's write in its own tracked task; a failure nobody awaits is logged."""
+        task = asyncio.get_running_loop().create_task(self._write_settle(batch, settlement))
+        self._track(task)
+        batch._writing_in(task)
+        task.add_done_callback(functools.partial(_report_unawaited, batch.describe(), settlement))
+        return task
 
     async def _write_settle(self, batch: Batch, settlement: Settlement) -> None:
         try:
             await telemetry.traced_settle(batch, settlement, self._settle_while_leased)
         except LeaseLost:
             batch._settle_failed(lost=True)
-            self._held.pop(batch.token, None)
+            self._unhold(batch.token)
             raise
         except BaseException:
             batch._settle_failed(lost=False)
             # No more heartbeats for it: unless it is settled again in time, the lease runs
             # out and the range comes back through the acquire order. Renewing it would keep
             # the range held, unsettled, for as long as this process lives.
-            self._held.pop(batch.token, None)
+            self._unhold(batch.token)
             raise
-        self._held.pop(batch.token, None)
+        self._unhold(batch.token)
+
+    def _unhold(self, token: str) -> Batch | None:
+        """Stop holding a lease (no more heartbeats); the batch, if still referenced."""
+        self._holding.discard(token)
+        return self._held.pop(token, None)
+
+    # -- dropped batches --------------------------------------------------------------------
+
+    def dropped(self, grant: LeaseGrant) -> bool:
+        """A batch was garbage-collected: release its lease if it is still held here.
+
+        Called from ``Batch.__del__``, on whatever thread dropped the last reference: the
+        release is handed to the loop, tracked like a settle so that ``aclose()`` drains
+        it. Returns whether the lease was held (the caller then warns).
+        """
+        if grant.token not in self._holding:
+            return False
+        self._unhold(grant.token)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(self._release_dropped, grant)
+            except RuntimeError:
+                pass  # the loop closed meanwhile: the lease runs out instead
+        return True
+
+    def _release_dropped(self, grant: LeaseGrant) -> None:
+        release = Settlement(grant.id, grant.token, Status.RELEASED, retry_delay=0.0)
+        self._track(asyncio.get_running_loop().create_task(self._write_release(release)))
+
+    async def _write_release(self, settlement: Settlement) -> None:
+        try:
+            await self._store.settle(settlement)
+        except (LeaseLost, StoreError) as exc:
+            log.warning(
+                "could not release attempt %s of a dropped batch: %s", settlement.attempt_id, exc
+            )
 
     async def _settle_while_leased(self, batch: Batch, settlement: Settlement) -> None:
         """Write ``settlement``, retrying a failing database until the lease would run out.
@@ -288,30 +362,51 @@ class Leases:
             except StoreError as exc:
                 log.warning("heartbeat failed, retrying in %.1fs: %s", interval, exc)
                 continue
-            for token in tokens:
-                renewed = self._held.get(token)
-                if renewed is not None and token not in lost:
-                    renewed._renewed(started)
-            for token in lost:
-                batch = self._held.pop(token, None)
-                if batch is not None:
-                    telemetry.lost(batch)
-                    batch._on_lost()
+            self._heard(tokens, lost, started)
+
+    def _heard(self, tokens: list[str], lost: set[str], started: float) -> None:
+        """Tell the batches how a heartbeat that started at ``started`` went.
+
+        A function of its own so that no batch stays referenced by the heartbeat's frame
+        while it sleeps: a batch nobody else holds must be collectable.
+        """
+        for token in tokens:
+            renewed = self._held.get(token)
+            if renewed is not None and token not in lost:
+                renewed._renewed(started)
+        for token in lost:
+            batch = self._unhold(token)
+            if batch is not None:
+                telemetry.lost(batch)
+                batch._on_lost()
 
     # -- close ------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Release leases nobody settled, drain writes in flight (bounded), stop heartbeats."""
+        """Release leases nobody settled, drain writes in flight (bounded), stop heartbeats.
+
+        Settles already scheduled on the loop (a ``create_task(batch.success())`` from a
+        callback) take their first step before anything is released, so they claim their
+        batch first and are drained like the others, instead of being overtaken.
+        """
         self._closed = True
         with anyio.move_on_after(self.policy.settle_timeout, shield=True):
+            # One pass of the loop's ready queue: every task scheduled before this call
+            # takes its first step (and a settle in it claims its batch).
+            await asyncio.sleep(0)
             for batch in list(self._held.values()):
                 if batch._unsettled and not batch.lost:
                     try:
                         await batch.release()
-                    except (LeaseLost, StoreError) as exc:
+                    except (LeaseLost, StoreError, AlreadySettled) as exc:
                         log.warning("could not release %r on close: %s", batch, exc)
-            if self._pending:
+            # A callback may schedule a settle while others drain (and a batch dropped
+            # meanwhile schedules its release): wait for those too.
+            while self._pending:
                 await asyncio.gather(*list(self._pending), return_exceptions=True)
+                await asyncio.sleep(0)
+        # What is still held now could not be released: its lease runs out.
+        self._holding.clear()
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             with anyio.CancelScope(shield=True):
@@ -326,6 +421,7 @@ class LeaseContext:
         job: The job's name (for the message of ``NoBatchAvailable``).
         wait: Poll until a batch is available instead of raising ``NoBatchAvailable``.
         poll_interval: Seconds between polls.
+        stop: Ends the wait when set: ``NoBatchAvailable`` is raised instead.
     """
 
     def __init__(
@@ -335,21 +431,25 @@ class LeaseContext:
         *,
         wait: bool,
         poll_interval: float,
+        stop: StopSignal | None = None,
     ) -> None:
         self._acquire = acquire
         self._job = job
         self._wait = wait
         self._poll_interval = poll_interval
+        self._stop = stop
         self._batch: Batch | None = None
 
     async def __aenter__(self) -> Batch:
         while True:
+            if self._stop is not None and self._stop.is_set():
+                raise NoBatchAvailable(f"stopped while waiting for a batch of job {self._job!r}")
             batch = await self._acquire()
             if batch is not None:
                 break
             if not self._wait:
                 raise NoBatchAvailable(f"nothing to hand out for job {self._job!r} right now")
-            await anyio.sleep(self._poll_interval)
+            await wait_or_stop(self._stop, self._poll_interval)
         self._batch = batch
         return await batch.__aenter__()
 

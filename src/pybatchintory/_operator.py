@@ -22,8 +22,10 @@ from pybatchintory.models import (
     JobStatus,
     PlannedRange,
     Status,
+    Weight,
 )
 from pybatchintory.protocols import JobRecord, MetadataSource, PageRequest, RangeCount
+from pybatchintory.weights import same, total
 
 __all__ = ("AuditFinding", "Operator")
 
@@ -64,7 +66,8 @@ class Operator:
         database: The inventory database.
         jobs: The jobs part (bound sources, records).
         owner: Recorded as the owner of ranges marked done.
-        max_attempts: The retry budget (for the dry run of retries).
+        max_attempts: The retry budget: a lease that ran out on the last attempt reads as
+            dead, and the dry run of retries counts with it.
     """
 
     def __init__(self, database: Database, jobs: Jobs, *, owner: str, max_attempts: int) -> None:
@@ -81,21 +84,25 @@ class Operator:
         ahead = await bound.summarize(
             PageRequest(after=after, end=record.id_end, limit=None, max_weight=None), None
         )
-        ledger = await self._db.store.ledger_summary(job)
-        count = ahead.rows + ledger["retry_count"]
+        ledger = await self._db.store.ledger_summary(job, max_attempts=self._max_attempts)
+        count = ahead.rows + ledger.retry_count
         return Backlog(
             count=count,
-            weight=ahead.weight + ledger["retry_weight"],
-            retry_due=ledger["retry_ranges"],
-            dead=ledger["dead_ranges"],
-            running=ledger["running"],
+            weight=total(ahead.weight, ledger.retry_weight),
+            retry_due=ledger.retry_ranges,
+            dead=ledger.dead_ranges,
+            running=ledger.running,
             eta=await self._eta(job, count),
+            dead_count=ledger.dead_count,
+            dead_weight=ledger.dead_weight,
         )
 
     async def _eta(self, job: str, count: int) -> timedelta | None:
         if count == 0:
             return timedelta(0)
-        recent = await self._db.store.attempts(job, status=[Status.SUCCEEDED], limit=_ETA_SAMPLE)
+        recent = await self._db.store.attempts(
+            job, status=[Status.SUCCEEDED], limit=_ETA_SAMPLE, max_attempts=self._max_attempts
+        )
         timed = [a for a in recent if a.processing_start and a.processing_end]
         if len(timed) < 2:
             return None
@@ -124,7 +131,9 @@ class Operator:
             wanted = [_status(status)]
         else:
             wanted = [_status(s) for s in status]
-        return await self._db.store.attempts(job, status=wanted, limit=limit)
+        return await self._db.store.attempts(
+            job, status=wanted, limit=limit, max_attempts=self._max_attempts
+        )
 
     async def history(self, source: MetadataSource | str, meta_id: int) -> list[Attempt]:
         """Every attempt of every job whose range covers ``meta_id`` of ``source``."""
@@ -132,12 +141,12 @@ class Operator:
         if isinstance(meta_id, bool) or not isinstance(meta_id, int):
             raise InvalidArgument(f"meta_id must be an integer, got {meta_id!r}")
         name = source if isinstance(source, str) else source.name
-        return await self._db.store.history(name, meta_id)
+        return await self._db.store.history(name, meta_id, max_attempts=self._max_attempts)
 
     async def status(self) -> list[JobStatus]:
         """One line per job: cursor, window, attempts by status, last success."""
         store = await self._db.open()
-        return await store.job_statuses()
+        return await store.job_statuses(max_attempts=self._max_attempts)
 
     async def errors(self, job: str) -> list[ErrorGroup]:
         """Failed attempts of ``job`` grouped by fingerprint, most frequent first."""
@@ -153,7 +162,9 @@ class Operator:
     ) -> int:
         """Revive dead ranges of ``job`` (all, one fingerprint, or some attempt ids)."""
         await self._jobs.record(job)
-        return await self._db.store.revive(job, fingerprint=fingerprint, batch_ids=batch_ids)
+        return await self._db.store.revive(
+            job, fingerprint=fingerprint, batch_ids=batch_ids, max_attempts=self._max_attempts
+        )
 
     async def plan(
         self,
@@ -161,7 +172,7 @@ class Operator:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         n: int = 5,
@@ -172,6 +183,8 @@ class Operator:
         check_job_name(job)
         await self._db.open()
         record = await self._db.store.get_job(job)
+        if record is not None and id_start is None and id_end is None:
+            id_start, id_end = record.id_start, record.id_end  # the recorded window
         # An existing job is compared with the call (JobConflict, never a write); a new one
         # is not recorded: a dry run leaves no trace.
         bound, limits = await self._jobs.prepare(
@@ -299,7 +312,7 @@ class Operator:
             current = await bound.recount([(a.meta_id_start, a.meta_id_end) for a in ranges])
             for attempt, now in zip(ranges, current, strict=True):
                 if now.count != attempt.count or (
-                    bound.has_weight and now.weight != attempt.weight
+                    bound.has_weight and not same(now.weight, attempt.weight)
                 ):
                     findings.append(AuditFinding(attempt, now))
             after = ranges[-1].meta_id_start

@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from decimal import Decimal
 
 from pybatchintory.errors import InvalidArgument
-from pybatchintory.models import Limits, PlannedRange
+from pybatchintory.models import Limits, PlannedRange, Weight
 from pybatchintory.protocols import PageRequest, PageSummary
+from pybatchintory.weights import as_weight, check_max_weight, exact
 
 __all__ = (
     "MAX_PAGE",
@@ -42,16 +44,17 @@ def validate_limits(
     """Check the caps and return them as ``Limits``.
 
     Raises:
-        InvalidArgument: a cap is not a positive integer, or ``max_weight`` is given for a
+        InvalidArgument: ``max_count`` is not a positive integer, ``max_weight`` not a
+            finite number above zero (``1.5`` is fine), or ``max_weight`` is given for a
             source without a weight column.
     """
-    for name, value in (("max_count", max_count), ("max_weight", max_weight)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
-        if value <= 0:
-            raise InvalidArgument(f"{name} must be > 0, got {value}")
+    if max_count is not None:
+        if isinstance(max_count, bool) or not isinstance(max_count, int):
+            raise InvalidArgument(f"max_count must be a positive integer, got {max_count!r}")
+        if max_count <= 0:
+            raise InvalidArgument(f"max_count must be > 0, got {max_count}")
+    if max_weight is not None:
+        check_max_weight(max_weight)
     if max_weight is not None and has_weight is False:
         raise InvalidArgument(
             "max_weight needs a weight column: pass MetaTable(..., weight='<column>')"
@@ -107,11 +110,12 @@ class RangeCutter:
     _start: int | None = None
     _last: int | None = None
     _count: int = 0
-    _weight: int = 0
+    _weight: int | Decimal = 0
     _oversized: bool = False
     _done: bool = False
     _limit: int | None = None
     _avg_weight: float | None = None
+    _floats: bool = False
 
     def request(self) -> PageRequest | None:
         """The next page to summarise, or ``None`` when the range is cut."""
@@ -126,7 +130,7 @@ class RangeCutter:
             limit = remaining_count  # one exact page (or everything when uncapped)
             remaining_weight = None
         else:
-            remaining_weight = max_weight - self._weight
+            remaining_weight = as_weight(exact(max_weight) - self._weight)
             limit = self._page_size(remaining_weight, remaining_count)
         self._limit = limit
         return PageRequest(
@@ -136,13 +140,13 @@ class RangeCutter:
             max_weight=remaining_weight,
         )
 
-    def _page_size(self, remaining_weight: int, remaining_count: int | None) -> int:
+    def _page_size(self, remaining_weight: Weight, remaining_count: int | None) -> int:
         if self._avg_weight is None:
             # First page: the previous batch's size, else a small probe.
             size = self.hint + 8 if self.hint else _FIRST_PAGE
         else:
             if self._avg_weight > 0:
-                estimate = math.ceil(remaining_weight / self._avg_weight * 1.25) + 8
+                estimate = math.ceil(float(remaining_weight) / self._avg_weight * 1.25) + 8
             else:
                 estimate = MAX_PAGE
             # Never read more than the batch already holds: if the rows ahead are heavier
@@ -161,25 +165,27 @@ class RangeCutter:
             return
         if self._start is None:
             self._start = self.after + 1 if self.after is not None else page.first_id
+        if isinstance(page.weight, float) or isinstance(page.first_weight, float):
+            self._floats = True  # a float column: its range's weight is a float sum too
         max_weight = self.limits.max_weight
         if max_weight is not None and page.fit_rows < page.rows:
             # The cap is hit inside this page: take the prefix that fits.
             if page.fit_rows == 0 and self._count == 0:
                 # A single row heavier than the cap goes out alone, flagged.
-                self._count, self._weight = 1, page.first_weight
+                self._count, self._weight = 1, exact(page.first_weight)
                 self._last, self._oversized = page.first_id, True
             elif page.fit_rows > 0:
                 assert page.fit_last_id is not None
                 self._count += page.fit_rows
-                self._weight += page.fit_weight
+                self._weight += exact(page.fit_weight)
                 self._last = page.fit_last_id
             self._done = True
             return
         self._count += page.rows
-        self._weight += page.weight
+        self._weight += exact(page.weight)
         self._last = page.last_id
         if page.rows and page.weight >= 0:
-            self._avg_weight = page.weight / page.rows
+            self._avg_weight = float(page.weight) / page.rows
         limit = self._limit
         if limit is None or page.rows < limit:
             self._done = True  # the source has no more rows in reach
@@ -194,7 +200,7 @@ class RangeCutter:
             meta_id_start=self._start,
             meta_id_end=self._last,
             count=self._count,
-            weight=self._weight,
+            weight=as_weight(float(self._weight) if self._floats else self._weight),
             oversized=self._oversized,
         )
 

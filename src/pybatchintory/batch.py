@@ -15,10 +15,12 @@ cancellation and tracked by the lease keeper so that ``aclose()`` waits for it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import json
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from types import TracebackType
@@ -33,7 +35,7 @@ from pybatchintory.errors import (
     LeaseLost,
     StoreError,
 )
-from pybatchintory.models import LeaseGrant, Settlement, Status
+from pybatchintory.models import LeaseGrant, Settlement, Status, Weight
 from pybatchintory.protocols import BoundSource
 
 __all__ = ("Batch", "Settler")
@@ -65,6 +67,31 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+def _call_arguments(args: object, kwargs: object) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``process``'s ``args`` and ``kwargs``, checked: a tuple or list, and a mapping."""
+    if not isinstance(args, (tuple, list)):
+        raise InvalidArgument(
+            f"process(func, args=(), kwargs=None): args must be a tuple or list, got {args!r}"
+        )
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise InvalidArgument(
+            f"process(func, args=(), kwargs=None): kwargs must be a mapping, got {kwargs!r}"
+        )
+    return tuple(args), dict(kwargs or {})
+
+
+def _check_logging(logging: object) -> None:
+    """Refuse a ``logging`` text some store cannot hold (before anything is written)."""
+    if logging is None:
+        return
+    if not isinstance(logging, str):
+        raise InvalidArgument(f"logging must be a string, got {logging!r}")
+    if "\x00" in logging:
+        raise InvalidArgument(
+            "logging must not contain NUL characters: PostgreSQL cannot store them"
+        )
+
+
 def _check_json(result: Any) -> None:
     """Refuse, before anything is written, a result that some store cannot hold."""
     try:
@@ -81,8 +108,23 @@ def _check_json(result: Any) -> None:
 class Settler(Protocol):
     """What a ``Batch`` needs from whoever keeps its lease: a way to write its settle."""
 
-    def failure(self, grant: LeaseGrant, exc: BaseException) -> Settlement:
-        """The settlement that records ``exc`` as the attempt's failure (retry or dead)."""
+    def failure(self, grant: LeaseGrant, exc: BaseException | str) -> Settlement:
+        """The settlement that records ``exc`` (or a message) as the failure (retry or dead)."""
+        ...
+
+    def dropped(self, grant: LeaseGrant) -> bool:
+        """The batch of ``grant`` was garbage-collected unsettled: release its lease.
+
+        Returns whether its lease was still held (and is now being released).
+        """
+        ...
+
+    def settle_nowait(self, batch: Batch, settlement: Settlement) -> asyncio.Task[None]:
+        """Start writing ``settlement`` now, in a tracked task, without waiting for it.
+
+        Raises:
+            RuntimeError: Not called on the thread of a running event loop.
+        """
         ...
 
     async def settle(self, batch: Batch, settlement: Settlement) -> None:
@@ -136,6 +178,8 @@ class Batch:
         # When the lease was last known renewed (local monotonic clock): a failing settle
         # is retried until about then + lease_ttl.
         self._renewed_at = time.monotonic()
+        self._writing: asyncio.Task[None] | None = None
+        self._observers: list[Callable[[Batch], None]] = []
 
     # -- the range ------------------------------------------------------------------------
 
@@ -170,7 +214,7 @@ class Batch:
         return self._grant.count
 
     @property
-    def weight(self) -> int:
+    def weight(self) -> Weight:
         """Their summed weight (0 without a weight column)."""
         return self._grant.weight
 
@@ -205,10 +249,16 @@ class Batch:
         return self._lost
 
     def __repr__(self) -> str:
+        # A lost lease says so: the status this handle holds is not what the ledger has.
+        state = "lease lost" if self._lost else str(self.status)
         return (
             f"<Batch {self.job!r} #{self.id} [{self.meta_id_start}, {self.meta_id_end}] "
-            f"count={self.count} weight={self.weight} attempt={self.attempt} {self.status}>"
+            f"count={self.count} weight={self.weight} attempt={self.attempt} {state}>"
         )
+
+    def describe(self) -> str:
+        """The attempt, without a status: ``attempt 7 of job 'daily' [1, 1000]``."""
+        return f"attempt {self.id} of job {self.job!r} [{self.meta_id_start}, {self.meta_id_end}]"
 
     async def items(self) -> list[Mapping[str, Any]]:
         """Every row of the range that passes the job's filter, in id order (cached)."""
@@ -227,6 +277,8 @@ class Batch:
     def _claim_settle(self, status: Status) -> None:
         self._check_unsettled(status)
         self._status = status
+        self._writing = None  # its write starts right after the claim
+        self._changed()
 
     def _check_unsettled(self, status: Status) -> None:
         if self._status is not None:
@@ -240,33 +292,61 @@ class Batch:
                 f"its {status} was not recorded"
             )
 
-    async def success(self, result: Any = None) -> None:
-        """Record the attempt as succeeded, with ``result`` (or ``self.result``) as JSON.
-
-        Raises:
-            InvalidArgument: ``result`` is not JSON-serialisable (nothing is written).
-            LeaseLost: The lease is gone; nothing changed.
-            AlreadySettled: This handle was settled before.
-        """
+    def _success_settlement(self, result: Any, logging: str | None = None) -> Settlement:
         value = self.result if result is None else result
         _check_json(value)
+        _check_logging(logging)
         self._claim_settle(Status.SUCCEEDED)
         self.result = value
-        await self._settler.settle(
-            self, Settlement(self.id, self.token, Status.SUCCEEDED, result=value)
-        )
+        return Settlement(self.id, self.token, Status.SUCCEEDED, result=value, logging=logging)
 
-    async def error(self, exc: BaseException) -> None:
-        """Record the attempt as failed with ``exc``'s type, message, traceback, fingerprint.
+    def _error_settlement(
+        self, exc: BaseException | str, result: Any = None, logging: str | None = None
+    ) -> Settlement:
+        if not isinstance(exc, (BaseException, str)):
+            raise InvalidArgument(f"error() takes an exception or a message, got {exc!r}")
+        if isinstance(exc, str) and "\x00" in exc:
+            raise InvalidArgument("an error message must not contain NUL characters")
+        _check_json(result)
+        _check_logging(logging)
+        self._claim_settle(Status.FAILED)
+        settlement = self._settler.failure(self._grant, exc)
+        return dataclasses.replace(settlement, result=result, logging=logging)
+
+    def _release_settlement(self) -> Settlement:
+        self._claim_settle(Status.RELEASED)
+        return Settlement(self.id, self.token, Status.RELEASED, retry_delay=0.0)
+
+    async def success(self, result: Any = None, *, logging: str | None = None) -> None:
+        """Record the attempt as succeeded, with ``result`` (or ``self.result``) as JSON.
+
+        ``logging`` is free text stored in the ledger's ``logging`` column (the seed's).
 
         Raises:
+            InvalidArgument: ``result`` is not JSON-serialisable, or ``logging`` is not a
+                string (nothing is written).
             LeaseLost: The lease is gone; nothing changed.
             AlreadySettled: This handle was settled before.
         """
-        if not isinstance(exc, BaseException):
-            raise InvalidArgument(f"error() takes an exception, got {exc!r}")
-        self._claim_settle(Status.FAILED)
-        await self._settler.settle(self, self._settler.failure(self._grant, exc))
+        await self._settler.settle(self, self._success_settlement(result, logging))
+
+    async def error(
+        self, exc: BaseException | str, *, result: Any = None, logging: str | None = None
+    ) -> None:
+        """Record the attempt as failed: retried after a backoff, or dead.
+
+        An exception records its type, message, traceback and fingerprint; a message string
+        (the seed's ``batch.failed("...")``) is recorded with ``error_type`` ``"Error"``. A
+        failed attempt may carry a ``result`` (JSON) too; ``logging`` is free text stored in
+        the ``logging`` column, before the traceback.
+
+        Raises:
+            InvalidArgument: ``exc`` is neither an exception nor a string, or ``result`` is
+                not JSON-serialisable (nothing is written).
+            LeaseLost: The lease is gone; nothing changed.
+            AlreadySettled: This handle was settled before.
+        """
+        await self._settler.settle(self, self._error_settlement(exc, result, logging))
 
     async def release(self) -> None:
         """Give the range back without fault; it is due again at once, no attempt used.
@@ -275,24 +355,83 @@ class Batch:
             LeaseLost: The lease is gone; nothing changed.
             AlreadySettled: This handle was settled before.
         """
-        self._claim_settle(Status.RELEASED)
-        await self._settler.settle(
-            self, Settlement(self.id, self.token, Status.RELEASED, retry_delay=0.0)
-        )
+        await self._settler.settle(self, self._release_settlement())
 
-    async def process(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    # The ``_nowait`` settles are for synchronous code on the event loop's thread (a
+    # done-callback, a pipeline's completion callback), which cannot await: each claims the
+    # settle at once, so nothing (``aclose()`` included) can settle the batch otherwise,
+    # then writes it in a task the lease keeper tracks and ``aclose()`` drains.
+
+    def success_nowait(
+        self, result: Any = None, *, logging: str | None = None
+    ) -> asyncio.Task[None]:
+        """Like ``success()``, for synchronous code on the event loop's thread.
+
+        The settle is claimed before this returns; the write runs in a task that
+        ``Inventory.aclose()`` waits for. Await the returned task to see how it ended (its
+        caller usually cannot, so a failed write, ``LeaseLost`` or ``StoreError``, is also
+        logged as a warning on the ``pybatchintory`` logger).
+
+        Raises:
+            InvalidArgument: ``result`` is not JSON-serialisable (nothing is claimed).
+            LeaseLost: The lease is already known lost; nothing changed.
+            AlreadySettled: This handle was settled before.
+            RuntimeError: Not called on the thread of a running event loop.
+        """
+        asyncio.get_running_loop()
+        return self._settler.settle_nowait(self, self._success_settlement(result, logging))
+
+    def error_nowait(
+        self, exc: BaseException | str, *, result: Any = None, logging: str | None = None
+    ) -> asyncio.Task[None]:
+        """Like ``error()``, for synchronous code on the event loop's thread.
+
+        See ``success_nowait()`` for how the write runs and is reported.
+
+        Raises:
+            InvalidArgument: ``exc`` is not an exception (nothing is claimed).
+            LeaseLost: The lease is already known lost; nothing changed.
+            AlreadySettled: This handle was settled before.
+            RuntimeError: Not called on the thread of a running event loop.
+        """
+        asyncio.get_running_loop()
+        return self._settler.settle_nowait(self, self._error_settlement(exc, result, logging))
+
+    def release_nowait(self) -> asyncio.Task[None]:
+        """Like ``release()``, for synchronous code on the event loop's thread.
+
+        See ``success_nowait()`` for how the write runs and is reported.
+
+        Raises:
+            LeaseLost: The lease is already known lost; nothing changed.
+            AlreadySettled: This handle was settled before.
+            RuntimeError: Not called on the thread of a running event loop.
+        """
+        asyncio.get_running_loop()
+        return self._settler.settle_nowait(self, self._release_settlement())
+
+    async def process(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> Any:
         """Run ``func(items, *args, **kwargs)`` and settle: success, failure or release.
 
-        An async ``func`` (or an object with an async ``__call__``) is awaited; a plain one
+        The seed's spelling: ``batch.process(func, (3,), {"label": "x"})``, as in the sync
+        API. An async ``func`` (or an object with an async ``__call__``) is awaited; a plain one
         runs in a worker thread so heartbeats keep going. Its return value is stored as the
         result when it is JSON-serialisable. The ``timeout=`` the batch was acquired with
         bounds reading the items and ``func``, as it bounds the body of ``async with batch``
         (a plain ``func`` cannot be stopped: its thread runs on, and its result is discarded).
 
         Raises:
+            InvalidArgument: ``args`` is not a tuple or list, or ``kwargs`` not a mapping
+                (``func`` is not called, nothing is written).
             AlreadySettled: This handle was settled before (``func`` is not called).
             LeaseLost: The lease is gone (``func`` is not called).
         """
+        args, kwargs = _call_arguments(args, kwargs)
         self._check_unsettled(Status.SUCCEEDED)
         try:
             async with asyncio.timeout(self._timeout):
@@ -376,6 +515,25 @@ class Batch:
         except LeaseLost as lost:
             raise lost from exc
 
+    def __del__(self) -> None:
+        # A batch nobody references can never be settled: without this its lease would be
+        # renewed for as long as the Inventory lives. ``getattr``: ``__init__`` may not
+        # have run to the end.
+        settler = getattr(self, "_settler", None)
+        if settler is None or getattr(self, "_status", None) is not None:
+            return
+        if getattr(self, "_lost", True):
+            return
+        if settler.dropped(self._grant):
+            warnings.warn(
+                f"{self!r} was garbage-collected while its lease was held; the lease is "
+                "released. Settle every batch (success(), error(), release(), or "
+                "`async with batch:`).",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
+
     # -- transitions the lease keeper reports ------------------------------------------
 
     @property
@@ -397,12 +555,32 @@ class Batch:
         if lost:
             self._lost = True
             self._loss_reported = True
+        self._changed()
+
+    def _writing_in(self, task: asyncio.Task[None]) -> None:
+        """The settle claimed last is being written by ``task``."""
+        self._writing = task
+        task.add_done_callback(lambda _: self._changed())
+
+    @property
+    def _settling(self) -> bool:
+        """A settle was claimed and its write has not ended yet."""
+        return self._status is not None and (self._writing is None or not self._writing.done())
+
+    def _observe(self, observer: Callable[[Batch], None]) -> None:
+        """Call ``observer(batch)`` after every change: claimed, written, failed, lost."""
+        self._observers.append(observer)
+
+    def _changed(self) -> None:
+        for observer in self._observers:
+            observer(self)
 
     def _on_lost(self) -> None:
         """Called by the heartbeat when the lease is gone: cancel a running body."""
         if self._status is not None or self._lost:
             return
         self._lost = True
+        self._changed()
         task = self._task
         if task is not None and not task.done():
             self._cancelled_for_loss = True

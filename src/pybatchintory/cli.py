@@ -227,7 +227,7 @@ def plan(
             job,
             source,
             max_count=max_count,
-            max_weight=weight,  # type: ignore[arg-type]  # fractional weights are allowed
+            max_weight=weight,
             id_start=window[0],
             id_end=window[1],
             n=n,

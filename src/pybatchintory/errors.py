@@ -9,7 +9,8 @@ Every exception derives from one root, so ``except pbi.PybatchintoryError`` catc
     │   ├── UnknownColumn           a named column does not exist
     │   ├── InvalidColumn           a column exists but has the wrong type (non-integer id)
     │   ├── UnsupportedURL          no adapter for the URL's scheme
-    │   └── MissingDriver           the adapter exists, its driver is not installed
+    │   ├── MissingDriver           the adapter exists, its driver is not installed
+    │   └── EventLoopRunning        a synchronous call made inside a running event loop
     ├── JobConflict                 a job reused with another source, window or filter
     ├── UnknownJob                  an operator call names a job that was never recorded
     ├── NoBatchAvailable            nothing to hand out right now
@@ -26,6 +27,7 @@ from __future__ import annotations
 __all__ = (
     "AlreadySettled",
     "ConfigurationError",
+    "EventLoopRunning",
     "InvalidArgument",
     "InvalidColumn",
     "JobConflict",
@@ -74,6 +76,13 @@ class UnsupportedURL(ConfigurationError):
 
 class MissingDriver(ConfigurationError, ImportError):
     """The adapter for the URL exists but its database driver is not installed."""
+
+
+class EventLoopRunning(ConfigurationError, RuntimeError):
+    """A synchronous call (``pbi.acquire_batch``, ``pybatchintory.sync``) inside a running loop.
+
+    Blocking there would stall every task of the loop; the message names the async spelling.
+    """
 
 
 class JobConflict(PybatchintoryError):

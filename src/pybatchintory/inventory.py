@@ -12,6 +12,7 @@ and disposes the engines the ``Inventory`` created. See docs/architecture.md.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Collection
 from types import TracebackType
@@ -19,19 +20,42 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from pybatchintory._consumer import ConsumeReport, Handler, consume
 from pybatchintory._database import Database
+from pybatchintory._group import BatchGroup
 from pybatchintory._jobs import Jobs
 from pybatchintory._leases import LeaseContext, Leases, lease_policy
 from pybatchintory._operator import AuditFinding, Operator
 from pybatchintory._planning import is_seconds
 from pybatchintory._registry import normalise_url
+from pybatchintory._stopping import StopSignal, as_stop
 from pybatchintory.batch import Batch
-from pybatchintory.errors import InvalidArgument
-from pybatchintory.models import Attempt, Backlog, ErrorGroup, JobStatus, PlannedRange, Status
+from pybatchintory.errors import InvalidArgument, StoreError
+from pybatchintory.models import (
+    Attempt,
+    Backlog,
+    ErrorGroup,
+    JobStatus,
+    PlannedRange,
+    Status,
+    Weight,
+)
 from pybatchintory.protocols import InventoryStore, MetadataSource
 from pybatchintory.settings import Settings
+from pybatchintory.sources import SourceDefaults
+from pybatchintory.weights import as_json
 
-__all__ = ("Inventory", "LeaseContext")
+__all__ = ("Inventory", "LeaseContext", "settings_defaults")
+
+
+def settings_defaults(settings: Settings) -> SourceDefaults:
+    """The source defaults named by ``PYBATCHINTORY_META_*`` (url, id, weight, timestamp)."""
+    return SourceDefaults(
+        url=None if settings.meta_url is None else settings.meta_url.get_secret_value(),
+        id=settings.meta_id,
+        weight=settings.meta_weight,
+        timestamp=settings.meta_timestamp,
+    )
 
 
 class Inventory:
@@ -48,6 +72,10 @@ class Inventory:
         code_version: Recorded with every failure (e.g. a git sha).
         engine: Use this engine instead of creating one from ``url`` (not disposed here).
         settle_timeout: How long ``aclose()`` waits for settle writes in flight.
+        source_defaults: How a source named by a string is read (id, weight and timestamp
+            columns) and where a ``MetaTable`` without ``url=`` lives; ``from_settings()``
+            fills it from ``PYBATCHINTORY_META_*``. Default: the inventory's database, an
+            ``id`` column, no weight.
 
     Raises:
         InvalidArgument: A setting is out of range.
@@ -67,6 +95,7 @@ class Inventory:
         code_version: str | None = None,
         engine: AsyncEngine | None = None,
         settle_timeout: float = 30.0,
+        source_defaults: SourceDefaults | None = None,
     ) -> None:
         policy = lease_policy(
             owner=owner,
@@ -88,12 +117,18 @@ class Inventory:
         self.settle_timeout = policy.settle_timeout
         self._db = Database(self.url, table_prefix=table_prefix, engine=engine)
         self._leases = Leases(self._db, policy)
-        self._jobs = Jobs(self._db)
+        self._jobs = Jobs(self._db, source_defaults)
         self._operator = Operator(self._db, self._jobs, owner=self.owner, max_attempts=max_attempts)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> Inventory:
-        """An ``Inventory`` configured from ``PYBATCHINTORY_*`` settings (or ``settings``)."""
+        """An ``Inventory`` configured from ``PYBATCHINTORY_*`` settings (or ``settings``).
+
+        ``META_URL``, ``META_ID``, ``META_WEIGHT`` and ``META_TIMESTAMP`` reach every call:
+        they complete a source named by a string (``source="files"``) and place a
+        ``MetaTable`` without ``url=``, and the reads of a recorded job (``backlog``,
+        ``audit``) find its metadata table through them.
+        """
         s = settings or Settings()
         options: dict[str, Any] = {
             "owner": s.owner,
@@ -102,6 +137,7 @@ class Inventory:
             "retry_delay": s.retry_delay,
             "table_prefix": s.table_prefix,
             "code_version": s.code_version,
+            "source_defaults": settings_defaults(s),
         }
         options.update(overrides)
         return cls(s.inventory_url.get_secret_value(), **options)
@@ -165,7 +201,7 @@ class Inventory:
         n: int,
         *,
         max_count: int | None,
-        max_weight: int | None,
+        max_weight: Weight | None,
         id_start: int | None,
         id_end: int | None,
         timeout: float | None = None,
@@ -176,6 +212,7 @@ class Inventory:
             raise InvalidArgument(f"timeout must be a positive number of seconds: {timeout!r}")
         if self._db.closed:
             raise RuntimeError("this Inventory was closed")
+        id_start, id_end = await self._jobs.window(job, id_start, id_end)
         bound, limits = await self._jobs.prepare(
             job,
             source,
@@ -191,7 +228,7 @@ class Inventory:
             n=n,
             config={
                 "max_count": limits.max_count,
-                "max_weight": limits.max_weight,
+                "max_weight": as_json(limits.max_weight),
                 "lease_ttl": self.lease_ttl,
                 "max_attempts": self.max_attempts,
                 "code_version": self.code_version,
@@ -205,7 +242,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         timeout: float | None = None,
@@ -234,7 +271,7 @@ class Inventory:
         n: int,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         timeout: float | None = None,
@@ -257,20 +294,27 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         wait: bool = False,
         poll_interval: float = 1.0,
         timeout: float | None = None,
+        stop: StopSignal | None = None,
     ) -> LeaseContext:
         """``async with inv.lease(job, source) as batch:`` leases, runs, and settles.
 
+        With ``wait=True`` it polls every ``poll_interval`` seconds until a batch is
+        available; setting ``stop`` (an ``asyncio.Event`` or ``anyio.Event``) ends that
+        wait at once, without a cancel.
+
         Raises:
-            NoBatchAvailable: On entry, when there is nothing to do and ``wait`` is false.
+            NoBatchAvailable: On entry, when there is nothing to do and ``wait`` is false,
+                or when ``stop`` is set before a batch was leased.
         """
         if not is_seconds(poll_interval) or poll_interval <= 0:
             raise InvalidArgument(f"poll_interval must be > 0 seconds: {poll_interval!r}")
+        checked_stop = as_stop(stop)
         acquire = functools.partial(
             self.acquire,
             job,
@@ -281,7 +325,87 @@ class Inventory:
             id_end=id_end,
             timeout=timeout,
         )
-        return LeaseContext(acquire, job, wait=wait, poll_interval=float(poll_interval))
+        return LeaseContext(
+            acquire, job, wait=wait, poll_interval=float(poll_interval), stop=checked_stop
+        )
+
+    async def consume(
+        self,
+        job: str,
+        source: MetadataSource | str,
+        handler: Handler,
+        *,
+        max_count: int | None = None,
+        max_weight: int | None = None,
+        id_start: int | None = None,
+        id_end: int | None = None,
+        concurrency: int = 1,
+        poll_interval: float = 1.0,
+        timeout: float | None = None,
+        stop: StopSignal | None = None,
+    ) -> ConsumeReport:
+        """Run ``handler(batch)`` on every batch of ``job``, as a service, until ``stop``.
+
+        ``concurrency`` workers each lease a batch and run the handler under
+        ``async with batch``: a return records ``succeeded`` (a value other than ``None``
+        is stored as the result), an exception ``failed``; either way the loop goes on.
+        ``LeaseLost`` and ``StoreError`` are logged and retried with a growing backoff.
+        With nothing to do a worker waits ``poll_interval`` seconds. Setting ``stop`` (an
+        ``asyncio.Event`` or ``anyio.Event``) ends the run between batches: batches in
+        hand finish first. Cancelling the call releases the batches in hand. Without
+        ``stop`` it runs until cancelled (``pbi.run_service`` wires SIGTERM to ``stop``).
+
+        Returns:
+            How many batches ended which way.
+
+        Raises:
+            InvalidArgument: A setting is out of range (before anything is leased).
+        """
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise InvalidArgument(f"concurrency must be a positive integer: {concurrency!r}")
+        if not is_seconds(poll_interval) or poll_interval <= 0:
+            raise InvalidArgument(f"poll_interval must be > 0 seconds: {poll_interval!r}")
+        if not callable(handler):
+            raise InvalidArgument(f"handler must be callable: {handler!r}")
+        checked_stop = as_stop(stop)
+        acquire = functools.partial(
+            self.acquire,
+            job,
+            source,
+            max_count=max_count,
+            max_weight=max_weight,
+            id_start=id_start,
+            id_end=id_end,
+            timeout=timeout,
+        )
+        # Bad arguments and a job conflict raise here, before any worker starts; a database
+        # that is not up yet is the workers' to wait for.
+        with contextlib.suppress(StoreError):
+            await self._jobs.prepare(
+                job,
+                source,
+                max_count=max_count,
+                max_weight=max_weight,
+                id_start=id_start,
+                id_end=id_end,
+            )
+        return await consume(
+            acquire,
+            handler,
+            concurrency=concurrency,
+            poll_interval=float(poll_interval),
+            stop=checked_stop,
+        )
+
+    def group(self) -> BatchGroup:
+        """``async with inv.group() as group:`` for batches settled away from their acquire.
+
+        ``group.acquire(...)`` and ``group.acquire_many(...)`` take the arguments of
+        ``acquire`` and ``acquire_many``; the group counts ``outstanding`` and
+        ``settling`` batches, ``await group.wait_settled()`` waits for all of them, and
+        on exit it releases what nobody settled and waits for every settle write.
+        """
+        return BatchGroup(self.acquire_many)
 
     async def leases(
         self,
@@ -289,7 +413,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         iterations: int | None = None,
@@ -373,7 +497,7 @@ class Inventory:
         source: MetadataSource | str,
         *,
         max_count: int | None = None,
-        max_weight: int | None = None,
+        max_weight: Weight | None = None,
         id_start: int | None = None,
         id_end: int | None = None,
         n: int = 5,

@@ -6,6 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 __all__ = (
@@ -15,11 +16,16 @@ __all__ = (
     "JobSpec",
     "JobStatus",
     "LeaseGrant",
+    "LedgerSummary",
     "Limits",
     "PlannedRange",
     "Settlement",
     "Status",
+    "Weight",
 )
+
+Weight = int | float | Decimal
+"""A weight: an integer, a float or an exact decimal (see ``pybatchintory.weights``)."""
 
 
 class Status(enum.StrEnum):
@@ -37,7 +43,7 @@ class Limits:
     """Per-batch hard caps; ``None`` means no cap on that measure."""
 
     max_count: int | None = None
-    max_weight: int | None = None
+    max_weight: Weight | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +84,7 @@ class PlannedRange:
     meta_id_start: int
     meta_id_end: int
     count: int
-    weight: int
+    weight: Weight
     oversized: bool = False
     attempt: int = 1
 
@@ -93,7 +99,7 @@ class LeaseGrant:
     meta_id_start: int
     meta_id_end: int
     count: int
-    weight: int
+    weight: Weight
     attempt: int
     failures: int
     oversized: bool
@@ -117,6 +123,7 @@ class Settlement:
     counts_as_failure: bool = False
     dead: bool = False
     retry_delay: float = 0.0
+    logging: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +136,7 @@ class Attempt:
     meta_id_start: int
     meta_id_end: int
     count: int
-    weight: int
+    weight: Weight
     attempt: int
     status: Status
     oversized: bool
@@ -147,6 +154,37 @@ class Attempt:
     traceback: str | None
     code_version: str | None
 
+    @property
+    def logging(self) -> str | None:
+        """The seed's ``logging`` column (the same column as ``traceback``).
+
+        Free text given to ``success``/``error``, then a failure's traceback.
+        """
+        return self.traceback
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSummary:
+    """What the ledger says about one job's unfinished ranges (``InventoryStore.ledger_summary``).
+
+    Attributes:
+        running: Attempts currently leased.
+        retry_ranges: Ranges waiting for a retry (due now or later).
+        retry_count: Rows of those ranges.
+        retry_weight: Their weight.
+        dead_ranges: Ranges whose attempts are used up.
+        dead_count: Rows of those ranges.
+        dead_weight: Their weight.
+    """
+
+    running: int
+    retry_ranges: int
+    retry_count: int
+    retry_weight: Weight
+    dead_ranges: int
+    dead_count: int
+    dead_weight: Weight
+
 
 @dataclass(frozen=True, slots=True)
 class Backlog:
@@ -156,17 +194,26 @@ class Backlog:
         count: Rows after the cursor plus rows of ranges waiting for retry.
         weight: Summed weight of those rows (0 without a weight column).
         retry_due: Ranges waiting for a retry (due now or later).
-        dead: Ranges whose attempts are exhausted; they wait for ``retry``.
+        dead: Ranges whose attempts are used up; they wait for ``retry``.
         running: Attempts currently leased.
         eta: Estimated time to drain ``count`` at the recent success rate, if known.
+        dead_count: Rows of the dead ranges (stuck work, not in ``count``).
+        dead_weight: Their summed weight.
     """
 
     count: int
-    weight: int
+    weight: Weight
     retry_due: int
     dead: int
     running: int
     eta: timedelta | None = None
+    dead_count: int = 0
+    dead_weight: Weight = 0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """``eta`` in seconds (``None`` when unknown)."""
+        return None if self.eta is None else self.eta.total_seconds()
 
 
 @dataclass(frozen=True, slots=True)

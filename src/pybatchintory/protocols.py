@@ -17,9 +17,11 @@ from pybatchintory.models import (
     JobSpec,
     JobStatus,
     LeaseGrant,
+    LedgerSummary,
     PlannedRange,
     Settlement,
     Status,
+    Weight,
 )
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ class PageRequest:
     after: int | None
     end: int | None
     limit: int | None
-    max_weight: int | None
+    max_weight: Weight | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,12 +77,12 @@ class PageSummary:
 
     rows: int
     first_id: int | None
-    first_weight: int
+    first_weight: Weight
     last_id: int | None
-    weight: int
+    weight: Weight
     fit_rows: int
     fit_last_id: int | None
-    fit_weight: int
+    fit_weight: Weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +92,7 @@ class RangeCount:
     meta_id_start: int
     meta_id_end: int
     count: int
-    weight: int
+    weight: Weight
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +146,15 @@ class BindContext:
         store: The inventory store (``InventorySource`` reads another job from it).
         inventory_engine: The inventory's engine, the default metadata database.
         engine_for: Returns an engine for another URL (created once, disposed by the inventory).
+        metadata_url: The metadata database of a source that names none (``MetaTable``
+            without ``url=``): the inventory's own when ``None`` (``PYBATCHINTORY_META_URL``
+            on an ``Inventory.from_settings()``).
     """
 
     store: InventoryStore
     inventory_engine: AsyncEngine
     engine_for: Callable[[str], AsyncEngine]
+    metadata_url: str | None = None
 
 
 @runtime_checkable
@@ -240,20 +246,26 @@ class InventoryStore(Protocol):
         status: Collection[Status] | None = None,
         limit: int | None = None,
         ids: Collection[int] | None = None,
+        max_attempts: int,
     ) -> list[Attempt]:
-        """Attempts of a job, newest first."""
+        """Attempts of a job as seen now, newest first.
+
+        Every read here sees the ledger as of the database clock: a running attempt whose
+        lease ran out reads as the next acquire would record it (``expired``, and dead
+        once it was the last of ``max_attempts``), and ``status`` filters by that.
+        """
         ...
 
-    async def history(self, meta_table: str, meta_id: int) -> list[Attempt]:
-        """Every attempt of every job on ``meta_table`` whose range covers ``meta_id``."""
+    async def history(self, meta_table: str, meta_id: int, *, max_attempts: int) -> list[Attempt]:
+        """Every attempt, as seen now, of every job on ``meta_table`` covering ``meta_id``."""
         ...
 
-    async def ledger_summary(self, job: str) -> dict[str, int]:
-        """Counts for backlog/status: running, retry ranges/count/weight, dead ranges."""
+    async def ledger_summary(self, job: str, *, max_attempts: int) -> LedgerSummary:
+        """Counts for backlog, as of now: running, ranges (rows, weight) waiting, dead ones."""
         ...
 
-    async def job_statuses(self) -> list[JobStatus]:
-        """One line per job, by name: cursor, window, counts by status, last success."""
+    async def job_statuses(self, *, max_attempts: int) -> list[JobStatus]:
+        """One line per job, by name: cursor, window, counts as of now, last success."""
         ...
 
     async def error_groups(self, job: str) -> list[ErrorGroup]:
@@ -261,11 +273,18 @@ class InventoryStore(Protocol):
         ...
 
     async def revive(
-        self, job: str, *, fingerprint: str | None, batch_ids: Collection[int] | None
+        self,
+        job: str,
+        *,
+        fingerprint: str | None,
+        batch_ids: Collection[int] | None,
+        max_attempts: int,
     ) -> int:
         """Make dead ranges due again with a fresh attempt budget; return how many.
 
-        ``batch_ids`` are attempt ids, each naming its range (any attempt of it).
+        ``batch_ids`` are attempt ids, each naming its range (any attempt of it). Leases
+        that ran out are expired first (with ``max_attempts``), as an acquire would, so a
+        range that reads as dead is revived.
         """
         ...
 
@@ -274,7 +293,7 @@ class InventoryStore(Protocol):
         ...
 
     async def record_done(
-        self, job: str, start: int, end: int, count: int, weight: int, owner: str
+        self, job: str, start: int, end: int, count: int, weight: Weight, owner: str
     ) -> int:
         """Record a succeeded range done outside the inventory; return its attempt id."""
         ...

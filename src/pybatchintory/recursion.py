@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import AsyncIterator, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 from pybatchintory.errors import InvalidArgument
@@ -21,6 +22,8 @@ from pybatchintory.protocols import (
     PageSummary,
     RangeCount,
 )
+from pybatchintory.weights import as_weight, exact
+from pybatchintory.weights import total as sum_weights
 
 __all__ = ("InventorySource",)
 
@@ -69,8 +72,8 @@ def _item(attempt: Attempt) -> dict[str, Any]:
     }
 
 
-def _weight(attempt: Attempt) -> int:
-    return attempt.weight or attempt.count
+def _weight(attempt: Attempt) -> int | Decimal:
+    return exact(attempt.weight) or attempt.count
 
 
 class BoundInventorySource:
@@ -109,23 +112,26 @@ class BoundInventorySource:
         )
         if not rows:
             return PageSummary(0, None, 0, None, 0, 0, None, 0)
-        total = fit_weight = fit_rows = 0
+        total: int | Decimal = 0
+        fit_weight: int | Decimal = 0
+        fit_rows = 0
         fit_last: int | None = None
+        cap = None if request.max_weight is None else exact(request.max_weight)
         for row in rows:
             total += _weight(row)
-            if request.max_weight is None or total <= request.max_weight:
+            if cap is None or total <= cap:
                 fit_rows += 1
                 fit_weight = total
                 fit_last = row.meta_id_start
         return PageSummary(
             rows=len(rows),
             first_id=rows[0].meta_id_start,
-            first_weight=_weight(rows[0]),
+            first_weight=as_weight(_weight(rows[0])),
             last_id=rows[-1].meta_id_start,
-            weight=total,
+            weight=as_weight(total),
             fit_rows=fit_rows,
             fit_last_id=fit_last,
-            fit_weight=fit_weight,
+            fit_weight=as_weight(fit_weight),
         )
 
     async def items(self, start: int, end: int) -> list[Mapping[str, Any]]:
@@ -159,5 +165,6 @@ class BoundInventorySource:
             starts = [row.meta_id_start for row in rows]  # in id order
             for start, end in chunk:
                 inside = rows[bisect_left(starts, start) : bisect_right(starts, end)]
-                out.append(RangeCount(start, end, len(inside), sum(_weight(r) for r in inside)))
+                weight = sum_weights(*(_weight(r) for r in inside))
+                out.append(RangeCount(start, end, len(inside), weight))
         return out

@@ -9,7 +9,9 @@ databases lives in the adapters.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +31,7 @@ from pybatchintory.errors import (
     InvalidColumn,
     UnknownTable,
 )
+from pybatchintory.models import Weight
 from pybatchintory.protocols import (
     BindContext,
     PageRequest,
@@ -36,11 +39,37 @@ from pybatchintory.protocols import (
     RangeCount,
     StatementLink,
 )
+from pybatchintory.weights import as_weight
 
-__all__ = ("Filter", "MetaTable")
+__all__ = ("Filter", "MetaTable", "SourceDefaults", "page_params")
 
 
 _RECOUNT_CHUNK = 200
+
+
+@dataclass(frozen=True, slots=True)
+class SourceDefaults:
+    """How an ``Inventory`` completes a source named by a string, or a ``MetaTable`` without url.
+
+    ``Inventory.from_settings()`` fills it from ``PYBATCHINTORY_META_URL``, ``META_ID``,
+    ``META_WEIGHT`` and ``META_TIMESTAMP``; a plain ``Inventory(url)`` uses the defaults here
+    (the inventory's own database, an ``id`` column, no weight, no timestamp).
+
+    Attributes:
+        url: The metadata database of a source that names none; ``None``: the inventory's.
+        id: Id column of a table named by a string.
+        weight: Weight column of a table named by a string.
+        timestamp: Timestamp column of a table named by a string.
+    """
+
+    url: str | None = None
+    id: str = "id"
+    weight: str | None = None
+    timestamp: str | None = None
+
+    def table(self, name: str) -> MetaTable:
+        """The ``MetaTable`` a string ``name`` stands for."""
+        return MetaTable(name, id=self.id, weight=self.weight, timestamp=self.timestamp)
 
 
 class MetaTable:
@@ -54,7 +83,8 @@ class MetaTable:
         settle: Never hand out rows younger than this (needs ``timestamp``).
         where: A filter: a SQLAlchemy expression, a callable ``(table) -> expression``,
             or a mapping ``{"column": value | [values]}``. Raw strings are refused.
-        url: The metadata database; ``None`` uses the inventory's database.
+        url: The metadata database; ``None`` uses the inventory's database (or the one
+            named by ``PYBATCHINTORY_META_URL`` on an ``Inventory.from_settings()``).
 
     Raises:
         InvalidArgument: On a raw string filter, ``settle`` without ``timestamp``, or an
@@ -104,7 +134,8 @@ class MetaTable:
             UnknownColumn: A named column does not exist.
             InvalidColumn: The id column is not an integer, or the weight is not numeric.
         """
-        engine = context.inventory_engine if self.url is None else context.engine_for(self.url)
+        url = self.url if self.url is not None else context.metadata_url
+        engine = context.inventory_engine if url is None else context.engine_for(url)
         schema, _, name = self.table.rpartition(".")
         try:
             async with engine.connect() as conn:
@@ -114,8 +145,53 @@ class MetaTable:
                     )
                 )
         except NoSuchTableError as exc:
-            raise UnknownTable(f"metadata table {self.table!r} does not exist") from exc
-        return BoundMetaTable(self, engine, table)
+            where = engine.url.render_as_string(hide_password=True)
+            hint = (
+                "pass MetaTable(..., url=...) or set PYBATCHINTORY_META_URL if it lives in "
+                "another database"
+                if url is None
+                else "check PYBATCHINTORY_META_TABLE / the table name and the metadata URL"
+            )
+            raise UnknownTable(
+                f"metadata table {self.table!r} does not exist in {where}: {hint}"
+            ) from exc
+        return BoundMetaTable(self, engine, table, separate=engine is not context.inventory_engine)
+
+
+class _AsRead(sa.types.UserDefinedType[Any]):
+    """A sum of weights, as the driver reads it: ``int``, ``float`` or ``Decimal``.
+
+    Without it SQLAlchemy would process a ``NUMERIC`` sum as the column's type (and warn on
+    SQLite, which has no decimals); ``as_weight`` makes the value what the API shows.
+    """
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "NUMERIC"
+
+
+_CAP = sa.Numeric(38, 10)
+"""The weight cap's bound type: ``NUMERIC`` compares with integer, float and decimal sums."""
+
+
+def page_params(request: PageRequest) -> dict[str, Any]:
+    """The bound parameters of a page summary; the weight cap as a ``Decimal``.
+
+    ``1.5`` and ``10**9`` alike: the cap is compared with a running sum of any numeric
+    column, and a float becomes the decimal of its shortest repr, not its binary value.
+    """
+    params: dict[str, Any] = {
+        "p_after": request.after,
+        "p_end": request.end,
+        "p_limit": request.limit,
+        "p_max_weight": None if request.max_weight is None else _decimal(request.max_weight),
+    }
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _decimal(value: Weight) -> Decimal:
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
 
 
 def _python_type(column: sa.Column[Any]) -> type | None:
@@ -128,8 +204,11 @@ def _python_type(column: sa.Column[Any]) -> type | None:
 class BoundMetaTable:
     """A ``MetaTable`` resolved against its database. Built by ``MetaTable.bind``."""
 
-    def __init__(self, spec: MetaTable, engine: AsyncEngine, table: sa.Table) -> None:
+    def __init__(
+        self, spec: MetaTable, engine: AsyncEngine, table: sa.Table, *, separate: bool = False
+    ) -> None:
         self.spec = spec
+        self.separate = separate
         self.engine = engine
         self.table = table
         self.name = spec.table
@@ -142,14 +221,13 @@ class BoundMetaTable:
         self.weight_col: sa.Column[Any] | None = None
         if spec.weight is not None:
             self.weight_col = column_of(table, spec.weight, "weight")
-            if _python_type(self.weight_col) not in (int, float):
-                from decimal import Decimal
-
-                if _python_type(self.weight_col) is not Decimal:
-                    raise InvalidColumn(
-                        f"weight column {spec.weight!r} of {spec.table!r} must be numeric, "
-                        f"not {self.weight_col.type}"
-                    )
+            if _python_type(self.weight_col) not in (int, float, Decimal) or isinstance(
+                self.weight_col.type, sa.Boolean
+            ):
+                raise InvalidColumn(
+                    f"weight column {spec.weight!r} of {spec.table!r} must be numeric "
+                    f"(integer, FLOAT, REAL or NUMERIC), not {self.weight_col.type}"
+                )
         self.has_weight = self.weight_col is not None
         self.ts_col: sa.Column[Any] | None = None
         if spec.timestamp is not None:
@@ -167,7 +245,7 @@ class BoundMetaTable:
             "id": self.spec.id,
             "weight": self.spec.weight,
             "filter": self._filter_text,
-            "database": "inventory" if self.spec.url is None else "separate",
+            "database": "separate" if self.separate else "inventory",
         }
 
     # -- queries --------------------------------------------------------------------------
@@ -185,7 +263,7 @@ class BoundMetaTable:
     def _weight_expr(self) -> ColumnElement[Any]:
         if self.weight_col is None:
             return sa.literal(0, sa.BigInteger)
-        return sa.func.coalesce(self.weight_col, 0)
+        return sa.type_coerce(sa.func.coalesce(self.weight_col, 0), _AsRead())
 
     def _link(self, link: object | None) -> AsyncConnection | None:
         if isinstance(link, AsyncConnection) and link.engine is self.engine:
@@ -276,7 +354,7 @@ class BoundMetaTable:
                 rows.c.w,
                 sa.func.sum(rows.c.w).over(order_by=rows.c.id).label("cw"),
             ).subquery("running")
-            fits = running.c.cw <= sa.bindparam("p_max_weight", type_=sa.BigInteger())
+            fits = running.c.cw <= sa.bindparam("p_max_weight", type_=_CAP)
             query = sa.select(
                 sa.func.count(),
                 sa.func.min(running.c.id),
@@ -300,24 +378,17 @@ class BoundMetaTable:
         query = self._page_query(
             request.after is not None, request.end is not None, request.limit is not None, weighted
         )
-        params = {
-            "p_after": request.after,
-            "p_end": request.end,
-            "p_limit": request.limit,
-            "p_max_weight": request.max_weight,
-        }
-        params = {k: v for k, v in params.items() if v is not None}
-        row = await self._scalar_row(query, link, params)
+        row = await self._scalar_row(query, link, page_params(request))
         count, first, first_w, last, weight, fit_rows, fit_last, fit_weight = row
         return PageSummary(
             rows=int(count),
             first_id=None if first is None else int(first),
-            first_weight=int(first_w or 0),
+            first_weight=as_weight(first_w),
             last_id=None if last is None else int(last),
-            weight=int(weight or 0),
+            weight=as_weight(weight),
             fit_rows=int(fit_rows or 0),
             fit_last_id=None if fit_last is None else int(fit_last),
-            fit_weight=int(fit_weight or 0),
+            fit_weight=as_weight(fit_weight),
         )
 
     def _range_query(self, start: int, end: int) -> sa.Select[Any]:
@@ -380,7 +451,7 @@ class BoundMetaTable:
                 .group_by(bounds.c.idx)
             )
             async with self.engine.connect() as conn:
-                found = {int(i): (int(c), int(w)) for i, c, w in await conn.execute(query)}
+                found = {int(i): (int(c), as_weight(w)) for i, c, w in await conn.execute(query)}
             for i, (start, end) in enumerate(chunk):
                 count, weight = found.get(i, (0, 0))
                 out.append(RangeCount(start, end, count, weight))

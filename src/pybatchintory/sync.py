@@ -18,6 +18,7 @@ Any number of threads may use one ``SyncInventory`` (or the module-level functio
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import threading
@@ -30,10 +31,18 @@ from typing import Any, TypeVar
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from pybatchintory._default_inventory import resolve_seed_arguments
-from pybatchintory.batch import Batch
-from pybatchintory.errors import NoBatchAvailable
+from pybatchintory.batch import Batch, _call_arguments
+from pybatchintory.errors import EventLoopRunning, NoBatchAvailable
 from pybatchintory.inventory import Inventory
-from pybatchintory.models import Attempt, Backlog, ErrorGroup, JobStatus, PlannedRange, Status
+from pybatchintory.models import (
+    Attempt,
+    Backlog,
+    ErrorGroup,
+    JobStatus,
+    PlannedRange,
+    Status,
+    Weight,
+)
 from pybatchintory.protocols import MetadataSource
 from pybatchintory.settings import Settings
 
@@ -65,6 +74,28 @@ class _Loop:
 
 
 _loop = _Loop()
+
+_ASYNC_SPELLING = {
+    "acquire_batch": "batch = await pbi.acquire(job, ...)  (or: async with pbi.lease(job, ...))",
+    "acquire_batches": "async for batch in pbi.leases(job, ...)",
+}
+
+
+def _refuse_in_loop(call: str) -> None:
+    """Raise ``EventLoopRunning`` when called from a thread that runs an event loop.
+
+    Blocking there would stall every task of that loop (and deadlock on the loop that
+    serves this facade), so the call is refused before anything is written.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    spelling = _ASYNC_SPELLING.get(call, "await the same method of pybatchintory.Inventory")
+    raise EventLoopRunning(
+        f"{call}() is synchronous and was called inside a running event loop; "
+        f"in async code use: {spelling}"
+    )
 
 
 class SyncBatch:
@@ -112,13 +143,28 @@ class SyncBatch:
         rows: list[Mapping[str, Any]] = self._owner._call(self._batch.items)
         return rows
 
-    def success(self, result: Any = None) -> None:
-        """Record success (see ``Batch.success``)."""
-        self._owner._call(self._batch.success, result)
+    def success(self, result: Any = None, *, logging: str | None = None) -> None:
+        """Record success (see ``Batch.success``); ``logging`` goes to the logging column."""
+        self._owner._call(self._batch.success, result, logging=logging)
 
-    def error(self, exc: BaseException) -> None:
-        """Record a failure (see ``Batch.error``)."""
-        self._owner._call(self._batch.error, exc)
+    def error(
+        self, exc: BaseException | str, *, result: Any = None, logging: str | None = None
+    ) -> None:
+        """Record a failure: an exception or a message (see ``Batch.error``)."""
+        self._owner._call(self._batch.error, exc, result=result, logging=logging)
+
+    def succeeded(self, result: Any = None, logging: str | None = None) -> None:
+        """The seed's (0.0.8) name of ``success``."""
+        self.success(result, logging=logging)
+
+    def failed(
+        self,
+        error: BaseException | str | None = None,
+        result: Any = None,
+        logging: str | None = None,
+    ) -> None:
+        """The seed's (0.0.8) name of ``error``; without an error, a failure without cause."""
+        self.error("failed" if error is None else error, result=result, logging=logging)
 
     def release(self) -> None:
         """Give the range back without fault (see ``Batch.release``)."""
@@ -135,9 +181,10 @@ class SyncBatch:
         Success records the return value as the result when it is JSON-serialisable; an
         exception is recorded as a failure and re-raised.
         """
+        call_args, call_kwargs = _call_arguments(args, kwargs)
         items = self.items
         try:
-            value = func(items, *args, **dict(kwargs or {}))
+            value = func(items, *call_args, **call_kwargs)
         except (KeyboardInterrupt, SystemExit):
             self.release()
             raise
@@ -186,20 +233,15 @@ class SyncInventory:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> SyncInventory:
-        """Configured from ``PYBATCHINTORY_*`` settings."""
-        s = settings or Settings()
-        options: dict[str, Any] = {
-            "owner": s.owner,
-            "lease_ttl": s.lease_ttl,
-            "max_attempts": s.max_attempts,
-            "retry_delay": s.retry_delay,
-            "table_prefix": s.table_prefix,
-            "code_version": s.code_version,
-        }
-        options.update(overrides)
-        return cls(s.inventory_url.get_secret_value(), **options)
+        """Configured from ``PYBATCHINTORY_*`` settings (see ``Inventory.from_settings``)."""
+        sync = cls.__new__(cls)
+        sync._inventory = Inventory.from_settings(settings, **overrides)
+        sync._portal = _loop.portal()
+        sync._closed = False
+        return sync
 
     def _call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        _refuse_in_loop(getattr(func, "__name__", "this call"))
         return self._portal.call(functools.partial(func, *args, **kwargs))
 
     @property
@@ -326,12 +368,20 @@ def acquire_batch(
     *,
     id_start: int | None = None,
     id_end: int | None = None,
-    weight: int | None = None,
+    weight: Weight | None = None,
     count: int | None = None,
-    max_weight: int | None = None,
+    max_weight: Weight | None = None,
     max_count: int | None = None,
 ) -> SyncBatch | None:
-    """Lease the next batch of ``job`` (seed spelling; ``None``: nothing to do)."""
+    """Lease the next batch of ``job`` (seed spelling; ``None``: nothing to do).
+
+    The same object as ``pybatchintory.acquire_batch``. Configured from ``PYBATCHINTORY_*``
+    settings and a ``.env`` file in the working directory.
+
+    Raises:
+        EventLoopRunning: Called inside a running event loop (use ``await pbi.acquire``).
+    """
+    _refuse_in_loop("acquire_batch")
     resolved, count_cap, weight_cap = resolve_seed_arguments(
         source, weight=weight, count=count, max_weight=max_weight, max_count=max_count
     )
@@ -351,13 +401,20 @@ def acquire_batches(
     *,
     id_start: int | None = None,
     id_end: int | None = None,
-    weight: int | None = None,
+    weight: Weight | None = None,
     count: int | None = None,
-    max_weight: int | None = None,
+    max_weight: Weight | None = None,
     max_count: int | None = None,
     iterations: int | None = None,
 ) -> Iterator[SyncBatch]:
-    """Yield batches of ``job`` until none is left or ``iterations`` is reached."""
+    """Yield batches of ``job`` until none is left or ``iterations`` is reached.
+
+    The same object as ``pybatchintory.acquire_batches``.
+
+    Raises:
+        EventLoopRunning: Called inside a running event loop (use ``pbi.leases``).
+    """
+    _refuse_in_loop("acquire_batches")
     resolved, count_cap, weight_cap = resolve_seed_arguments(
         source, weight=weight, count=count, max_weight=max_weight, max_count=max_count
     )

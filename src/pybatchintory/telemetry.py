@@ -221,7 +221,7 @@ def acquiring_span(job: str) -> Iterator[Callable[[Collection[_Leased]], None]]:
             if leased:
                 instruments.batches.add(len(leased), {"job": job})
                 instruments.rows.add(sum(b.count for b in leased), {"job": job})
-                instruments.weight.add(float(sum(b.weight for b in leased)), {"job": job})
+                instruments.weight.add(sum(float(b.weight) for b in leased), {"job": job})
     verbose = log.isEnabledFor(logging.INFO)
     for batch in leased:
         _started[batch.token] = now
@@ -269,7 +269,12 @@ def settling(batch: _Leased, status: str) -> Iterator[None]:
                 _fail(span, exc)
                 _ended(batch, "lost")
                 log.warning(
-                    "settle of %s attempt %d found its lease lost", batch.job, batch.attempt
+                    "lease lost: %s attempt %d [%d, %d]: %s",
+                    batch.job,
+                    batch.attempt,
+                    batch.meta_id_start,
+                    batch.meta_id_end,
+                    exc,
                 )
                 raise
             except BaseException as exc:

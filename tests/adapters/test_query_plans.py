@@ -91,7 +91,10 @@ async def test_hot_queries_use_indexes(db_url: str, backend: str) -> None:
     await create_meta_table(db_url, rows=10)
     files = pbi.MetaTable("files")
     async with pbi.Inventory(db_url) as inv:
-        await inv.acquire("big", files, max_count=5)  # records the job, creates tables
+        # Records the job and creates the tables; settled, or it would be a leaked lease.
+        first = await inv.acquire("big", files, max_count=5)
+        assert first is not None
+        await first.success()
         store = inv.store
         assert isinstance(store, SQLAlchemyStore)
         st = store.statements
@@ -117,10 +120,19 @@ async def test_hot_queries_use_indexes(db_url: str, backend: str) -> None:
                     {"p_owner": "someone", "p_tokens": ["abc", "def"], "p_ttl": 60.0},
                 ),
                 "history": _sql(
-                    conn, reads.history, {"p_meta_table": "files", "p_meta_id": 1_000_000}
+                    conn,
+                    reads.history,
+                    {"p_meta_table": "files", "p_meta_id": 1_000_000, "p_max_attempts": 3},
                 ),
-                "status of every job": _sql(conn, reads.job_statuses, {}),
-                "backlog counts": _sql(conn, reads.ledger_summary, {"p_job": "big"}),
+                "status of every job": _sql(conn, reads.job_statuses, {"p_max_attempts": 3}),
+                "backlog counts": _sql(
+                    conn, reads.ledger_summary, {"p_job": "big", "p_max_attempts": 3}
+                ),
+                "running attempts, as seen now": _sql(
+                    conn,
+                    reads.attempts(frozenset({"running"}), False, True),
+                    {"p_job": "big", "p_max_attempts": 3, "p_limit": 10},
+                ),
                 "error groups": _sql(conn, reads.error_groups, {"p_job": "big"}),
                 "recursion horizon": _sql(conn, reads.oldest_open, {"p_job": "big"}),
             }

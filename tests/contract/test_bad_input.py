@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -120,16 +121,43 @@ async def test_a_non_numeric_weight_column(
 # -- limits and windows ------------------------------------------------------------------
 
 
-async def test_a_cap_that_is_not_a_positive_integer(
+async def test_a_count_cap_that_is_not_a_positive_integer(
     inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
 ) -> None:
     files = await make_files(rows=10)
-    for cap in ("max_count", "max_weight"):
-        for value in (0, -1, True, False, 1.5, 10.0, "10"):
-            for call in _entry_points(**{cap: value}):
-                with pytest.raises(pbi.InvalidArgument, match=cap) as raised:
-                    await call(inventory, "job", files)
-                assert repr(value) in str(raised.value) or str(value) in str(raised.value)
+    for value in (0, -1, True, False, 1.5, 10.0, "10"):
+        for call in _entry_points(max_count=value):
+            with pytest.raises(pbi.InvalidArgument, match="max_count") as raised:
+                await call(inventory, "job", files)
+            assert repr(value) in str(raised.value) or str(value) in str(raised.value)
+    await _nothing_written(db_url)
+
+
+async def test_a_weight_cap_that_is_not_a_finite_number_above_zero(
+    inventory: pbi.Inventory, make_files: MakeFiles, db_url: str
+) -> None:
+    """Fractional caps are fine (see test_numeric_weights); NaN, infinities, <= 0 are not."""
+    files = await make_files(rows=10)
+    bad = (
+        0,
+        -1,
+        -0.5,
+        0.0,
+        True,
+        False,
+        "10",
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+        Decimal("NaN"),
+        Decimal("Infinity"),
+        Decimal("0"),
+    )
+    for value in bad:
+        for call in _entry_points(max_weight=value):
+            with pytest.raises(pbi.InvalidArgument, match="max_weight") as raised:
+                await call(inventory, "job", files)
+            assert repr(value) in str(raised.value) or str(value) in str(raised.value)
     await _nothing_written(db_url)
 
 
@@ -261,7 +289,9 @@ async def test_a_backfill_window_is_part_of_the_job(
     files = await make_files(rows=100)
     async with inventory.lease("backfill", files, id_start=1, id_end=30, max_count=10):
         pass
-    for window in ({}, {"id_start": 1, "id_end": 31}, {"id_start": 2, "id_end": 30}):
+    # A different window is refused; no window at all reuses the recorded one (see
+    # test_seed_semantics).
+    for window in ({"id_start": 1, "id_end": 31}, {"id_start": 2, "id_end": 30}, {"id_end": 30}):
         with pytest.raises(pbi.JobConflict, match="backfill"):
             await inventory.acquire("backfill", files, max_count=10, **window)
     assert len(await attempts_of(db_url, "backfill")) == 1

@@ -1,5 +1,5 @@
-"""Top-level ``pbi.lease``/``acquire_batch``/``acquire_batches``: the seed's spelling, configured
-from ``PYBATCHINTORY_*`` settings."""
+"""The async top level ``pbi.lease``/``pbi.acquire``/``pbi.leases``, configured from
+``PYBATCHINTORY_*`` settings; the seed's synchronous top-level calls refuse a running loop."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import itertools
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import anyio.to_thread
 import pytest
 
 import pybatchintory as pbi
+import pybatchintory.sync
 
 from tests.helpers import create_meta_table, default_size, fetch_all
 
@@ -65,10 +67,10 @@ async def test_lease_of_a_window_with_count(seed_env: str) -> None:
             pass
 
 
-async def test_acquire_batch_hands_out_a_window_until_it_is_done(seed_env: str) -> None:
+async def test_acquire_hands_out_a_window_until_it_is_done(seed_env: str) -> None:
     ranges: list[tuple[int, int]] = []
     while (
-        batch := await pbi.acquire_batch("backfill", id_start=11, id_end=60, weight=5_000)
+        batch := await pbi.acquire("backfill", id_start=11, id_end=60, weight=5_000)
     ) is not None:
         assert batch.weight <= 5_000 or batch.oversized
         ranges.append((batch.meta_id_start, batch.meta_id_end))
@@ -79,9 +81,9 @@ async def test_acquire_batch_hands_out_a_window_until_it_is_done(seed_env: str) 
     assert [r[1] for r in ranges] == [min(_fits(s, 5_000), 60) for s, _ in ranges]
 
 
-async def test_acquire_batches_honours_iterations(seed_env: str) -> None:
+async def test_leases_honours_iterations(seed_env: str) -> None:
     seen: list[pbi.Batch] = []
-    async for batch in pbi.acquire_batches("many", weight=2_000, iterations=3):
+    async for batch in pbi.leases("many", weight=2_000, iterations=3):
         async with batch:
             seen.append(batch)
     assert len(seen) == 3
@@ -89,7 +91,7 @@ async def test_acquire_batches_honours_iterations(seed_env: str) -> None:
     statuses = await fetch_all(seed_env, "SELECT status FROM inventory WHERE job = 'many'")
     assert [r["status"] for r in statuses] == ["succeeded"] * 3
 
-    rest = [b async for b in pbi.acquire_batches("many", count=100)]
+    rest = [b async for b in pbi.leases("many", count=100)]
     for batch in rest:
         await batch.success()
     assert rest[0].meta_id_start == seen[-1].meta_id_end + 1
@@ -125,7 +127,7 @@ async def test_an_explicit_source_wins_over_the_settings(seed_env: str) -> None:
     other = pbi.MetaTable("other", weight="size_in_bytes")
     async with pbi.lease("explicit", other, weight=10**9) as batch:
         assert (batch.meta_table, batch.meta_id_start, batch.meta_id_end) == ("other", 1000, 1029)
-    batch2 = await pbi.acquire_batch("explicit2", "other", count=5)
+    batch2 = await pbi.acquire("explicit2", "other", count=5)
     assert batch2 is not None and (batch2.meta_table, batch2.meta_id_end) == ("other", 1004)
     await batch2.success()
 
@@ -143,19 +145,19 @@ async def test_the_metadata_table_may_live_in_another_database(
 
 
 async def test_shutdown_releases_what_was_not_settled(seed_env: str) -> None:
-    batch = await pbi.acquire_batch("open", count=10)
+    batch = await pbi.acquire("open", count=10)
     assert batch is not None
     await pbi.shutdown()
     rows = await fetch_all(seed_env, "SELECT status FROM inventory WHERE job = 'open'")
     assert [r["status"] for r in rows] == ["released"]
-    again = await pbi.acquire_batch("open", count=10)  # a new default inventory
+    again = await pbi.acquire("open", count=10)  # a new default inventory
     assert again is not None and (again.meta_id_start, again.attempt) == (1, 2)
     await again.success()
 
 
 async def test_both_spellings_of_one_cap_are_refused(seed_env: str) -> None:
     with pytest.raises(pbi.InvalidArgument, match="weight"):
-        await pbi.acquire_batch("x", weight=10, max_weight=10)
+        await pbi.acquire("x", weight=10, max_weight=10)
     with pytest.raises(pbi.InvalidArgument, match="count"):
         pbi.lease("x", count=10, max_count=10)
 
@@ -165,6 +167,75 @@ async def test_without_a_configured_table_a_source_is_required(
 ) -> None:
     monkeypatch.delenv("PYBATCHINTORY_META_TABLE")
     with pytest.raises(pbi.InvalidArgument, match="PYBATCHINTORY_META_TABLE"):
-        await pbi.acquire_batch("x", weight=10)
+        await pbi.acquire("x", weight=10)
     with pytest.raises(pbi.InvalidArgument, match="PYBATCHINTORY_META_TABLE"):
-        [b async for b in pbi.acquire_batches("x", weight=10)]
+        [b async for b in pbi.leases("x", weight=10)]
+
+
+async def test_the_seeds_sync_calls_refuse_a_running_loop(seed_env: str) -> None:
+    """Inside a coroutine the sync calls name the async spelling and write nothing."""
+    assert pbi.acquire_batch is pbi.sync.acquire_batch
+    assert pbi.acquire_batches is pbi.sync.acquire_batches
+    with pytest.raises(pbi.EventLoopRunning, match=r"await pbi\.acquire\("):
+        pbi.acquire_batch(job="in_loop", weight=10)
+    with pytest.raises(pbi.EventLoopRunning, match=r"pbi\.leases\("):
+        pbi.acquire_batches(job="in_loop", weight=10, iterations=2)
+    async with pbi.Inventory(seed_env) as inv:
+        assert await inv.status() == []
+
+
+# -- settings reach every call ----------------------------------------------------------------
+
+
+async def test_a_named_source_takes_its_columns_from_the_settings(
+    seed_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create_meta_table(seed_env, "other", rows=30, start_id=1000)
+    async with pbi.lease("named", "other", weight=3_000) as batch:
+        assert batch.meta_table == "other" and batch.meta_id_start == 1000
+        assert 0 < batch.weight <= 3_000
+    monkeypatch.setenv("PYBATCHINTORY_META_TIMESTAMP", "no_such_column")
+    await pbi.shutdown()  # the next default inventory reads the changed settings
+    with pytest.raises(pbi.UnknownColumn, match="no_such_column"):
+        await pbi.acquire("named_ts", "other", count=5)
+
+
+async def test_settings_place_a_meta_table_without_url_and_reach_the_reads(
+    seed_env: str, meta_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await create_meta_table(meta_db_url, "remote_files", rows=40, start_id=500)
+    monkeypatch.setenv("PYBATCHINTORY_META_URL", meta_db_url)
+    remote = pbi.MetaTable("remote_files", weight="size_in_bytes")  # no url=
+    async with pbi.lease("remote_table", remote, count=25) as batch:
+        assert (batch.meta_id_start, batch.meta_id_end) == (500, 524)
+    async with pbi.lease("remote_named", "remote_files", count=10) as batch:
+        assert (batch.meta_id_start, batch.meta_id_end) == (500, 509)
+
+    async with pbi.Inventory.from_settings() as inv:
+        backlog = await inv.backlog("remote_table")
+        assert backlog.count == 15
+        assert backlog.weight == sum(default_size(i) for i in range(525, 540))
+        assert (await inv.backlog("remote_named")).count == 30
+
+    def sync_backlog() -> int:
+        sync = pybatchintory.sync.SyncInventory.from_settings()
+        try:
+            return sync.backlog("remote_table").count
+        finally:
+            sync.close()
+
+    assert await anyio.to_thread.run_sync(sync_backlog) == 15
+
+    # A plain Inventory has no settings: it says how to reach the other database.
+    async with pbi.Inventory(seed_env) as plain:
+        with pytest.raises(pbi.InvalidArgument, match="PYBATCHINTORY_META_URL"):
+            await plain.backlog("remote_table")
+
+
+async def test_a_name_that_no_table_resolves_is_refused_before_anything_is_written(
+    seed_env: str,
+) -> None:
+    with pytest.raises(pbi.UnknownTable, match="'nowhere' does not exist in"):
+        await pbi.acquire("lost", "nowhere", count=5)
+    async with pbi.Inventory(seed_env) as inv:
+        assert [s.job for s in await inv.status()] == []

@@ -347,7 +347,7 @@ async def test_process_settles_by_the_function_s_outcome(
 
     first = await inventory.acquire("exit", files, max_count=10)
     assert first is not None
-    assert await first.process(count_csv, "csv") == {"rows": 10, "csv": 5}
+    assert await first.process(count_csv, ("csv",)) == {"rows": 10, "csv": 5}
     second = await inventory.acquire("exit", files, max_count=10)
     assert second is not None
     with pytest.raises(ExtractFailed, match="10 rows"):

@@ -163,7 +163,7 @@ async def test_process_runs_a_sync_function_in_a_thread_and_stores_its_result(
 
     batch = await inventory.acquire("proc", files, max_count=40)
     assert batch is not None
-    value = await batch.process(count, 2, label="sync")
+    value = await batch.process(count, (2,), {"label": "sync"})
     ((thread, seen, label),) = calls
     assert thread != loop_thread
     assert (seen, label) == (40, "sync")
@@ -186,10 +186,45 @@ async def test_process_awaits_an_async_function(
         return [int(r["id"]) + offset for r in rows]
 
     async with inventory.lease("aproc", files, max_count=5) as batch:
-        assert await batch.process(ids, offset=1000) == [1001, 1002, 1003, 1004, 1005]
+        assert await batch.process(ids, kwargs={"offset": 1000}) == [1001, 1002, 1003, 1004, 1005]
     (attempt,) = await inventory.batches("aproc")
     assert attempt.status is pbi.Status.SUCCEEDED
     assert attempt.result == [1001, 1002, 1003, 1004, 1005]
+
+
+async def test_process_takes_the_seeds_args_and_kwargs(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    """``batch.process(func, (3,), {"label": "x"})`` calls ``func(items, 3, label="x")``."""
+    files = await make_files(rows=20)
+
+    def tag(rows: list[Mapping[str, Any]], factor: int, *, label: str) -> list[Any]:
+        return [label, factor * len(rows)]
+
+    batch = await inventory.acquire("seed_process", files, max_count=5)
+    assert batch is not None
+    assert await batch.process(tag, (3,), {"label": "x"}) == ["x", 15]
+    (attempt,) = await inventory.batches("seed_process")
+    assert (attempt.status, attempt.result) == (pbi.Status.SUCCEEDED, ["x", 15])
+
+
+async def test_process_refuses_args_that_are_not_a_sequence(
+    inventory: pbi.Inventory, make_files: MakeFiles
+) -> None:
+    """The old ``process(func, *args, **kwargs)`` spelling fails before anything is written."""
+    files = await make_files(rows=20)
+    called: list[object] = []
+    batch = await inventory.acquire("bad_process", files, max_count=5)
+    assert batch is not None
+    with pytest.raises(pbi.InvalidArgument, match="args must be a tuple or list"):
+        await batch.process(called.append, 3)  # type: ignore[arg-type]
+    with pytest.raises(pbi.InvalidArgument, match="kwargs must be a mapping"):
+        await batch.process(called.append, (), ["label"])  # type: ignore[arg-type]
+    assert called == []
+    assert batch.status is pbi.Status.RUNNING
+    (attempt,) = await inventory.batches("bad_process")
+    assert attempt.status is pbi.Status.RUNNING
+    await batch.release()
 
 
 class Broken(Exception):

@@ -27,11 +27,11 @@ async def _snapshot(url: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return ledger, jobs
 
 
-def _ranges(batches: list[pbi.Batch]) -> list[tuple[int, int, int, int, bool]]:
+def _ranges(batches: list[pbi.Batch]) -> list[tuple[int, int, int, object, bool]]:
     return [(b.meta_id_start, b.meta_id_end, b.count, b.weight, b.oversized) for b in batches]
 
 
-def _planned(plan: list[pbi.PlannedRange]) -> list[tuple[int, int, int, int, bool]]:
+def _planned(plan: list[pbi.PlannedRange]) -> list[tuple[int, int, int, object, bool]]:
     return [(p.meta_id_start, p.meta_id_end, p.count, p.weight, p.oversized) for p in plan]
 
 

@@ -46,7 +46,7 @@ async def test_a_downstream_job_gets_upstream_successes_in_id_order(
     async with inventory.lease("transform", ingest, max_count=2) as batch:
         assert batch.meta_table == "inventory:ingest"
         assert (batch.meta_id_start, batch.meta_id_end, batch.count) == (1, 101, 2)
-        assert batch.weight == upstream[0].weight + upstream[1].weight
+        assert batch.weight == int(upstream[0].weight) + int(upstream[1].weight)
         items = await batch.items()
     assert [item["id"] for item in items] == [1, 101]
     for item, up in zip(items, upstream[:2], strict=True):
@@ -73,7 +73,7 @@ async def test_downstream_weight_is_the_upstream_weight_and_caps_apply(
 ) -> None:
     files = await make_files(rows=600)
     upstream = await _run(inventory, "ingest", files, 6, max_count=100)
-    weights = [b.weight for b in upstream]
+    weights = [int(b.weight) for b in upstream]
     cap = weights[0] + weights[1] + weights[2] // 2  # two upstream ranges fit, three do not
 
     async with inventory.lease("heavy", pbi.InventorySource("ingest"), max_weight=cap) as batch:

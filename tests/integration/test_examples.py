@@ -7,6 +7,7 @@ The Dask example runs on a real ``LocalCluster`` here; the Spark example runs in
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 
 import anyio.to_thread
@@ -14,7 +15,7 @@ import pytest
 
 import pybatchintory.sync
 
-from examples import dask_driver, recursion
+from examples import dask_driver, recursion, seed_script
 from tests.helpers import create_meta_table, fetch_all
 
 ROWS = 6000
@@ -79,6 +80,23 @@ async def test_seed_spelling_and_process(sync_env: str) -> None:
     )
     assert [r["status"] for r in rows] == ["succeeded"] * 4 + ["failed"]
     assert rows[-1]["error_type"] == "RuntimeError"
+
+
+async def test_seed_script_with_top_level_sync_calls(sync_env: str) -> None:
+    await create_meta_table(sync_env, rows=300)
+    done = await anyio.to_thread.run_sync(seed_script.main)
+    rows = await fetch_all(
+        sync_env,
+        "SELECT status, job_result, weight FROM inventory WHERE job = 'incremental_job' "
+        "ORDER BY id",
+    )
+    assert len(rows) == done >= 2
+    assert {r["status"] for r in rows} == {"succeeded"}
+    assert all(int(r["weight"]) <= 10_000 for r in rows)
+    results = [r["job_result"] for r in rows[1:]]
+    results = [json.loads(r) if isinstance(r, str) else r for r in results]
+    assert [r["label"] for r in results] == ["kib"] * (done - 1)
+    _assert_exact_cover(await _succeeded_ranges(sync_env, "incremental_job"), 1, 300)
 
 
 @pytest.mark.dask

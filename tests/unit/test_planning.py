@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from decimal import Decimal
 
 import pytest
 from hypothesis import given, settings
@@ -18,10 +19,26 @@ from pybatchintory._planning import (
 )
 from pybatchintory.models import Limits, PlannedRange
 from pybatchintory.protocols import PageRequest, PageSummary
+from pybatchintory.weights import as_weight
 
 # -- validate_limits --------------------------------------------------------------------------
 
 BAD_CAPS = [0, -1, 1.5, True, False, "10", 10.0, [10]]
+BAD_WEIGHT_CAPS = [
+    0,
+    -1,
+    0.0,
+    -0.5,
+    True,
+    False,
+    "10",
+    [10],
+    float("nan"),
+    float("inf"),
+    Decimal("NaN"),
+    Decimal("sNaN"),
+    Decimal("-Infinity"),
+]
 
 
 @pytest.mark.parametrize("value", BAD_CAPS, ids=repr)
@@ -30,10 +47,42 @@ def test_validate_limits_rejects_a_bad_max_count(value: object) -> None:
         validate_limits(value, None)
 
 
-@pytest.mark.parametrize("value", BAD_CAPS, ids=repr)
+@pytest.mark.parametrize("value", BAD_WEIGHT_CAPS, ids=repr)
 def test_validate_limits_rejects_a_bad_max_weight(value: object) -> None:
     with pytest.raises(pbi.InvalidArgument, match="max_weight"):
         validate_limits(None, value, has_weight=True)
+
+
+@pytest.mark.parametrize("value", [1.5, 10.0, Decimal("0.25"), 10**12], ids=repr)
+def test_validate_limits_accepts_a_fractional_max_weight(value: object) -> None:
+    assert validate_limits(None, value, has_weight=True).max_weight == value
+
+
+def test_the_cutter_adds_floats_and_decimals_exactly() -> None:
+    """Ten rows of 0.4 under a cap of 1.5: three rows, weight 1.2 (was count=2 weight=0)."""
+    cutter = RangeCutter(after=None, end=None, limits=Limits(max_weight=1.5))
+    request = cutter.request()
+    assert request is not None and request.max_weight == 1.5
+    cutter.feed(PageSummary(10, 1, 0.4, 10, 4.0, 3, 3, 1.2000000000000002))
+    assert cutter.request() is None
+    cut = cutter.result()
+    assert cut is not None and (cut.count, cut.meta_id_end) == (3, 3)
+    assert cut.weight == pytest.approx(1.2) and isinstance(cut.weight, float)
+    numeric = RangeCutter(after=None, end=None, limits=Limits(max_weight=Decimal("1.5")))
+    numeric.request()
+    numeric.feed(PageSummary(2, 1, Decimal("0.4"), 2, Decimal("0.8"), 2, 2, Decimal("0.8")))
+    assert numeric.request() is None  # fewer rows than asked for: the source is done
+    assert numeric.result() == PlannedRange(1, 2, 2, Decimal("0.8"))
+
+
+def test_weights_are_shown_as_integers_when_whole() -> None:
+    assert as_weight(Decimal("5500.0000000000")) == 5500
+    assert type(as_weight(Decimal("5500.0000000000"))) is int
+    assert as_weight(2.0) == 2 and type(as_weight(2.0)) is int
+    assert as_weight(Decimal("1.2000000000")) == Decimal("1.2")
+    assert as_weight(None) == 0
+    with pytest.raises(TypeError):
+        as_weight("12")
 
 
 def test_invalid_limits_are_configuration_errors_and_value_errors() -> None:
@@ -216,7 +265,8 @@ def run(
         ]
         if request.limit is not None:
             chosen = chosen[: request.limit]
-        cutter.feed(page(chosen, request.max_weight))
+        cap = request.max_weight
+        cutter.feed(page(chosen, None if cap is None else int(cap)))
     return cutter.result(), requests
 
 

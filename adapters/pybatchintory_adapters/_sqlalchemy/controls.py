@@ -15,6 +15,7 @@ from typing import NamedTuple
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pybatchintory.errors import UnknownJob
+from pybatchintory.models import Weight
 from pybatchintory_adapters._sqlalchemy.statements import Statements
 
 __all__ = ("cursor_move", "done_record", "revival")
@@ -42,17 +43,27 @@ async def _move_cursor(
 
 
 def revival(
-    st: Statements, job: str, *, fingerprint: str | None, batch_ids: Collection[int] | None
+    st: Statements,
+    job: str,
+    *,
+    fingerprint: str | None,
+    batch_ids: Collection[int] | None,
+    max_attempts: int,
 ) -> Callable[[AsyncConnection], Awaitable[int]]:
     """Give dead ranges a fresh attempt budget and make them due now; how many.
 
     ``batch_ids`` are attempt ids; each names its range, whichever attempt it is (only the
-    range's newest attempt carries the dead flag).
+    range's newest attempt carries the dead flag). Under the job lock, the leases that ran
+    out are expired first, as an acquire would: a range every read already shows as dead
+    (its last attempt's lease ran out) is then revived too.
     """
     wanted = None if batch_ids is None else list(batch_ids)
     params: dict[str, object] = {"p_job": job, "p_fingerprint": fingerprint}
 
     async def work(conn: AsyncConnection) -> int:
+        locked = await _lock_job(conn, st, job)
+        expiry = {"p_job": job, "p_now": locked.now, "p_max_attempts": max_attempts}
+        await conn.execute(st.expire, expiry)
         if wanted is not None:
             found = await conn.execute(st.starts_of, {"p_job": job, "p_ids": wanted})
             starts = list(found.scalars())
@@ -78,7 +89,7 @@ def cursor_move(
 
 
 def done_record(
-    st: Statements, job: str, start: int, end: int, count: int, weight: int, owner: str
+    st: Statements, job: str, start: int, end: int, count: int, weight: Weight, owner: str
 ) -> Callable[[AsyncConnection], Awaitable[int]]:
     """Record ``[start, end]`` as succeeded and move the cursor past it; the attempt's id.
 

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from pybatchintory.errors import LeaseLost, UnknownJob
 from pybatchintory.models import LeaseGrant, PlannedRange, Settlement, Status
 from pybatchintory.protocols import Planner
+from pybatchintory.weights import as_weight
 from pybatchintory_adapters._sqlalchemy.driver_path import HotPath
 from pybatchintory_adapters._sqlalchemy.records import aware
 from pybatchintory_adapters._sqlalchemy.rules import RUNNING
@@ -150,7 +151,7 @@ class Acquisition:
             st.due_retries, params
         ):
             await ex.run(st.clear_retry, {"p_id": old_id})
-            cut = PlannedRange(int(start), int(end), int(count), int(weight), bool(oversized))
+            cut = PlannedRange(int(start), int(end), int(count), as_weight(weight), bool(oversized))
             attempt, failures = (int(v) for v in tries)
             rows.append(_Next(old_table, cut, attempt + 1, failures))
         return rows
@@ -246,7 +247,7 @@ def settling(
         "p_result": s.result,
         "p_error_type": s.error_type,
         "p_error_message": s.error_message,
-        "p_traceback": s.traceback,
+        "p_traceback": _logging_text(s),
         "p_fingerprint": s.fingerprint,
         "p_code_version": s.code_version,
     }
@@ -261,19 +262,25 @@ def settling(
         if row is not None and row.token == s.token and row.status == str(s.status):
             return  # an earlier try committed before its connection dropped
         raise LeaseLost(
-            f"attempt {s.attempt_id} is no longer leased to this worker ({_why(row, s.token)}); "
-            f"its {s.status} was not recorded"
+            f"attempt {s.attempt_id} is no longer leased to this worker "
+            f"({_why(row, s.token)}); its {s.status} was not recorded"
         )
 
     return work
 
 
+def _logging_text(s: Settlement) -> str | None:
+    """The ``logging`` column: the caller's text, then a failure's traceback."""
+    parts = [part for part in (s.logging, s.traceback) if part]
+    return "\n".join(parts) if parts else None
+
+
 def _why(row: _Check | None, token: str) -> str:
-    """Why a fenced settle matched nothing."""
+    """Why a fenced settle matched nothing, in the ledger's own terms."""
     if row is None:
-        return "missing"
+        return "the ledger has no such attempt"
     if row.token != token:
-        return "taken over"
+        return f"another lease holds it; the ledger has it as {row.status}"
     if row.status == RUNNING:
-        return "lease expired"
-    return f"already {row.status}"
+        return "its lease ran out; the ledger has it as running, expired"
+    return f"the ledger has it as {row.status}"

@@ -71,12 +71,40 @@ def _v2(t: Tables) -> Sequence[ExecutableDDLElement]:
     return [CreateIndex(_index(t.inventory, "job_status_start"))]
 
 
+def _alter_weight(t: Tables, statement: str) -> ExecutableDDLElement:
+    ddl: ExecutableDDLElement = sa.DDL(statement).against(t.inventory)  # type: ignore[no-untyped-call]
+    return ddl
+
+
+def _v3(t: Tables) -> Sequence[ExecutableDDLElement]:
+    return [_alter_weight(t, f"ALTER TABLE %(table)s ALTER COLUMN weight TYPE {_WEIGHT}")]
+
+
+def _v3_mysql(t: Tables) -> Sequence[ExecutableDDLElement]:
+    return [_alter_weight(t, f"ALTER TABLE %(table)s MODIFY weight {_WEIGHT} NOT NULL")]
+
+
+def _v3_sqlite(t: Tables) -> Sequence[ExecutableDDLElement]:
+    # SQLite cannot change a column's type, and need not: a BIGINT column (integer affinity)
+    # keeps a fractional value as a real, and the column is read as stored.
+    return []
+
+
+_WEIGHT = "NUMERIC(38, 10)"
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         2,
         "index inventory (job, status, meta_id_start): an InventorySource reads its upstream "
         "job's succeeded ranges in id order, and audit pages through them, by one index range",
         _v2,
+    ),
+    Migration(
+        3,
+        "inventory.weight becomes NUMERIC(38, 10) (was BIGINT): FLOAT, REAL and NUMERIC weight "
+        "columns and fractional max_weight; exact sums for NUMERIC, floats to ten places",
+        _v3,
+        {"mysql": _v3_mysql, "sqlite": _v3_sqlite},
     ),
 )
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from pybatchintory.models import Attempt, ErrorGroup, JobStatus, Status
+from pybatchintory.models import Attempt, ErrorGroup, JobStatus, LedgerSummary, Status
+from pybatchintory.weights import as_weight
 from pybatchintory_adapters._sqlalchemy.read_statements import ReadStatements
 from pybatchintory_adapters._sqlalchemy.records import aware, to_attempt
 
@@ -39,31 +40,45 @@ async def attempts(
     status: Collection[Status] | None,
     limit: int | None,
     ids: Collection[int] | None,
+    max_attempts: int,
 ) -> list[Attempt]:
-    """Attempts of one job, newest first."""
-    statement = rs.attempts(bool(status), ids is not None, limit is not None)
-    params: dict[str, Any] = {"p_job": job, "p_limit": limit}
-    if status:
-        params["p_status"] = [str(s) for s in status]
+    """Attempts of one job as seen now, newest first."""
+    statuses = frozenset(str(s) for s in status) if status else None
+    statement = rs.attempts(statuses, ids is not None, limit is not None)
+    params: dict[str, Any] = {"p_job": job, "p_limit": limit, "p_max_attempts": max_attempts}
     if ids is not None:
         params["p_ids"] = list(ids)
     return await _attempts(conn, statement, params)
 
 
 async def history(
-    conn: AsyncConnection, rs: ReadStatements, meta_table: str, meta_id: int
+    conn: AsyncConnection, rs: ReadStatements, meta_table: str, meta_id: int, max_attempts: int
 ) -> list[Attempt]:
-    """Every attempt of every job on ``meta_table`` whose range covers ``meta_id``."""
-    return await _attempts(conn, rs.history, {"p_meta_table": meta_table, "p_meta_id": meta_id})
+    """Every attempt, as seen now, of every job on ``meta_table`` covering ``meta_id``."""
+    params = {"p_meta_table": meta_table, "p_meta_id": meta_id, "p_max_attempts": max_attempts}
+    return await _attempts(conn, rs.history, params)
 
 
-async def ledger_summary(conn: AsyncConnection, rs: ReadStatements, job: str) -> dict[str, int]:
-    """Running leases, ranges waiting for retry and dead ranges of one job."""
-    row = (await conn.execute(rs.ledger_summary, {"p_job": job})).mappings().one()
-    return {name: int(value) for name, value in row.items()}
+async def ledger_summary(
+    conn: AsyncConnection, rs: ReadStatements, job: str, max_attempts: int
+) -> LedgerSummary:
+    """Running leases, ranges waiting for retry and dead ranges of one job (rows, weight), now."""
+    params = {"p_job": job, "p_max_attempts": max_attempts}
+    row = (await conn.execute(rs.ledger_summary, params)).mappings().one()
+    return LedgerSummary(
+        running=int(row["running"]),
+        retry_ranges=int(row["retry_ranges"]),
+        retry_count=int(row["retry_count"]),
+        retry_weight=as_weight(row["retry_weight"]),
+        dead_ranges=int(row["dead_ranges"]),
+        dead_count=int(row["dead_count"]),
+        dead_weight=as_weight(row["dead_weight"]),
+    )
 
 
-async def job_statuses(conn: AsyncConnection, rs: ReadStatements) -> list[JobStatus]:
+async def job_statuses(
+    conn: AsyncConnection, rs: ReadStatements, max_attempts: int
+) -> list[JobStatus]:
     """One line per job, by name: cursor, window, counts, last success."""
     return [
         JobStatus(
@@ -79,7 +94,9 @@ async def job_statuses(conn: AsyncConnection, rs: ReadStatements) -> list[JobSta
             },
             last_success=aware(row["last_success"]),
         )
-        for row in (await conn.execute(rs.job_statuses)).mappings()
+        for row in (
+            await conn.execute(rs.job_statuses, {"p_max_attempts": max_attempts})
+        ).mappings()
     ]
 
 

@@ -3,6 +3,10 @@
 Built once per table set (a read whose shape depends on its arguments is built once per
 shape). Each answers its question in one statement, whatever the number of jobs or
 groups: per-job figures are correlated subqueries, each one probe of an index.
+
+Every read sees the ledger as of the database clock: a lease that ran out reads as expired
+at once (``rules.seen_now`` and the ``*_now`` rules), not only after the next acquire of
+its job wrote the expiry. Such reads take ``p_max_attempts``, the reader's retry budget.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import sqlalchemy as sa
 
 from pybatchintory.models import Status
 from pybatchintory_adapters._sqlalchemy.rules import (
-    dead,
-    exhausted_by_expiry,
-    lease_ran_out,
+    dead_now,
+    holding,
     open_range,
     running,
-    waiting_for_retry,
+    seen_now,
+    seen_status_in,
+    waiting_for_retry_now,
 )
 from pybatchintory_adapters._sqlalchemy.tables import Tables
 from pybatchintory_adapters._sqlalchemy.types import db_now
@@ -47,6 +52,18 @@ def _total(inv: sa.Table, column: str, *where: sa.ColumnElement[bool]) -> sa.Sca
     )
 
 
+def _sum_of(figures: list[sa.ScalarSelect[Any]]) -> sa.ColumnElement[Any]:
+    """One figure over disjoint parts of a rule: a probe per part, added up."""
+    total: sa.ColumnElement[Any] = figures[0]
+    for figure in figures[1:]:
+        total = total + figure
+    return total
+
+
+def _max_attempts() -> sa.BindParameter[Any]:
+    return _p("max_attempts", sa.Integer())
+
+
 class ReadStatements:
     """Prebuilt reads over one set of tables."""
 
@@ -62,9 +79,7 @@ class ReadStatements:
         running_start, pending_start = self.oldest_open_starts(_p("job"))
         self.oldest_open = sa.select(running_start, pending_start)
         now = db_now()
-        expired_with_attempts_left = sa.and_(
-            lease_ran_out(inv, now), sa.not_(exhausted_by_expiry(inv, _p("max_attempts")))
-        )
+        _, expired_with_attempts_left = waiting_for_retry_now(inv, now, _max_attempts())
         self.due_ranges = (
             sa.select(inv)
             .where(
@@ -77,19 +92,23 @@ class ReadStatements:
 
     @staticmethod
     def _summary(inv: sa.Table, job: sa.ColumnElement[Any]) -> dict[str, sa.Label[Any]]:
-        """Running leases, ranges waiting for a retry and dead ranges of ``job``.
+        """Running leases, ranges waiting for a retry and dead ranges of ``job``, as of now.
 
-        Each figure reads one small index range, never the job's whole history.
+        Each figure reads one small index range per part of its rule, never the job's
+        whole history.
         """
         mine = inv.c.job == job
+        now = db_now()
+        retry = waiting_for_retry_now(inv, now, _max_attempts())
+        gone = dead_now(inv, now, _max_attempts())
         figures = {
-            "running": _count(inv, mine, running(inv)),
-            "retry_ranges": _count(inv, mine, waiting_for_retry(inv)),
-            "retry_count": _total(inv, "count", mine, waiting_for_retry(inv)),
-            "retry_weight": _total(inv, "weight", mine, waiting_for_retry(inv)),
-            "dead_ranges": _count(inv, mine, dead(inv)),
-            "dead_count": _total(inv, "count", mine, dead(inv)),
-            "dead_weight": _total(inv, "weight", mine, dead(inv)),
+            "running": _count(inv, mine, holding(inv, now)),
+            "retry_ranges": _sum_of([_count(inv, mine, part) for part in retry]),
+            "retry_count": _sum_of([_total(inv, "count", mine, part) for part in retry]),
+            "retry_weight": _sum_of([_total(inv, "weight", mine, part) for part in retry]),
+            "dead_ranges": _sum_of([_count(inv, mine, part) for part in gone]),
+            "dead_count": _sum_of([_total(inv, "count", mine, part) for part in gone]),
+            "dead_weight": _sum_of([_total(inv, "weight", mine, part) for part in gone]),
         }
         return {name: figure.label(name) for name, figure in figures.items()}
 
@@ -140,7 +159,7 @@ class ReadStatements:
             .subquery("covering")
         )
         return (
-            sa.select(inv)
+            sa.select(*seen_now(inv, db_now(), _max_attempts()))
             .join(
                 covering,
                 sa.and_(inv.c.job == covering.c.job, inv.c.meta_id_start == covering.c.start),
@@ -192,13 +211,23 @@ class ReadStatements:
         pending_start = sa.select(sa.func.min(inv.c.meta_id_start)).where(mine, open_range(inv))
         return running_start.scalar_subquery(), pending_start.scalar_subquery()
 
-    @cache  # noqa: B019 - one ReadStatements per store, eight shapes
-    def attempts(self, by_status: bool, by_ids: bool, limited: bool) -> sa.Select[Any]:
-        """Attempts of a job, newest first (``p_status``, ``p_ids``, ``p_limit``)."""
+    @cache  # noqa: B019 - one ReadStatements per store, a few shapes
+    def attempts(
+        self, statuses: frozenset[str] | None, by_ids: bool, limited: bool
+    ) -> sa.Select[Any]:
+        """Attempts of a job as seen now, newest first (``p_ids``, ``p_limit``).
+
+        ``statuses``: only attempts whose status, as seen now, is one of these.
+        """
         inv = self.tables.inventory
-        query = sa.select(inv).where(inv.c.job == _p("job")).order_by(inv.c.id.desc())
-        if by_status:
-            query = query.where(inv.c.status.in_(sa.bindparam("p_status", expanding=True)))
+        now = db_now()
+        query = (
+            sa.select(*seen_now(inv, now, _max_attempts()))
+            .where(inv.c.job == _p("job"))
+            .order_by(inv.c.id.desc())
+        )
+        if statuses is not None:
+            query = query.where(seen_status_in(inv, now, statuses))
         if by_ids:
             query = query.where(inv.c.id.in_(sa.bindparam("p_ids", expanding=True)))
         if limited:

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from pybatchintory.models import Attempt, Status
 from pybatchintory.protocols import JobRecord
+from pybatchintory.weights import as_weight
 
 __all__ = ("aware", "to_attempt", "to_job")
 
@@ -29,7 +30,7 @@ def to_attempt(row: sa.RowMapping) -> Attempt:
         meta_id_start=int(row["meta_id_start"]),
         meta_id_end=int(row["meta_id_end"]),
         count=int(row["count"]),
-        weight=int(row["weight"]),
+        weight=as_weight(row["weight"]),
         attempt=int(row["attempt"]),
         status=Status(row["status"]),
         oversized=bool(row["oversized"]),

@@ -14,10 +14,10 @@ from typing import Any, TypedDict
 
 import sqlalchemy as sa
 
-from pybatchintory.models import Status
+from pybatchintory.models import Status, Weight
 from pybatchintory_adapters._sqlalchemy.rules import (
     dead,
-    exhausted_by_expiry,
+    expiry_values,
     lease_ran_out,
     open_range,
     running,
@@ -37,7 +37,7 @@ class NewAttempt(TypedDict):
     processing_start: datetime
     meta_id_start: int
     meta_id_end: int
-    weight: int
+    weight: Weight
     count: int
     attempt: int
     status: str
@@ -98,24 +98,11 @@ class Statements:
         # (MySQL's UTC_TIMESTAMP; PostgreSQL evaluates it before waiting for the row lock),
         # so a lease granted after waiting for another worker's lock would be born expired.
         self.clock = sa.select(db_now())
-        exhausted = exhausted_by_expiry(inv, _p("max_attempts", sa.Integer()))
         now = _p("now", Timestamp())
-        # MySQL evaluates the assignments of an UPDATE from left to right, each one seeing
-        # the columns already assigned: `dead` and `retry_after` must be computed before
-        # `failures` is incremented, or an expiry one short of max_attempts marks the range
-        # both dead and due (it is retried, then revived and handed out a second time).
         self.expire = (
             sa.update(inv)
             .where(inv.c.job == _p("job"), lease_ran_out(inv, now))
-            .ordered_values(
-                (inv.c.status, str(Status.EXPIRED)),
-                (inv.c.processing_end, now),
-                (inv.c.dead, sa.case((exhausted, True), else_=False)),
-                (inv.c.retry_after, sa.case((exhausted, sa.null()), else_=now)),
-                (inv.c.error_type, "LeaseExpired"),
-                (inv.c.error_message, "the lease ran out before the attempt was settled"),
-                (inv.c.failures, inv.c.failures + 1),
-            )
+            .ordered_values(*expiry_values(inv, now, _p("max_attempts", sa.Integer())))
         )
         self.due_retries = (
             sa.select(
@@ -191,7 +178,7 @@ class Statements:
             meta_id_start=start,
             meta_id_end=end,
             count=_p("count", sa.BigInteger()),
-            weight=_p("weight", sa.BigInteger()),
+            weight=_p("weight", inv.c.weight.type),
             attempt=1,
             status=str(Status.SUCCEEDED),
             owner=_p("owner"),

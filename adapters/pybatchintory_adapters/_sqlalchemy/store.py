@@ -31,8 +31,10 @@ from pybatchintory.models import (
     JobSpec,
     JobStatus,
     LeaseGrant,
+    LedgerSummary,
     Settlement,
     Status,
+    Weight,
 )
 from pybatchintory.protocols import JobRecord, Planner
 from pybatchintory_adapters._sqlalchemy import compat, controls, jobs, migrations, queries
@@ -207,6 +209,9 @@ class SQLAlchemyStore:
                 return await work(conn)
         except DBAPIError as exc:
             raise self._translate(exc) from exc
+        except OSError as exc:
+            # A refused or reset connect is not wrapped by SQLAlchemy (asyncpg raises it).
+            raise StoreUnavailable(f"the inventory database is unreachable: {exc}") from exc
 
     # -- schema and jobs ------------------------------------------------------------------
 
@@ -304,14 +309,26 @@ class SQLAlchemyStore:
     # -- operator controls ----------------------------------------------------------------
 
     async def revive(
-        self, job: str, *, fingerprint: str | None, batch_ids: Collection[int] | None
+        self,
+        job: str,
+        *,
+        fingerprint: str | None,
+        batch_ids: Collection[int] | None,
+        max_attempts: int,
     ) -> int:
         """Give dead ranges a fresh attempt budget and make them due now.
 
         ``batch_ids`` are attempt ids; each names its range, whichever attempt it is (only
-        the range's newest attempt carries the dead flag).
+        the range's newest attempt carries the dead flag). Leases that ran out are expired
+        first, under the job lock, as an acquire would.
         """
-        work = controls.revival(self.statements, job, fingerprint=fingerprint, batch_ids=batch_ids)
+        work = controls.revival(
+            self.statements,
+            job,
+            fingerprint=fingerprint,
+            batch_ids=batch_ids,
+            max_attempts=max_attempts,
+        )
         return await self._transact(work)
 
     async def set_cursor(self, job: str, meta_id: int) -> None:
@@ -319,7 +336,7 @@ class SQLAlchemyStore:
         await self._transact(controls.cursor_move(self.statements, job, meta_id))
 
     async def record_done(
-        self, job: str, start: int, end: int, count: int, weight: int, owner: str
+        self, job: str, start: int, end: int, count: int, weight: Weight, owner: str
     ) -> int:
         """Record ``[start, end]`` as succeeded and move the cursor past it.
 
@@ -338,23 +355,28 @@ class SQLAlchemyStore:
         status: Collection[Status] | None = None,
         limit: int | None = None,
         ids: Collection[int] | None = None,
+        max_attempts: int,
     ) -> list[Attempt]:
-        """Attempts of a job, newest first."""
+        """Attempts of a job as seen now, newest first."""
         return await self._read(
-            lambda c: queries.attempts(c, self.reads, job, status=status, limit=limit, ids=ids)
+            lambda c: queries.attempts(
+                c, self.reads, job, status=status, limit=limit, ids=ids, max_attempts=max_attempts
+            )
         )
 
-    async def history(self, meta_table: str, meta_id: int) -> list[Attempt]:
-        """Every attempt of every job on ``meta_table`` whose range covers ``meta_id``."""
-        return await self._read(lambda c: queries.history(c, self.reads, meta_table, meta_id))
+    async def history(self, meta_table: str, meta_id: int, *, max_attempts: int) -> list[Attempt]:
+        """Every attempt, as seen now, of every job on ``meta_table`` covering ``meta_id``."""
+        return await self._read(
+            lambda c: queries.history(c, self.reads, meta_table, meta_id, max_attempts)
+        )
 
-    async def ledger_summary(self, job: str) -> dict[str, int]:
-        """Running, retry-pending and dead counts of one job."""
-        return await self._read(lambda c: queries.ledger_summary(c, self.reads, job))
+    async def ledger_summary(self, job: str, *, max_attempts: int) -> LedgerSummary:
+        """Running, retry-pending and dead counts of one job (rows, weight), as of now."""
+        return await self._read(lambda c: queries.ledger_summary(c, self.reads, job, max_attempts))
 
-    async def job_statuses(self) -> list[JobStatus]:
+    async def job_statuses(self, *, max_attempts: int) -> list[JobStatus]:
         """One line per job, by name: cursor, window, counts, last success (one statement)."""
-        return await self._read(lambda c: queries.job_statuses(c, self.reads))
+        return await self._read(lambda c: queries.job_statuses(c, self.reads, max_attempts))
 
     async def error_groups(self, job: str) -> list[ErrorGroup]:
         """Failed attempts grouped by fingerprint."""

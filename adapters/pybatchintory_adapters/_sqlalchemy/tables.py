@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from pybatchintory_adapters._sqlalchemy.types import LedgerId, LedgerJSON, Timestamp
+from pybatchintory_adapters._sqlalchemy.types import LedgerId, LedgerJSON, LedgerWeight, Timestamp
 
 __all__ = ("SCHEMA_VERSION", "Tables", "build_tables")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version these tables describe; ``migrations`` holds the steps up to it."""
 
 
@@ -41,7 +41,8 @@ def build_tables(prefix: str = "") -> Tables:
         sa.Column("processing_end", Timestamp()),
         sa.Column("meta_id_start", sa.BigInteger(), nullable=False),
         sa.Column("meta_id_end", sa.BigInteger(), nullable=False),
-        sa.Column("weight", sa.BigInteger(), nullable=False, default=0),
+        # Version 3: NUMERIC(38, 10), for FLOAT and NUMERIC weight columns (was BIGINT).
+        sa.Column("weight", LedgerWeight(), nullable=False, default=0),
         sa.Column("count", sa.BigInteger(), nullable=False, default=0),
         sa.Column("attempt", sa.Integer(), nullable=False, default=1),
         sa.Column("status", sa.String(16), nullable=False),
