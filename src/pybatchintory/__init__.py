@@ -53,7 +53,7 @@ from pybatchintory.protocols import InventoryStore, MetadataSource
 from pybatchintory.recursion import InventorySource
 from pybatchintory.settings import Settings
 from pybatchintory.sources import MetaTable, SourceDefaults
-from pybatchintory.sync import acquire_batch, acquire_batches
+from pybatchintory.sync import acquire_batch, acquire_batches, configure
 
 __version__ = "0.1.0.dev0"
 
@@ -97,6 +97,7 @@ __all__ = (
     "acquire",
     "acquire_batch",
     "acquire_batches",
+    "configure",
     "lease",
     "leases",
     "run_service",

@@ -41,7 +41,7 @@ from pybatchintory.models import (
     Weight,
 )
 from pybatchintory.protocols import InventoryStore, MetadataSource
-from pybatchintory.settings import Settings
+from pybatchintory.settings import Settings, current_settings
 from pybatchintory.sources import SourceDefaults
 from pybatchintory.weights import as_json
 
@@ -129,7 +129,7 @@ class Inventory:
         ``MetaTable`` without ``url=``, and the reads of a recorded job (``backlog``,
         ``audit``) find its metadata table through them.
         """
-        s = settings or Settings()
+        s = settings or current_settings()
         options: dict[str, Any] = {
             "owner": s.owner,
             "lease_ttl": s.lease_ttl,

@@ -30,9 +30,9 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from pybatchintory._default_inventory import resolve_seed_arguments
+from pybatchintory._default_inventory import seed_call
 from pybatchintory.batch import Batch, _call_arguments
-from pybatchintory.errors import EventLoopRunning, NoBatchAvailable
+from pybatchintory.errors import EventLoopRunning, NoBatchAvailable, UnknownColumn
 from pybatchintory.inventory import Inventory
 from pybatchintory.models import (
     Attempt,
@@ -45,8 +45,16 @@ from pybatchintory.models import (
 )
 from pybatchintory.protocols import MetadataSource
 from pybatchintory.settings import Settings
+from pybatchintory.settings import configure as configure_settings
 
-__all__ = ("SyncBatch", "SyncInventory", "acquire_batch", "acquire_batches", "shutdown")
+__all__ = (
+    "SyncBatch",
+    "SyncInventory",
+    "acquire_batch",
+    "acquire_batches",
+    "configure",
+    "shutdown",
+)
 
 T = TypeVar("T")
 
@@ -104,6 +112,7 @@ class SyncBatch:
     def __init__(self, owner: SyncInventory, batch: Batch) -> None:
         self._owner = owner
         self._batch = batch
+        self._item: str | None = None  # the seed's item column (meta_table_cols["item"])
 
     def __getattr__(self, name: str) -> Any:
         if name in {
@@ -138,10 +147,24 @@ class SyncBatch:
         self._batch.result = value
 
     @property
-    def items(self) -> list[Mapping[str, Any]]:
-        """The rows of the range (read once, then cached)."""
+    def items(self) -> list[Any]:
+        """The rows of the range (read once, then cached).
+
+        With the seed's item column (``meta_table_cols={"item": "file", ...}``), the values
+        of that column, as 0.0.8 gave them.
+
+        Raises:
+            UnknownColumn: The item column is not a column of the table.
+        """
         rows: list[Mapping[str, Any]] = self._owner._call(self._batch.items)
-        return rows
+        if self._item is None:
+            return rows
+        if rows and self._item not in rows[0]:
+            raise UnknownColumn(
+                f"item column {self._item!r} (meta_table_cols) is not a column of "
+                f"{self._batch.meta_table!r}"
+            )
+        return [row[self._item] for row in rows]
 
     def success(self, result: Any = None, *, logging: str | None = None) -> None:
         """Record success (see ``Batch.success``); ``logging`` goes to the logging column."""
@@ -372,27 +395,52 @@ def acquire_batch(
     count: int | None = None,
     max_weight: Weight | None = None,
     max_count: int | None = None,
+    meta_table_name: str | None = None,
+    meta_table_cols: Mapping[str, str] | None = None,
+    batch_weight: Weight | None = None,
+    batch_count: int | None = None,
+    batch_id_min: int | None = None,
+    batch_id_max: int | None = None,
 ) -> SyncBatch | None:
     """Lease the next batch of ``job`` (seed spelling; ``None``: nothing to do).
 
     The same object as ``pybatchintory.acquire_batch``. Configured from ``PYBATCHINTORY_*``
-    settings and a ``.env`` file in the working directory.
+    settings and a ``.env`` file in the working directory (or ``configure()``). 0.0.8's
+    arguments work as they did: ``meta_table_name``, ``meta_table_cols`` (``uid``,
+    ``weight``, ``item``: with ``item``, ``batch.items`` lists that column's values),
+    ``batch_weight``, ``batch_count``, ``batch_id_min``, ``batch_id_max``.
 
     Raises:
         EventLoopRunning: Called inside a running event loop (use ``await pbi.acquire``).
+        InvalidArgument: Both spellings of one argument, or no source at all.
     """
     _refuse_in_loop("acquire_batch")
-    resolved, count_cap, weight_cap = resolve_seed_arguments(
-        source, weight=weight, count=count, max_weight=max_weight, max_count=max_count
-    )
-    return _default_inventory().acquire(
-        job,
-        resolved,
+    call = seed_call(
+        source,
+        weight=weight,
+        count=count,
+        max_weight=max_weight,
+        max_count=max_count,
         id_start=id_start,
         id_end=id_end,
-        max_count=count_cap,
-        max_weight=weight_cap,
+        meta_table_name=meta_table_name,
+        meta_table_cols=meta_table_cols,
+        batch_weight=batch_weight,
+        batch_count=batch_count,
+        batch_id_min=batch_id_min,
+        batch_id_max=batch_id_max,
     )
+    batch = _default_inventory().acquire(
+        job,
+        call.source,
+        id_start=call.id_start,
+        id_end=call.id_end,
+        max_count=call.max_count,
+        max_weight=call.max_weight,
+    )
+    if batch is not None:
+        batch._item = call.item
+    return batch
 
 
 def acquire_batches(
@@ -406,27 +454,65 @@ def acquire_batches(
     max_weight: Weight | None = None,
     max_count: int | None = None,
     iterations: int | None = None,
+    meta_table_name: str | None = None,
+    meta_table_cols: Mapping[str, str] | None = None,
+    batch_weight: Weight | None = None,
+    batch_count: int | None = None,
+    batch_id_min: int | None = None,
+    batch_id_max: int | None = None,
 ) -> Iterator[SyncBatch]:
     """Yield batches of ``job`` until none is left or ``iterations`` is reached.
 
-    The same object as ``pybatchintory.acquire_batches``.
+    The same object as ``pybatchintory.acquire_batches``; the arguments of
+    ``acquire_batch``, plus ``iterations``.
 
     Raises:
         EventLoopRunning: Called inside a running event loop (use ``pbi.leases``).
+        InvalidArgument: Both spellings of one argument, or no source at all.
     """
     _refuse_in_loop("acquire_batches")
-    resolved, count_cap, weight_cap = resolve_seed_arguments(
-        source, weight=weight, count=count, max_weight=max_weight, max_count=max_count
-    )
-    return _default_inventory().leases(
-        job,
-        resolved,
-        iterations=iterations,
+    call = seed_call(
+        source,
+        weight=weight,
+        count=count,
+        max_weight=max_weight,
+        max_count=max_count,
         id_start=id_start,
         id_end=id_end,
-        max_count=count_cap,
-        max_weight=weight_cap,
+        meta_table_name=meta_table_name,
+        meta_table_cols=meta_table_cols,
+        batch_weight=batch_weight,
+        batch_count=batch_count,
+        batch_id_min=batch_id_min,
+        batch_id_max=batch_id_max,
     )
+    batches = _default_inventory().leases(
+        job,
+        call.source,
+        iterations=iterations,
+        id_start=call.id_start,
+        id_end=call.id_end,
+        max_count=call.max_count,
+        max_weight=call.max_weight,
+    )
+    return _with_item(batches, call.item)
+
+
+def _with_item(batches: Iterator[SyncBatch], item: str | None) -> Iterator[SyncBatch]:
+    for batch in batches:
+        batch._item = item
+        yield batch
+
+
+def configure(dot_env: str | None = None, settings: Mapping[str, Any] | None = None) -> Settings:
+    """The seed's ``configure``: set the settings of the calls that take none.
+
+    Closes the default inventory, so the next ``acquire_batch`` uses them. See
+    ``pybatchintory.settings.configure``.
+    """
+    configured = configure_settings(dot_env, settings)
+    shutdown()
+    return configured
 
 
 def shutdown() -> None:

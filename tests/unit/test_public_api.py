@@ -363,3 +363,75 @@ def test_settle_must_be_a_non_negative_timedelta() -> None:
 def test_meta_table_needs_a_table_name(table: object) -> None:
     with pytest.raises(pbi.InvalidArgument):
         pbi.MetaTable(table)  # type: ignore[arg-type]
+
+
+# -- the seed's (0.0.8) settings and arguments ------------------------------------------------
+
+
+def test_settings_read_the_seeds_names(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYBATCHINTORY_INVENTORY_CONN", "sqlite+aiosqlite:///seed.db")
+    monkeypatch.setenv("PYBATCHINTORY_META_CONN", "sqlite+aiosqlite:///seed_meta.db")
+    settings = pbi.Settings()
+    assert settings.inventory_url.get_secret_value() == "sqlite+aiosqlite:///seed.db"
+    assert settings.meta_url is not None
+    assert settings.meta_url.get_secret_value() == "sqlite+aiosqlite:///seed_meta.db"
+    monkeypatch.setenv("PYBATCHINTORY_INVENTORY_URL", "sqlite+aiosqlite:///new.db")
+    assert pbi.Settings().inventory_url.get_secret_value() == "sqlite+aiosqlite:///new.db"
+    assert pbi.Settings(inventory_url="x").inventory_url.get_secret_value() == "x"
+
+
+def test_the_seeds_env_file_variable(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (clean_env / ".env").write_text("PYBATCHINTORY_META_TABLE=from_dot_env\n")
+    (clean_env / "other.env").write_text("PYBATCHINTORY_META_TABLE=from_named_file\n")
+    assert pbi.Settings().meta_table == "from_dot_env"
+    monkeypatch.setenv("PYBATCHINTORY_ENV_FILE", "other.env")
+    assert pbi.Settings().meta_table == "from_named_file"
+    monkeypatch.setenv("PYBATCHINTORY_ENV_FILE", "missing.env")
+    with pytest.raises(pbi.ConfigurationError, match=r"missing\.env"):
+        pbi.Settings()
+
+
+def test_configure_sets_the_settings_of_calls_that_take_none(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pybatchintory import settings as settings_module
+
+    (clean_env / "seed.env").write_text("PYBATCHINTORY_META_WEIGHT=size_in_mib\n")
+    monkeypatch.setattr(settings_module, "_configured", None)
+    configured = pbi.configure(
+        dot_env=str(clean_env / "seed.env"), settings={"INVENTORY_CONN": "sqlite:///c.db"}
+    )
+    assert configured.inventory_url.get_secret_value() == "sqlite:///c.db"
+    assert configured.meta_weight == "size_in_mib"
+    assert settings_module.current_settings() is configured
+    assert pbi.Inventory.from_settings().url == "sqlite:///c.db"
+    with pytest.raises(pbi.ConfigurationError, match=r"nowhere\.env"):
+        pbi.configure(dot_env="nowhere.env")
+
+
+def test_the_seeds_arguments_are_checked_before_anything_is_written(clean_env: Path) -> None:
+    from pybatchintory._default_inventory import seed_call
+
+    call = seed_call(
+        None,
+        meta_table_name="meta_table",
+        meta_table_cols={"uid": "id", "item": "file", "weight": "size_in_mib"},
+        batch_weight=1.5,
+        batch_id_min=20,
+        batch_id_max=80,
+    )
+    assert isinstance(call.source, pbi.MetaTable)
+    assert (call.source.table, call.source.id, call.source.weight) == (
+        "meta_table",
+        "id",
+        "size_in_mib",
+    )
+    assert (call.max_weight, call.id_start, call.id_end, call.item) == (1.5, 20, 80, "file")
+    with pytest.raises(pbi.InvalidArgument, match="batch_weight"):
+        seed_call("t", weight=10, batch_weight=10)
+    with pytest.raises(pbi.InvalidArgument, match="meta_table_name"):
+        seed_call("t", meta_table_name="u")
+    with pytest.raises(pbi.InvalidArgument, match="not file"):
+        seed_call("t", meta_table_cols={"file": "path"})
+    with pytest.raises(pbi.InvalidArgument, match="PYBATCHINTORY_META_TABLE"):
+        seed_call(None, batch_count=5)
