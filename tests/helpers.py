@@ -80,11 +80,22 @@ async def insert_rows(url: str, name: str, rows: list[dict[str, Any]]) -> None:
 
 
 async def fetch_all(url: str, sql: str, **params: Any) -> list[dict[str, Any]]:
-    """Run a plain SQL query and return its rows as dicts."""
+    """Run a plain SQL query and return its rows as dicts.
+
+    ``datetime`` parameters are bound as ``DateTime`` (SQLAlchemy renders them for the
+    driver), never left to sqlite3's default adapter, deprecated since Python 3.12.
+    """
+    statement = sa.text(sql).bindparams(
+        *(
+            sa.bindparam(k, type_=sa.DateTime())
+            for k, v in params.items()
+            if isinstance(v, datetime)
+        )
+    )
     engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
-            result = await conn.execute(sa.text(sql), params)
+            result = await conn.execute(statement, params)
             if not result.returns_rows:
                 await conn.commit()
                 return []

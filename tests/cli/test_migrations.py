@@ -22,6 +22,12 @@ SCRIPT = Path(sys.executable).with_name("pybatchintory")
 NEW_INDEX = "ix_inventory_job_status_start"
 
 
+@pytest.fixture
+def db_url(empty_db_url: str) -> str:
+    """These tests are about creating and migrating the schema: an empty database each."""
+    return empty_db_url
+
+
 def test_the_migrations_end_at_the_schema_version() -> None:
     versions = [m.version for m in MIGRATIONS]
     assert versions == sorted(versions) and versions[-1] == SCHEMA_VERSION == 3
