@@ -38,6 +38,13 @@ def is_seconds(value: object) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def check_poll_interval(value: object) -> float:
+    """The seconds between looks at the ledger: a finite number above zero."""
+    if not is_seconds(value) or value <= 0:  # type: ignore[operator]
+        raise InvalidArgument(f"poll_interval must be > 0 seconds: {value!r}")
+    return float(value)  # type: ignore[arg-type]
+
+
 def validate_limits(
     max_count: object, max_weight: object, *, has_weight: bool | None = None
 ) -> Limits:

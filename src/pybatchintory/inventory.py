@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator, Collection, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -26,7 +26,7 @@ from pybatchintory._group import BatchGroup
 from pybatchintory._jobs import Jobs
 from pybatchintory._leases import LeaseContext, Leases, lease_policy
 from pybatchintory._operator import AuditFinding, Operator
-from pybatchintory._planning import is_seconds
+from pybatchintory._planning import check_poll_interval, is_seconds
 from pybatchintory._registry import normalise_url
 from pybatchintory._stopping import StopSignal, as_stop
 from pybatchintory.batch import Batch, _check_json
@@ -289,6 +289,28 @@ class Inventory:
             timeout=timeout,
         )
 
+    def _acquire_call(
+        self,
+        job: str,
+        source: MetadataSource | str,
+        max_count: int | None,
+        max_weight: Weight | None,
+        id_start: int | None,
+        id_end: int | None,
+        timeout: float | None,
+    ) -> Callable[[], Awaitable[Batch | None]]:
+        """``self.acquire`` with one call's arguments bound (for ``lease`` and ``consume``)."""
+        return functools.partial(
+            self.acquire,
+            job,
+            source,
+            max_count=max_count,
+            max_weight=max_weight,
+            id_start=id_start,
+            id_end=id_end,
+            timeout=timeout,
+        )
+
     def lease(
         self,
         job: str,
@@ -313,22 +335,10 @@ class Inventory:
             NoBatchAvailable: On entry, when there is nothing to do and ``wait`` is false,
                 or when ``stop`` is set before a batch was leased.
         """
-        if not is_seconds(poll_interval) or poll_interval <= 0:
-            raise InvalidArgument(f"poll_interval must be > 0 seconds: {poll_interval!r}")
+        interval = check_poll_interval(poll_interval)
         checked_stop = as_stop(stop)
-        acquire = functools.partial(
-            self.acquire,
-            job,
-            source,
-            max_count=max_count,
-            max_weight=max_weight,
-            id_start=id_start,
-            id_end=id_end,
-            timeout=timeout,
-        )
-        return LeaseContext(
-            acquire, job, wait=wait, poll_interval=float(poll_interval), stop=checked_stop
-        )
+        acquire = self._acquire_call(job, source, max_count, max_weight, id_start, id_end, timeout)
+        return LeaseContext(acquire, job, wait=wait, poll_interval=interval, stop=checked_stop)
 
     async def consume(
         self,
@@ -364,21 +374,11 @@ class Inventory:
         """
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise InvalidArgument(f"concurrency must be a positive integer: {concurrency!r}")
-        if not is_seconds(poll_interval) or poll_interval <= 0:
-            raise InvalidArgument(f"poll_interval must be > 0 seconds: {poll_interval!r}")
+        interval = check_poll_interval(poll_interval)
         if not callable(handler):
             raise InvalidArgument(f"handler must be callable: {handler!r}")
         checked_stop = as_stop(stop)
-        acquire = functools.partial(
-            self.acquire,
-            job,
-            source,
-            max_count=max_count,
-            max_weight=max_weight,
-            id_start=id_start,
-            id_end=id_end,
-            timeout=timeout,
-        )
+        acquire = self._acquire_call(job, source, max_count, max_weight, id_start, id_end, timeout)
         # Bad arguments and a job conflict raise here, before any worker starts; a database
         # that is not up yet is the workers' to wait for.
         with contextlib.suppress(StoreError):
@@ -394,7 +394,7 @@ class Inventory:
             acquire,
             handler,
             concurrency=concurrency,
-            poll_interval=float(poll_interval),
+            poll_interval=interval,
             stop=checked_stop,
         )
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pybatchintory._planning import check_poll_interval
 from pybatchintory.errors import InvalidArgument, LeaseLost, UnknownJob
 from pybatchintory.protocols import MetadataSource
 from pybatchintory.sync import SyncBatch, SyncInventory
@@ -70,12 +71,7 @@ class LoopSpec:
                 f"unknown limits {sorted(unknown)}; allowed: {', '.join(_LIMITS)}"
             )
         _check_limits(self.limits)
-        if (
-            isinstance(self.poll_interval, bool)
-            or not isinstance(self.poll_interval, (int, float))
-            or self.poll_interval <= 0
-        ):
-            raise InvalidArgument(f"poll_interval must be > 0 seconds: {self.poll_interval!r}")
+        check_poll_interval(self.poll_interval)
 
 
 def _number(value: object) -> bool:

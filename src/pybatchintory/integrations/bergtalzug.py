@@ -41,6 +41,7 @@ import logging
 import sys
 from typing import Any
 
+from pybatchintory._planning import check_poll_interval
 from pybatchintory.batch import Batch
 from pybatchintory.errors import (
     AlreadySettled,
@@ -118,10 +119,7 @@ class BatchFeeder:
             raise InvalidArgument(f"max_outstanding must be an integer, got {max_outstanding!r}")
         if max_outstanding < 1:
             raise InvalidArgument(f"max_outstanding must be >= 1, got {max_outstanding}")
-        if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)):
-            raise InvalidArgument(f"poll_interval must be a number, got {poll_interval!r}")
-        if poll_interval <= 0:
-            raise InvalidArgument(f"poll_interval must be > 0 seconds, got {poll_interval}")
+        check_poll_interval(poll_interval)
         self.inventory = inventory
         self.job = job
         self.source = source
