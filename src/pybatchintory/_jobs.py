@@ -8,6 +8,7 @@ starting from the size of the job's previous range.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from typing import Any
 
@@ -17,6 +18,7 @@ from pybatchintory._database import Database
 from pybatchintory._planning import (
     RangeCutter,
     check_job_name,
+    statement_page_size,
     validate_limits,
     validate_window,
 )
@@ -255,6 +257,11 @@ class _JobPlanner:
         request = cutter.request()
         if request is None:
             return None
+        if request.limit is not None and request.max_weight is not None:
+            # A few fixed sizes, so the store's statement (the size written into it) and
+            # the database's plan for it stay the same from one lease to the next.
+            size = statement_page_size(request.limit, self._limits.max_count)
+            request = dataclasses.replace(request, limit=size)
         found = offer(engine, request)
         if found is None:
             return None

@@ -22,6 +22,7 @@ __all__ = (
     "RangeCutter",
     "backoff_delay",
     "check_job_name",
+    "statement_page_size",
     "is_seconds",
     "validate_limits",
     "validate_window",
@@ -31,6 +32,23 @@ MAX_PAGE = 50_000
 """Upper bound on the rows one page summary reads."""
 
 _FIRST_PAGE = 256
+_SMALLEST_STATEMENT_PAGE = 32
+
+
+def statement_page_size(size: int, max_count: int | None) -> int:
+    """``size`` rounded up to one of a few fixed page sizes (32, then steps of ~19 %).
+
+    A weight cap sizes its first page from the previous batch, so the size drifts from one
+    lease to the next. A store that writes the size into its acquire statement (so that the
+    database can keep one generic plan for it) sees only these few sizes instead. Reading a
+    few more rows than asked changes no cut: the page only decides more often. Never more
+    than ``max_count`` or ``MAX_PAGE``.
+    """
+    step = _SMALLEST_STATEMENT_PAGE
+    while step < size:
+        step = max(step + 1, math.ceil(step * 2**0.25))
+    bound = MAX_PAGE if max_count is None else min(MAX_PAGE, max_count)
+    return max(1, min(step, bound))
 
 
 def is_seconds(value: object) -> bool:

@@ -215,7 +215,9 @@ class FirstPage:
         query: The page summary: ``PageSummary``'s eight fields as columns, in that order.
         rows: The page's rows: ``id`` and weight ``w`` in id order, at most ``p_limit``.
         params: Their bind parameters other than ``p_after``.
-        limit: Rows the page reads at most (``None``: all of them).
+        limit: Rows the page reads at most (``None``: all of them), the value of
+            ``p_limit``. A store may write it into its statement as a literal: it changes
+            rarely (a weight cap's first page comes in a few fixed sizes).
         max_count: The count cap (``None``: none).
         max_weight: The weight cap (``None``: none).
         taken: Tell the planner what was cut (it sizes the job's next first page).

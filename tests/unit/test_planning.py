@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from decimal import Decimal
 
@@ -14,6 +15,7 @@ from pybatchintory._planning import (
     MAX_PAGE,
     RangeCutter,
     backoff_delay,
+    statement_page_size,
     validate_limits,
     validate_window,
 )
@@ -363,3 +365,17 @@ def test_weighted_pages_never_exceed_max_page_or_max_count() -> None:
     cut, requests = run(RangeCutter(after=None, end=None, limits=Limits(7, 5)), rows)
     assert cut == PlannedRange(1, 7, 7, 0)
     assert all(r.limit is not None and r.limit <= 7 for r in requests)
+
+
+def test_statement_page_sizes_are_few_and_never_smaller_than_asked() -> None:
+    sizes = {statement_page_size(n, None) for n in range(1, MAX_PAGE + 1)}
+    assert len(sizes) < 70  # ~19 % steps: a weight cap's drifting first page reuses a plan
+    assert {statement_page_size(n, None) for n in range(1, 33)} == {32}
+    for n in (33, 100, 1008, 1009, 49_999, MAX_PAGE):
+        size = statement_page_size(n, None)
+        assert n <= size <= math.ceil(n * 1.19), (n, size)
+    assert statement_page_size(7, 5) == 5
+    assert statement_page_size(1008, 1000) == 1000  # never past the count cap
+    assert statement_page_size(MAX_PAGE + 5, None) == MAX_PAGE
+    # At most two sizes for a drift of 5 % around a batch of ~1000.
+    assert len({statement_page_size(n, None) for n in range(950, 1050)}) <= 2

@@ -87,7 +87,7 @@ class SQLAlchemyStore:
         self.statements = Statements(tables)
         self.reads = ReadStatements(tables)
         self._prepared: OrderedDict[int, tuple[sa.Executable, Prepared]] = OrderedDict()
-        self._in_one: OrderedDict[tuple[int, bool, bool], tuple[Any, sa.Select[Any]]] = (
+        self._in_one: OrderedDict[tuple[int, int | None, bool], tuple[Any, sa.Select[Any]]] = (
             OrderedDict()
         )
         self._ready = False
@@ -335,7 +335,7 @@ class SQLAlchemyStore:
             return None
         stored = None if config is None else dict(config)
         if n == 1:
-            key = (id(first.query), first.limit is not None, first.max_count is not None)
+            key = (id(first.query), first.limit, first.max_count is not None)
             one = LeaseInOne(
                 statement=self._cached_in_one(
                     key,
@@ -343,7 +343,7 @@ class SQLAlchemyStore:
                     lambda: lease_in_one(
                         self.tables,
                         first.query,
-                        limited=first.limit is not None,
+                        limit=first.limit,
                         counted=first.max_count is not None,
                     ),
                 ),
@@ -356,10 +356,11 @@ class SQLAlchemyStore:
             return await self._transact_hot(one, single=True)
         if first.max_count is None or first.max_weight is not None:
             return None  # a weight cap cuts one range after another: the transaction does
-        key = (id(first.rows), True, True)
+        limit = n * first.max_count
+        key = (id(first.rows), limit, True)
         many = LeaseManyInOne(
             statement=self._cached_in_one(
-                key, first.rows, lambda: lease_many_in_one(self.tables, first.rows)
+                key, first.rows, lambda: lease_many_in_one(self.tables, first.rows, limit)
             ),
             first=first,
             n=n,
@@ -371,7 +372,7 @@ class SQLAlchemyStore:
         return await self._transact_hot(many, single=True)
 
     def _cached_in_one(
-        self, key: tuple[int, bool, bool], page: Any, build: Callable[[], sa.Select[Any]]
+        self, key: tuple[int, int | None, bool], page: Any, build: Callable[[], sa.Select[Any]]
     ) -> sa.Select[Any]:
         """A one-statement acquire around the page query ``page``, built once per shape."""
         cached = self._in_one.get(key)
