@@ -283,14 +283,15 @@ async def test_the_statement_keeps_one_generic_plan(pg_url: str, caps: dict[str,
             assert batch is not None
             await batch.success()
         async with inv.engine.connect() as conn:  # the pool's one connection
-            plans = (
-                await conn.exec_driver_sql(
+            plans: list[tuple[int, int]] = [
+                (int(row[0]), int(row[1]))
+                for row in await conn.exec_driver_sql(
                     "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
                     "WHERE statement LIKE 'WITH locked AS%'"
                 )
-            ).all()
+            ]
     assert plans, "the one-statement acquire was not prepared on this connection"
-    generic = sum(row[0] for row in plans)
-    custom = sum(row[1] for row in plans)
+    generic = sum(g for g, _ in plans)
+    custom = sum(c for _, c in plans)
     # Five custom plans per statement text before the server compares; after that, generic.
     assert generic >= 10 and custom <= 5 * len(plans), plans
