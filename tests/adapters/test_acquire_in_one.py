@@ -283,13 +283,11 @@ async def test_the_statement_keeps_one_generic_plan(pg_url: str, caps: dict[str,
             assert batch is not None
             await batch.success()
         async with inv.engine.connect() as conn:  # the pool's one connection
-            plans: list[tuple[int, int]] = [
-                (int(row[0]), int(row[1]))
-                for row in await conn.exec_driver_sql(
-                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                    "WHERE statement LIKE 'WITH locked AS%'"
-                )
-            ]
+            found: Any = await conn.exec_driver_sql(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement LIKE 'WITH locked AS%'"
+            )
+            plans = [(int(g), int(c)) for g, c in found]
     assert plans, "the one-statement acquire was not prepared on this connection"
     generic = sum(g for g, _ in plans)
     custom = sum(c for _, c in plans)
