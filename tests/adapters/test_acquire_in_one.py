@@ -282,12 +282,17 @@ async def test_the_statement_keeps_one_generic_plan(pg_url: str, caps: dict[str,
             batch = await inv.acquire("plans", files, **caps)
             assert batch is not None
             await batch.success()
-        async with inv.engine.connect() as conn:  # the pool's one connection
-            found: Any = await conn.exec_driver_sql(
-                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-                "WHERE statement LIKE 'WITH locked AS%'"
-            )
-            plans = [(int(g), int(c)) for g, c in found]
+        store = inv.store
+        assert isinstance(store, SQLAlchemyStore)
+        kept = await store._kept.take()  # the connection the leases ran on
+        assert kept is not None
+        driver: Any = kept.driver_connection
+        found = await driver.fetch(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE 'WITH locked AS%'"
+        )
+        plans = [(int(g), int(c)) for g, c in found]
+        assert store._kept.keep(kept)
     assert plans, "the one-statement acquire was not prepared on this connection"
     generic = sum(g for g, _ in plans)
     custom = sum(c for _, c in plans)

@@ -57,7 +57,7 @@ from pybatchintory_adapters._sqlalchemy.leasing import (
     settling,
     settling_many,
 )
-from pybatchintory_adapters._sqlalchemy.pooling import mark_committed
+from pybatchintory_adapters._sqlalchemy.pooling import KeptConnection, mark_committed
 from pybatchintory_adapters._sqlalchemy.read_statements import ReadStatements
 from pybatchintory_adapters._sqlalchemy.statements import Statements
 from pybatchintory_adapters._sqlalchemy.tables import Tables
@@ -91,6 +91,7 @@ class SQLAlchemyStore:
             OrderedDict()
         )
         self._ready = False
+        self._kept = KeptConnection()
         # Option engines share the pool; their options cost nothing per connection, unlike
         # ``await conn.execution_options(...)`` on every transaction.
         write = capabilities.write_options
@@ -125,9 +126,10 @@ class SQLAlchemyStore:
             async with self._write(single) as conn:
                 yield EngineLink(conn), conn
             return
-        # Straight from the pool: no Connection object, two greenlet hops (out and back).
+        # The connection kept from the last transaction, else straight from the pool: no
+        # Connection object, two greenlet hops (out and back).
         try:
-            fairy = await self.engine.raw_connection()
+            fairy = await self._kept.take() or await self.engine.raw_connection()
         except DBAPIError:
             raise
         except Exception as exc:
@@ -138,6 +140,7 @@ class SQLAlchemyStore:
                 raise
             wrapped = DBAPIError.instance(None, None, exc, dbapi.Error, connection_invalidated=True)
             raise wrapped from exc
+        kept = False
         try:
             direct = DirectConnection(factory(fairy.driver_connection), self.engine, self._prepared)
             try:
@@ -163,10 +166,14 @@ class SQLAlchemyStore:
                     except Exception:
                         await compat.invalidate_borrowed(fairy)
                 raise
-            mark_committed(fairy)
+            # Committed: kept for the next transaction, or back to the pool as it is.
+            kept = self._kept.keep(fairy)
+            if not kept:
+                mark_committed(fairy)
         finally:
-            with anyio.CancelScope(shield=True):
-                await compat.close_borrowed(fairy)
+            if not kept:
+                with anyio.CancelScope(shield=True):
+                    await compat.close_borrowed(fairy)
 
     def _translate(self, exc: DBAPIError) -> StoreError:
         mapped = self.capabilities.translate(exc)
@@ -515,4 +522,5 @@ class SQLAlchemyStore:
         return await self._read(lambda c: queries.oldest_open_start(c, self.reads, job))
 
     async def aclose(self) -> None:
-        """Nothing to release: the engine belongs to whoever created it."""
+        """Give back the connection kept for the hot path (the engine is not disposed)."""
+        await self._kept.aclose()
