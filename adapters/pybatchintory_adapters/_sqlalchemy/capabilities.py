@@ -41,6 +41,8 @@ class Capabilities:
         acquire_in_one: The common acquire (one range, nothing expired, no retry due, a
             source on the inventory's database whose first page decides the cut) runs as
             one data-modifying statement, in autocommit (see ``in_one``; PostgreSQL).
+        acquire_in_batch: The same common acquire runs as one multi-statement batch that
+            commits itself, on connections that allow batches (see ``in_batch``; MySQL).
         driver_session: Runs acquire and settle on the pooled driver connection (see
             ``driver_path``); ``None`` runs them through SQLAlchemy.
     """
@@ -51,4 +53,5 @@ class Capabilities:
     translate: Callable[[DBAPIError], PybatchintoryError | None] = _no_translation
     write_in_with: bool = False
     acquire_in_one: bool = False
+    acquire_in_batch: bool = False
     driver_session: SessionFactory | None = None

@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = (
+    "BatchSession",
     "DirectConnection",
     "DriverSession",
     "EngineLink",
@@ -75,6 +76,19 @@ class DriverSession(Protocol):
 
     def is_disconnect(self, exc: BaseException) -> bool:
         """True if ``exc`` means the connection is unusable."""
+        ...
+
+
+class BatchSession(DriverSession, Protocol):
+    """A session that also sends many statements in one round trip (MySQL)."""
+
+    @property
+    def can_batch(self) -> bool:
+        """This connection accepts a multi-statement batch."""
+        ...
+
+    async def batch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Sequence[Any]]]:
+        """Run ``;``-separated statements at once; the rows of each, in order."""
         ...
 
 
@@ -263,6 +277,35 @@ class DirectConnection:
             raise
         except Exception as exc:
             raise self._wrap(exc, prepared) from exc
+
+    @property
+    def can_batch(self) -> bool:
+        """Statements can go to the server as one batch on this connection."""
+        return bool(getattr(self.session, "can_batch", False))
+
+    async def batch(
+        self, statements: Sequence[sa.Executable], params: Mapping[str, Any]
+    ) -> list[list[tuple[Any, ...]]]:
+        """Run ``statements`` in one round trip (``can_batch``); the rows of each.
+
+        The server runs them in order and stops at the first error, which is raised here.
+        """
+        prepared = [self._get(statement) for statement in statements]
+        sql: list[str] = []
+        args: list[Any] = []
+        for one in prepared:
+            text, values = one.statement_for(params)
+            sql.append(text)
+            args.extend(values)
+        session: Any = self.session
+        joined = ";\n".join(sql)
+        try:
+            results = await session.batch(joined, args)
+        except DBAPIError:
+            raise
+        except Exception as exc:
+            raise self._wrap_plain(exc, joined) from exc
+        return [[one.row(r) for r in rows] for one, rows in zip(prepared, results, strict=True)]
 
     async def begin(self, single: bool) -> None:
         """Start the transaction (driver errors wrapped like statements')."""

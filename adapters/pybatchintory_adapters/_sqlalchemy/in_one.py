@@ -29,7 +29,7 @@ but the lock it took, and the caller runs the transaction of ``leasing.Acquisiti
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,11 +46,49 @@ from pybatchintory_adapters._sqlalchemy.statements import ATTEMPT_COLUMNS
 from pybatchintory_adapters._sqlalchemy.tables import Tables
 from pybatchintory_adapters._sqlalchemy.types import db_now, plus_seconds
 
-__all__ = ("LeaseInOne", "LeaseManyInOne", "lease_in_one", "lease_many_in_one")
+__all__ = (
+    "LeaseInOne",
+    "LeaseManyInOne",
+    "PageCut",
+    "first_params",
+    "lease_clock",
+    "lease_in_one",
+    "lease_many_in_one",
+    "new_attempt",
+    "one_grant",
+    "page_around",
+    "page_cut",
+)
 
 
 def _p(name: str, type_: Any = None) -> sa.BindParameter[Any]:
     return sa.bindparam(f"p_{name}", type_=type_)
+
+
+def _due_probes(t: Tables, job: sa.BindParameter[Any]) -> tuple[Any, Any]:
+    """The oldest running lease's expiry and the next retry of ``job`` (two index probes)."""
+    inv = t.inventory
+    oldest_expiry = (
+        sa.select(sa.func.min(inv.c.expires_at))
+        .where(inv.c.job == job, running(inv))
+        .scalar_subquery()
+    )
+    next_retry = sa.select(sa.func.min(inv.c.retry_after)).where(inv.c.job == job).scalar_subquery()
+    return oldest_expiry, next_retry
+
+
+def lease_clock(t: Tables, job: sa.BindParameter[Any]) -> tuple[Any, Any]:
+    """``(now, free)``, to read with the locked job row.
+
+    The database clock, and whether no lease of the job ran out and no retry is due by it.
+    """
+    now = db_now()
+    oldest_expiry, next_retry = _due_probes(t, job)
+    free = sa.and_(
+        sa.or_(oldest_expiry.is_(None), oldest_expiry > now),
+        sa.or_(next_retry.is_(None), next_retry > now),
+    )
+    return now, free
 
 
 def _locked_clock(t: Tables, job: sa.BindParameter[Any]) -> Any:
@@ -60,7 +98,7 @@ def _locked_clock(t: Tables, job: sa.BindParameter[Any]) -> Any:
     ``meta_table``, and the oldest running lease's expiry and the next retry (two index
     probes), which say whether a lease may have run out or a retry may be due.
     """
-    inv, jobs = t.inventory, t.jobs
+    jobs = t.jobs
     locked = (
         sa.select(jobs.c.cursor, jobs.c.meta_table)
         .where(jobs.c.name == job)
@@ -68,12 +106,7 @@ def _locked_clock(t: Tables, job: sa.BindParameter[Any]) -> Any:
         .cte("locked")
         .prefix_with("MATERIALIZED")
     )
-    oldest_expiry = (
-        sa.select(sa.func.min(inv.c.expires_at))
-        .where(inv.c.job == job, running(inv))
-        .scalar_subquery()
-    )
-    next_retry = sa.select(sa.func.min(inv.c.retry_after)).where(inv.c.job == job).scalar_subquery()
+    oldest_expiry, next_retry = _due_probes(t, job)
     clock = (
         sa.select(
             db_now().label("now"),
@@ -109,7 +142,7 @@ def _literal_limit(limit: int) -> Any:
     return sa.literal_column(str(int(limit)), sa.Integer())
 
 
-def _around(query: Any, cursor: Any, limit: int | None) -> Any:
+def page_around(query: Any, cursor: Any, limit: int | None) -> Any:
     """``query`` after ``cursor`` (for ``p_after``), with ``limit`` written in (``p_limit``)."""
 
     def replace(element: Any) -> Any:
@@ -124,6 +157,81 @@ def _around(query: Any, cursor: Any, limit: int | None) -> Any:
     return traverse(query, {}, replace)
 
 
+@dataclass(frozen=True, slots=True)
+class PageCut:
+    """The range one page summary decides, as SQL over its columns (``RangeCutter``'s cut).
+
+    Attributes:
+        rows: Rows the page read.
+        decides: The page decides the cut: it holds rows, and the weight cap is hit
+            inside it, or it holds fewer rows than its limit, or the count cap's rows.
+        end, count, weight, oversized: The cut range (a first row over the weight cap
+            alone, else the rows that fit, else the whole page). The weight is the page's
+            own sum: the ledger's NUMERIC column would read a float column's sum back as a
+            decimal, and the slower path hands out the page's sum too.
+    """
+
+    rows: Any
+    decides: sa.ColumnElement[bool]
+    end: Any
+    count: Any
+    weight: Any
+    oversized: Any
+
+
+def page_cut(page: Any, limit: int | None, counted: bool) -> PageCut:
+    """The cut of ``page`` (a ``FirstPage.query`` as a subquery or CTE).
+
+    ``limit``: the page's row limit (``None``: unlimited); ``counted``: the count cap
+    ``p_max_count`` applies.
+    """
+    rows, first, first_weight, last, weight, fit_rows, fit_last, fit_weight = page.c
+    split = fit_rows < rows  # the weight cap is hit inside the page
+    alone = sa.and_(split, fit_rows == 0)  # the first row alone is over the cap
+    decides: list[sa.ColumnElement[bool]] = [split]
+    decides.append(sa.true() if limit is None else rows < _literal_limit(limit))
+    if counted:
+        decides.append(rows >= _p("max_count", sa.BigInteger()))
+    return PageCut(
+        rows=rows,
+        decides=sa.and_(rows > 0, sa.or_(*decides)),
+        end=sa.case((alone, first), (split, fit_last), else_=last),
+        count=sa.case((alone, 1), (split, fit_rows), else_=rows),
+        weight=sa.case((alone, first_weight), (split, fit_weight), else_=weight),
+        oversized=alone,
+    )
+
+
+def new_attempt(
+    inv: sa.Table, *, meta_table: Any, now: Any, start: Any, cut: PageCut
+) -> dict[str, Any]:
+    """The columns of a first attempt of ``cut``.
+
+    Parameters: ``p_job``, ``p_owner``, ``p_token``, ``p_ttl``, ``p_config``.
+    """
+    owner = _p("owner", sa.String())
+    return {
+        "meta_table": meta_table,
+        "job": _p("job", sa.String()),
+        "job_identifier": owner,
+        "processing_start": now,
+        "meta_id_start": start,
+        "meta_id_end": cut.end,
+        "weight": cut.weight,
+        "count": cut.count,
+        "attempt": sa.literal(1, sa.Integer()),
+        "status": sa.literal(RUNNING, inv.c.status.type),
+        "owner": owner,
+        "token": _p("token", sa.String()),
+        "heartbeat_at": now,
+        "expires_at": plus_seconds(now, _p("ttl", sa.Float())),
+        "failures": sa.literal(0, sa.Integer()),
+        "dead": sa.false(),
+        "oversized": cut.oversized,
+        "config": _p("config", inv.c.config.type),
+    }
+
+
 def lease_in_one(t: Tables, page_query: Any, *, limit: int | None, counted: bool) -> sa.Select[Any]:
     """The one-statement acquire around ``page_query`` (a ``FirstPage.query``).
 
@@ -135,52 +243,22 @@ def lease_in_one(t: Tables, page_query: Any, *, limit: int | None, counted: bool
     job = _p("job", sa.String())
     clock = _locked_clock(t, job)
     cursor = sa.select(clock.c.cursor).scalar_subquery()
-    page = _around(page_query, cursor, limit).cte("page")
-    rows, first, first_weight, last, weight, fit_rows, fit_last, fit_weight = page.c
-    split = fit_rows < rows  # the weight cap is hit inside the page
-    alone = sa.and_(split, fit_rows == 0)  # the first row alone is over the cap
-    decides: list[sa.ColumnElement[bool]] = [split]
-    if limit is not None:
-        decides.append(rows < _literal_limit(limit))
-    else:
-        decides.append(sa.true())
-    if counted:
-        decides.append(rows >= _p("max_count", sa.BigInteger()))
+    page = page_around(page_query, cursor, limit).cte("page")
+    cut = page_cut(page, limit, counted)
     now = clock.c.now
     free = _free(clock)
-    go = sa.and_(clock.c.cursor.is_not(None), free, rows > 0, sa.or_(*decides))
-    owner = _p("owner", sa.String())
-    # The range's weight as the page summed it (the ledger's NUMERIC column would read a
-    # float column's sum back as a decimal; the slower path hands out the page's sum too).
-    cut_weight = sa.case((alone, first_weight), (split, fit_weight), else_=weight)
-    values: dict[str, Any] = {
-        "meta_table": clock.c.meta_table,
-        "job": job,
-        "job_identifier": owner,
-        "processing_start": now,
-        "meta_id_start": clock.c.cursor + 1,
-        "meta_id_end": sa.case((alone, first), (split, fit_last), else_=last),
-        "weight": cut_weight,
-        "count": sa.case((alone, 1), (split, fit_rows), else_=rows),
-        "attempt": sa.literal(1, sa.Integer()),
-        "status": sa.literal(RUNNING, inv.c.status.type),
-        "owner": owner,
-        "token": _p("token", sa.String()),
-        "heartbeat_at": now,
-        "expires_at": plus_seconds(now, _p("ttl", sa.Float())),
-        "failures": sa.literal(0, sa.Integer()),
-        "dead": sa.false(),
-        "oversized": alone,
-        "config": _p("config", inv.c.config.type),
-    }
-    cut = (
+    go = sa.and_(clock.c.cursor.is_not(None), free, cut.decides)
+    values = new_attempt(
+        inv, meta_table=clock.c.meta_table, now=now, start=clock.c.cursor + 1, cut=cut
+    )
+    selected = (
         sa.select(*(values[name] for name in ATTEMPT_COLUMNS))
         .select_from(clock.join(page, sa.true()))
         .where(go)
     )
     leased = (
         sa.insert(inv)
-        .from_select(list(ATTEMPT_COLUMNS), cut)
+        .from_select(list(ATTEMPT_COLUMNS), selected)
         .returning(
             inv.c.id,
             inv.c.meta_id_start,
@@ -206,12 +284,12 @@ def lease_in_one(t: Tables, page_query: Any, *, limit: int | None, counted: bool
             clock.c.cursor,
             clock.c.meta_table,
             free.label("free"),
-            rows.label("page_rows"),
+            cut.rows.label("page_rows"),
             leased.c.id,
             leased.c.meta_id_start,
             leased.c.meta_id_end,
             leased.c.count,
-            sa.case((leased.c.id.is_(None), None), else_=cut_weight),
+            sa.case((leased.c.id.is_(None), None), else_=cut.weight),
             leased.c.oversized,
             leased.c.expires_at,
         )
@@ -220,13 +298,60 @@ def lease_in_one(t: Tables, page_query: Any, *, limit: int | None, counted: bool
     )
 
 
+def one_grant(
+    first: FirstPage, job: str, token: str, row: Sequence[Any]
+) -> list[LeaseGrant] | None:
+    """What a one-round-trip acquire's result row says (``lease_in_one``'s columns).
+
+    The grant, ``[]`` when there is certainly nothing to hand out (no lease ran out, no
+    retry due, no row after the cursor), or ``None`` when the slower transaction must decide.
+    """
+    cursor, meta_table, free, page_rows, key, start, end, count, weight, oversized = row[:10]
+    expires = row[10]
+    if key is None:
+        nothing = cursor is not None and bool(free) and int(page_rows) == 0
+        return [] if nothing else None
+    cut = PlannedRange(int(start), int(end), int(count), as_weight(weight), bool(oversized))
+    first.taken(cut)
+    return [
+        LeaseGrant(
+            id=int(key),
+            job=job,
+            meta_table=str(meta_table),
+            meta_id_start=cut.meta_id_start,
+            meta_id_end=cut.meta_id_end,
+            count=cut.count,
+            weight=cut.weight,
+            attempt=1,
+            failures=0,
+            oversized=cut.oversized,
+            token=token,
+            expires_at=aware(expires),  # type: ignore[arg-type]
+        )
+    ]
+
+
+def first_params(first: FirstPage, job: str, owner: str, ttl: float, config: Any) -> dict[str, Any]:
+    """The parameters of a one-round-trip acquire of one range; its token is ``p_token``."""
+    params: dict[str, Any] = {
+        **first.params,
+        "p_job": job,
+        "p_owner": owner,
+        "p_token": secrets.token_hex(16),
+        "p_ttl": float(ttl),
+        "p_config": config,
+    }
+    if first.max_count is not None:
+        params["p_max_count"] = first.max_count
+    return params
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseInOne:
     """The body of a one-statement acquire of one range (in autocommit).
 
-    Returns the grant, ``[]`` when there is certainly nothing to hand out (no lease ran
-    out, no retry due, no row after the cursor), or ``None`` when the slower transaction
-    must decide.
+    Returns what ``one_grant`` says: the grant, ``[]`` (nothing to hand out) or ``None``
+    (the slower transaction must decide).
     """
 
     statement: sa.Select[Any]
@@ -237,43 +362,11 @@ class LeaseInOne:
     config: Mapping[str, Any] | None
 
     async def __call__(self, ex: HotPath, link: object) -> list[LeaseGrant] | None:
-        token = secrets.token_hex(16)
-        params: dict[str, Any] = {
-            **self.first.params,
-            "p_job": self.job,
-            "p_owner": self.owner,
-            "p_token": token,
-            "p_ttl": float(self.ttl),
-            "p_config": self.config,
-        }
-        if self.first.max_count is not None:
-            params["p_max_count"] = self.first.max_count
+        params = first_params(self.first, self.job, self.owner, self.ttl, self.config)
         row = await ex.one(self.statement, params)
         if row is None:
             return None  # no such job: the slower path says so
-        cursor, meta_table, free, page_rows, key, start, end, count, weight, oversized = row[:10]
-        expires = row[10]
-        if key is None:
-            nothing = cursor is not None and bool(free) and int(page_rows) == 0
-            return [] if nothing else None
-        cut = PlannedRange(int(start), int(end), int(count), as_weight(weight), bool(oversized))
-        self.first.taken(cut)
-        return [
-            LeaseGrant(
-                id=int(key),
-                job=self.job,
-                meta_table=str(meta_table),
-                meta_id_start=cut.meta_id_start,
-                meta_id_end=cut.meta_id_end,
-                count=cut.count,
-                weight=cut.weight,
-                attempt=1,
-                failures=0,
-                oversized=cut.oversized,
-                token=token,
-                expires_at=aware(expires),  # type: ignore[arg-type]
-            )
-        ]
+        return one_grant(self.first, self.job, params["p_token"], row)
 
 
 def lease_many_in_one(t: Tables, rows_query: Any, limit: int) -> sa.Select[Any]:
@@ -290,7 +383,7 @@ def lease_many_in_one(t: Tables, rows_query: Any, limit: int) -> sa.Select[Any]:
     job = _p("job", sa.String())
     clock = _locked_clock(t, job)
     cursor = sa.select(clock.c.cursor).scalar_subquery()
-    page = _around(rows_query, cursor, limit).subquery("page")
+    page = page_around(rows_query, cursor, limit).subquery("page")
     position = sa.func.row_number().over(order_by=page.c.id) - 1
     bucketed = sa.select(
         page.c.id, page.c.w, (position // _p("max_count", sa.BigInteger())).label("b")

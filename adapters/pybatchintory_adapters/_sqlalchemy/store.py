@@ -13,6 +13,7 @@ operation: ``leasing`` (acquire, heartbeat, settle), ``controls`` (the operator'
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
@@ -45,6 +46,7 @@ from pybatchintory_adapters._sqlalchemy.driver_path import (
     HotPath,
     Prepared,
 )
+from pybatchintory_adapters._sqlalchemy.in_batch import LeaseInBatch, lease_in_batch
 from pybatchintory_adapters._sqlalchemy.in_one import (
     LeaseInOne,
     LeaseManyInOne,
@@ -65,6 +67,7 @@ from pybatchintory_adapters._sqlalchemy.tables import Tables
 __all__ = ("SQLAlchemyStore",)
 
 T = TypeVar("T")
+_Built = TypeVar("_Built")
 
 _TRANSIENT_TRIES = 6
 _IN_ONE_STATEMENTS = 64
@@ -87,9 +90,7 @@ class SQLAlchemyStore:
         self.statements = Statements(tables)
         self.reads = ReadStatements(tables)
         self._prepared: OrderedDict[int, tuple[sa.Executable, Prepared]] = OrderedDict()
-        self._in_one: OrderedDict[tuple[int, int | None, bool], tuple[Any, sa.Select[Any]]] = (
-            OrderedDict()
-        )
+        self._in_one: OrderedDict[tuple[int, int | None, bool], tuple[Any, Any]] = OrderedDict()
         self._ready = False
         self._kept = KeptConnection()
         # Option engines share the pool; their options cost nothing per connection, unlike
@@ -301,10 +302,11 @@ class SQLAlchemyStore:
     ) -> list[LeaseGrant]:
         """Lease up to ``n`` ranges: expire, then retries oldest first, then new ranges.
 
-        The common case of one range takes one statement where the database allows it
-        (``in_one``); the rest, and whatever that statement cannot decide, one transaction.
+        The common case of one range takes one round trip where the database allows it
+        (one statement, ``in_one``; one batch, ``in_batch``); the rest, and whatever that
+        round trip cannot decide, one transaction.
         """
-        if self.capabilities.acquire_in_one:
+        if self.capabilities.acquire_in_one or self.capabilities.acquire_in_batch:
             grants = await self._acquire_in_one(job, owner, ttl, n, planner, config)
             if grants is not None:
                 return grants
@@ -341,6 +343,19 @@ class SQLAlchemyStore:
         if first is None:
             return None
         stored = None if config is None else dict(config)
+        if n == 1 and not self.capabilities.acquire_in_one:
+            key = (id(first.query), first.limit, first.max_count is not None)
+            batch = LeaseInBatch(
+                statements=self._cached_in_batch(key, first),
+                first=first,
+                job=job,
+                owner=owner,
+                ttl=ttl,
+                config=stored,
+            )
+            return await self._transact_hot(batch, single=True)
+        if not self.capabilities.acquire_in_one:
+            return None  # many ranges: one transaction
         if n == 1:
             key = (id(first.query), first.limit, first.max_count is not None)
             one = LeaseInOne(
@@ -378,14 +393,27 @@ class SQLAlchemyStore:
         )
         return await self._transact_hot(many, single=True)
 
+    def _cached_in_batch(
+        self, key: tuple[int, int | None, bool], first: FirstPage
+    ) -> tuple[sa.Executable, ...]:
+        """A one-batch acquire around ``first.query``, built once per shape."""
+        build = functools.partial(
+            lease_in_batch,
+            self.tables,
+            first.query,
+            limit=first.limit,
+            counted=first.max_count is not None,
+        )
+        return self._cached_in_one(key, first.query, build)
+
     def _cached_in_one(
-        self, key: tuple[int, int | None, bool], page: Any, build: Callable[[], sa.Select[Any]]
-    ) -> sa.Select[Any]:
-        """A one-statement acquire around the page query ``page``, built once per shape."""
+        self, key: tuple[int, int | None, bool], page: Any, build: Callable[[], _Built]
+    ) -> _Built:
+        """A one-round-trip acquire around the page query ``page``, built once per shape."""
         cached = self._in_one.get(key)
         if cached is not None and cached[0] is page:
             self._in_one.move_to_end(key)
-            return cached[1]
+            return cached[1]  # type: ignore[no-any-return]
         statement = build()
         # Keyed by identity and holding the page query, so an id is never reused for another.
         self._in_one[key] = (page, statement)

@@ -21,6 +21,7 @@ from pybatchintory_adapters._sqlalchemy.types import (
     Timestamp,
     db_now,
     db_now_plus,
+    plus_seconds,
     seconds_clause,
 )
 
@@ -28,6 +29,9 @@ __all__ = ("adapter",)
 
 _NOW = "UTC_TIMESTAMP(6)"
 _DEADLOCK, _LOCK_WAIT_TIMEOUT = 1213, 1205
+# The MySQL protocol's client flag for ``;``-separated statements in one round trip
+# (``pymysql.constants.CLIENT.MULTI_STATEMENTS``); aiomysql always connects with it.
+_MULTI_STATEMENTS = 1 << 16
 # Server gone away, lost connection, cannot connect, killed connection, server shutdown.
 _UNAVAILABLE = {2002, 2003, 2006, 2013, 2055, 1053, 1927, 4031}
 
@@ -41,6 +45,13 @@ def _now(element: db_now, compiler: SQLCompiler, **kw: Any) -> str:
 def _now_plus(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
     seconds = seconds_clause(element, compiler, **kw)
     return f"TIMESTAMPADD(MICROSECOND, ROUND({seconds} * 1000000), {_NOW})"
+
+
+@compiles(plus_seconds, "mysql", "mariadb")
+def _plus_seconds(element: plus_seconds, compiler: SQLCompiler, **kw: Any) -> str:
+    at, seconds = element.clauses.clauses
+    at_sql, seconds_sql = compiler.process(at, **kw), compiler.process(seconds, **kw)
+    return f"TIMESTAMPADD(MICROSECOND, ROUND({seconds_sql} * 1000000), {at_sql})"
 
 
 @compiles(Timestamp, "mysql", "mariadb")
@@ -62,32 +73,61 @@ class _AiomysqlSession:
     """Acquire and settle on the pooled ``aiomysql.Connection`` (see ``_sqlalchemy.driver_path``).
 
     The connection is not in autocommit: the first statement opens the transaction (no
-    ``BEGIN`` round trip) and ``COMMIT`` ends it, for a settle too. Row counts are rows
-    matched, not changed: SQLAlchemy connects with ``CLIENT.FOUND_ROWS``.
+    ``BEGIN`` round trip) and ``COMMIT`` ends it. Row counts are rows matched, not changed:
+    the adapter connects with ``CLIENT.FOUND_ROWS``, as SQLAlchemy does.
+
+    On a connection that allows batches (``CLIENT.MULTI_STATEMENTS``, which aiomysql always
+    asks for), a single-statement write (a settle, a heartbeat) sends its ``COMMIT`` in the
+    same round trip, as autocommit would; and the common acquire is one batch.
     """
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
+        self._single = False
+
+    @property
+    def can_batch(self) -> bool:
+        """The connection was opened with ``CLIENT.MULTI_STATEMENTS``."""
+        return bool(getattr(self.conn, "client_flag", 0) & _MULTI_STATEMENTS)
 
     async def begin(self, single: bool) -> None:
-        return None
+        self._single = single and self.can_batch
 
     async def commit(self, single: bool) -> None:
-        await self.conn.commit()
+        # After a statement sent with its COMMIT the server says no transaction is open.
+        in_transaction = getattr(self.conn, "get_transaction_status", None)
+        if in_transaction is None or in_transaction():
+            await self.conn.commit()
+
+    async def batch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Sequence[Any]]]:
+        async with self.conn.cursor() as cursor:
+            await cursor.execute(sql, tuple(args))
+            results: list[Sequence[Sequence[Any]]] = [await cursor.fetchall() or ()]
+            while await cursor.nextset():
+                results.append(await cursor.fetchall() or ())
+            return results
 
     async def rollback(self) -> None:
         await self.conn.rollback()
 
+    def _sql(self, sql: str) -> str:
+        return f"{sql};\nCOMMIT" if self._single else sql
+
     async def rows(self, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
         async with self.conn.cursor() as cursor:
-            await cursor.execute(sql, tuple(args))
+            await cursor.execute(self._sql(sql), tuple(args))
             rows: Sequence[Sequence[Any]] = await cursor.fetchall()
+            while await cursor.nextset():  # the COMMIT's (empty) result
+                pass
             return rows
 
     async def run(self, sql: str, args: Sequence[Any]) -> tuple[int, int | None]:
         async with self.conn.cursor() as cursor:
-            await cursor.execute(sql, tuple(args))
-            return int(cursor.rowcount), cursor.lastrowid
+            await cursor.execute(self._sql(sql), tuple(args))
+            counted: tuple[int, int | None] = int(cursor.rowcount), cursor.lastrowid
+            while await cursor.nextset():
+                pass
+            return counted
 
     def is_disconnect(self, exc: BaseException) -> bool:
         return isinstance(exc, (OSError, ConnectionError)) or _errno(exc) in _UNAVAILABLE
@@ -108,6 +148,7 @@ adapter = SQLAlchemyAdapter(
         retryable=_retryable,
         translate=_translate,
         driver_session=_AiomysqlSession,
+        acquire_in_batch=True,
     ),
     engine_options={"isolation_level": "READ COMMITTED", "pool_recycle": 3600},
 )
