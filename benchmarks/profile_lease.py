@@ -1,10 +1,12 @@
 """Profile the lease hot path: statements and round trips per lease, and where time goes.
 
 Usage: ``python -m benchmarks.profile_lease [--backend sqlite] [--caps count] [--n 300]
-[--cprofile] [--floor [--one-statement]]``. Prints statements per lease (grouped by their
-first words), with ``--floor`` ours against the floor (``--one-statement``: the PostgreSQL
-one-statement floor too) and, with ``--cprofile``, the top functions by cumulative and own
-time.
+[--cprofile] [--floor [--one-statement]] [--timing] [--server]``. Prints statements per
+lease (grouped by their first words), with ``--floor`` ours against the floor
+(``--one-statement``: the PostgreSQL one-statement floor too), with ``--timing`` the wall
+time of acquire and settle and of each statement inside them, with ``--server``
+(PostgreSQL) our acquire statement against the floor's on a raw connection, and, with
+``--cprofile``, the top functions by cumulative and own time.
 """
 
 from __future__ import annotations
@@ -42,6 +44,118 @@ def _count_direct(count: Any) -> None:
 
         wrapper._counted = True  # type: ignore[attr-defined]
         setattr(direct.DirectConnection, name, wrapper)
+
+
+def _time_direct(spent: dict[str, list[float]]) -> None:
+    """Time every statement (and batch) the direct hot path sends, by its first words."""
+    from pybatchintory_adapters._sqlalchemy import driver_path as direct
+
+    for name in ("all", "_run", "batch", "commit"):
+        original = getattr(direct.DirectConnection, name)
+
+        async def timed(self: Any, *args: Any, _original: Any = original, _name: str = name) -> Any:
+            if _name == "batch":
+                label = "batch: " + " ".join(self._get(args[0][1]).sql.split()[:2])
+            elif _name == "commit":
+                label = "COMMIT"
+            else:
+                label = " ".join(self._get(args[0]).sql.split()[:2])
+            started = time.perf_counter()
+            try:
+                return await _original(self, *args)
+            finally:
+                spent.setdefault(label, []).append(time.perf_counter() - started)
+
+        setattr(direct.DirectConnection, name, timed)
+
+
+async def timing(inv: pbi.Inventory, source: pbi.MetaTable, caps: Any, n: int) -> None:
+    """Wall time per lease: acquire, settle, and the driver calls inside them."""
+    spent: dict[str, list[float]] = {}
+    _time_direct(spent)
+    acquire = settle = 0.0
+    for i in range(n):
+        if i % 40 == 39:
+            await inv.set_cursor("p", 0)
+        started = time.perf_counter()
+        b = await inv.acquire("p", source, **caps)
+        assert b is not None
+        middle = time.perf_counter()
+        await b.success()
+        acquire, settle = acquire + middle - started, settle + time.perf_counter() - middle
+    print(
+        f"[timing] per lease: acquire {acquire / n * 1e6:.0f} us, settle {settle / n * 1e6:.0f} us"
+    )
+    for label, times in spent.items():
+        print(f"  {len(times) / n:5.2f} x {sum(times) / len(times) * 1e6:6.0f} us  {label}")
+
+
+async def server_side(inv: pbi.Inventory, source: pbi.MetaTable, url: str, n: int) -> None:
+    """PostgreSQL: our acquire statement against the one-statement floor's.
+
+    Both on one raw asyncpg connection (prepared, autocommit, alternating): the
+    database's share of a lease alone.
+    """
+    import secrets
+
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    from pybatchintory_adapters import postgres
+
+    from benchmarks.floor import _ONE_STATEMENT
+
+    captured: dict[str, Any] = {}
+    session = postgres._AsyncpgSession
+    original = session.rows
+
+    async def capture(self: Any, sql: str, args: Any) -> Any:
+        if sql.startswith("WITH locked"):
+            captured["sql"], captured["args"] = sql, list(args)
+        return await original(self, sql, args)
+
+    session.rows = capture
+    try:
+        await inv.set_cursor("p", 0)
+        b = await inv.acquire("p", source, max_count=1000)
+        assert b is not None and "sql" in captured
+        await b.success()
+    finally:
+        session.rows = original
+    u = make_url(url)
+    conn = await asyncpg.connect(host=u.host, port=u.port, user=u.username, database=u.database)
+    floor = Floor("postgres", url, 1000, one_statement=True)
+    await conn.execute(f"DROP TABLE IF EXISTS {floor.prefix}jobs, {floor.prefix}attempts")
+    await floor.open()
+    try:
+        ours = await conn.prepare(captured["sql"])
+        theirs = await conn.prepare(_ONE_STATEMENT.format(prefix=floor.prefix))
+        token = captured["args"].index(next(a for a in captured["args"] if a == b.token))
+        spent = [0.0, 0.0]
+        for i in range(n):
+            if i % 150 == 0:
+                await conn.execute("UPDATE inventory_jobs SET cursor = 0 WHERE name = 'p'")
+                await conn.execute(f"UPDATE {floor.prefix}jobs SET cursor_id = 0")
+            args = list(captured["args"])
+            args[token] = secrets.token_hex(16)
+            started = time.perf_counter()
+            (row,) = await ours.fetch(*args)
+            middle = time.perf_counter()
+            attempt = await theirs.fetchval(1000, secrets.token_hex(16))
+            spent[0] += middle - started
+            spent[1] += time.perf_counter() - middle
+            # Settled, untimed, as a lease would be: running attempts do not pile up.
+            await conn.execute("UPDATE inventory SET status = 'succeeded' WHERE id = $1", row[4])
+            await conn.execute(
+                f"UPDATE {floor.prefix}attempts SET status = 'succeeded' WHERE id = $1", attempt
+            )
+        print(
+            f"[server] one acquire statement on a raw connection: ours "
+            f"{spent[0] / n * 1e6:.0f} us, one-statement floor {spent[1] / n * 1e6:.0f} us"
+        )
+    finally:
+        await conn.close()
+        await floor.close()
 
 
 def _count_socket_writes() -> list[int]:
@@ -125,6 +239,14 @@ async def main() -> None:
         action="store_true",
         help="with --floor on PostgreSQL: the one-statement floor too",
     )
+    parser.add_argument(
+        "--timing", action="store_true", help="wall time of acquire, settle and each statement"
+    )
+    parser.add_argument(
+        "--server",
+        action="store_true",
+        help="PostgreSQL: our acquire statement vs the floor's on a raw connection",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         db = await fresh_database(args.backend, workdir)
@@ -181,6 +303,10 @@ async def main() -> None:
                         await versus_floor(
                             inv, source, db.url, args.backend, caps, args.n, one_statement=True
                         )
+                if args.timing:
+                    await timing(inv, source, caps, args.n)
+                if args.server and args.backend == "postgres":
+                    await server_side(inv, source, db.url, args.n)
                 if profiler:
                     stats = pstats.Stats(profiler)
                     stats.sort_stats("cumulative").print_stats(35)
