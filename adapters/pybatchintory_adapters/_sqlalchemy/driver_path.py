@@ -27,8 +27,8 @@ retry and translation code is the same on both paths.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -37,6 +37,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 __all__ = (
     "BatchSession",
+    "ThreadSession",
+    "WorkSuspended",
     "DirectConnection",
     "DriverSession",
     "EngineLink",
@@ -46,6 +48,8 @@ __all__ = (
     "SessionFactory",
 )
 
+
+T = TypeVar("T")
 
 PREPARED_STATEMENTS = 256
 """Compiled statements a store keeps (its own dozen plus the sources' page queries)."""
@@ -278,6 +282,32 @@ class DirectConnection:
         except Exception as exc:
             raise self._wrap(exc, prepared) from exc
 
+    async def transaction(
+        self, work: Callable[[HotPath, object], Awaitable[T]], single: bool, *, pure: bool
+    ) -> T:
+        """``BEGIN``, ``work(self, self)``, ``COMMIT``; the caller rolls back on an error.
+
+        ``pure``: ``work`` touches nothing but this connection (no other engine, no event
+        loop). Such work runs, where the session can run a whole transaction in one call on
+        its driver's own thread (``ThreadSession``: SQLite), there: one hop to the thread,
+        not one per statement. Should it wait on something else after all, it is rolled
+        back there and runs here instead.
+        """
+        in_thread = getattr(self.session, "in_thread", None) if pure else None
+        if in_thread is not None:
+
+            def on_thread(session: DriverSession) -> Coroutine[Any, Any, T]:
+                return _transaction(
+                    DirectConnection(session, self.engine, self._prepared), work, single
+                )
+
+            try:
+                result: T = await in_thread(on_thread)
+                return result
+            except WorkSuspended:
+                pass
+        return await _transaction(self, work, single)
+
     @property
     def can_batch(self) -> bool:
         """Statements can go to the server as one batch on this connection."""
@@ -327,6 +357,34 @@ class DirectConnection:
         )
         assert isinstance(wrapped, DBAPIError)
         return wrapped
+
+
+async def _transaction(
+    direct: DirectConnection, work: Callable[[HotPath, object], Awaitable[T]], single: bool
+) -> T:
+    await direct.begin(single)
+    result = await work(direct, direct)
+    await direct.commit(single)
+    return result
+
+
+class WorkSuspended(Exception):
+    """Work run on a driver's thread waited on something else (``ThreadSession``)."""
+
+
+class ThreadSession(DriverSession, Protocol):
+    """A session that runs a whole transaction in one call on its driver's thread (SQLite).
+
+    ``in_thread(make)`` calls ``make`` there with a session whose methods run the driver
+    synchronously (their coroutines never suspend), runs the coroutine it returns to its
+    end in one step, and returns its result. If the coroutine suspends (it waited on
+    something else), it is closed, the transaction is rolled back there, and
+    ``WorkSuspended`` is raised.
+    """
+
+    async def in_thread(self, make: Callable[[DriverSession], Coroutine[Any, Any, T]]) -> T:
+        """Run ``make(session)`` on the driver's thread; its result."""
+        ...
 
 
 class EngineLink:

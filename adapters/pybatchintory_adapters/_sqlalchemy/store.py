@@ -117,10 +117,11 @@ class SQLAlchemyStore:
 
     @asynccontextmanager
     async def _hot(self, single: bool) -> AsyncIterator[tuple[HotPath, object]]:
-        """A write transaction for acquire and settle: ``(statements, planner link)``.
+        """A connection for acquire and settle: ``(statements, planner link)``.
 
         With the adapter's ``driver_session``, statements run on the pooled driver
-        connection (see ``driver_path``); otherwise through SQLAlchemy.
+        connection (see ``driver_path``; its ``transaction`` begins and commits);
+        otherwise through SQLAlchemy, in a transaction begun and committed here.
         """
         factory = self.capabilities.driver_session
         if factory is None:
@@ -145,11 +146,10 @@ class SQLAlchemyStore:
         try:
             direct = DirectConnection(factory(fairy.driver_connection), self.engine, self._prepared)
             try:
-                # BEGIN inside: on a connection that died in the pool (a server restart),
-                # BEGIN is the first thing to fail, and that connection must not go back.
-                await direct.begin(single)
+                # BEGIN inside (``DirectConnection.transaction``): on a connection that died
+                # in the pool (a server restart), BEGIN is the first thing to fail, and that
+                # connection must not go back.
                 yield direct, direct
-                await direct.commit(single)
             except BaseException as exc:
                 with anyio.CancelScope(shield=True):
                     # A dead connection must not go back to the pool: the rollback of a
@@ -202,12 +202,22 @@ class SQLAlchemyStore:
         return await self._retrying(once)
 
     async def _transact_hot(
-        self, work: Callable[[HotPath, object], Awaitable[T]], *, single: bool = False
+        self,
+        work: Callable[[HotPath, object], Awaitable[T]],
+        *,
+        single: bool = False,
+        pure: bool = False,
     ) -> T:
-        """``_transact`` for acquire and settle, on the hot path."""
+        """``_transact`` for acquire and settle, on the hot path.
+
+        ``pure``: ``work`` runs statements on its connection and nothing else (see
+        ``DirectConnection.transaction``).
+        """
 
         async def once() -> T:
             async with self._hot(single) as (statements, link):
+                if isinstance(statements, DirectConnection):
+                    return await statements.transaction(work, single, pure=pure)
                 return await work(statements, link)
 
         return await self._retrying(once)
@@ -322,7 +332,12 @@ class SQLAlchemyStore:
             planner=planner,
             config=None if config is None else dict(config),
         )
-        return await self._transact_hot(work)
+        # A planner whose first page is a statement on this database reads every page
+        # through the transaction's own connection: nothing else is waited on.
+        offer = getattr(planner, "first_page", None)
+        threaded = hasattr(self.capabilities.driver_session, "in_thread")
+        pure = threaded and offer is not None and offer(self.engine) is not None
+        return await self._transact_hot(work, pure=pure)
 
     async def _acquire_in_one(
         self,
@@ -434,7 +449,7 @@ class SQLAlchemyStore:
 
     async def settle(self, settlement: Settlement) -> None:
         """End an attempt if its lease is still held; otherwise raise ``LeaseLost``."""
-        await self._transact_hot(settling(self.statements, settlement), single=True)
+        await self._transact_hot(settling(self.statements, settlement), single=True, pure=True)
 
     async def settle_many(self, settlements: Sequence[Settlement]) -> dict[int, str]:
         """End many attempts whose leases are still held; the ones lost, by id, with why.
@@ -445,7 +460,7 @@ class SQLAlchemyStore:
         if not settlements:
             return {}
         work = settling_many(self.statements, list(settlements))
-        return await self._transact_hot(work, single=True)
+        return await self._transact_hot(work, single=True, pure=True)
 
     # -- operator controls ----------------------------------------------------------------
 

@@ -10,8 +10,8 @@ file, and the clock is ``strftime`` in UTC.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
@@ -22,9 +22,12 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import await_only
 
 from pybatchintory_adapters._sqlalchemy import Capabilities, SQLAlchemyAdapter
+from pybatchintory_adapters._sqlalchemy.driver_path import DriverSession, WorkSuspended
 from pybatchintory_adapters._sqlalchemy.types import db_now, db_now_plus, seconds_clause
 
 __all__ = ("adapter",)
+
+T = TypeVar("T")
 
 _WRITE = "pybatchintory_write"
 _SINGLE = "pybatchintory_single_statement"
@@ -86,13 +89,39 @@ def _configure(engine: AsyncEngine) -> None:
 class _AiosqliteSession:
     """Acquire and settle on the pooled ``aiosqlite.Connection`` (see ``_sqlalchemy.driver_path``).
 
-    Each call is one hop to aiosqlite's thread (SQLAlchemy's cursor adaptation takes three
-    or four per statement). ``BEGIN IMMEDIATE`` takes the write lock up front; a single
-    statement runs in SQLite's autocommit.
+    A whole transaction runs in one hop to aiosqlite's thread (``in_thread``: each
+    statement there is a plain ``sqlite3`` call), not one hop per statement; the methods
+    below, one hop each, serve the rest. ``BEGIN IMMEDIATE`` takes the write lock up front;
+    a single statement runs in SQLite's autocommit.
     """
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
+
+    async def in_thread(self, make: Callable[[DriverSession], Coroutine[Any, Any, T]]) -> T:
+        """Run the coroutine ``make`` builds on aiosqlite's thread, to its end, in one hop.
+
+        Uses aiosqlite's ``_execute`` (queue a callable for its thread) and ``_conn`` (the
+        ``sqlite3`` connection), checked by ``tests/adapters/test_compat.py``.
+        """
+        conn = self.conn
+
+        def drive() -> T:
+            raw: sqlite3.Connection = conn._conn
+            work = make(_SqliteSession(raw))
+            try:
+                work.send(None)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            # It waited on something other than this connection: undo it here.
+            work.close()
+            if raw.in_transaction:
+                raw.rollback()
+            raise WorkSuspended("the transaction waited on another connection")
+
+        done: T = await conn._execute(drive)
+        return done
 
     async def begin(self, single: bool) -> None:
         if not single:
@@ -111,6 +140,37 @@ class _AiosqliteSession:
 
     async def run(self, sql: str, args: Sequence[Any]) -> tuple[int, int | None]:
         cursor = await self.conn.execute(sql, tuple(args))
+        return int(cursor.rowcount), cursor.lastrowid
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        return False
+
+
+class _SqliteSession:
+    """The same operations on the ``sqlite3`` connection itself, on aiosqlite's thread.
+
+    Its coroutines never suspend: ``_AiosqliteSession.in_thread`` runs them in one step.
+    """
+
+    def __init__(self, raw: sqlite3.Connection) -> None:
+        self.raw = raw
+
+    async def begin(self, single: bool) -> None:
+        if not single:
+            self.raw.execute("BEGIN IMMEDIATE")
+
+    async def commit(self, single: bool) -> None:
+        if not single:
+            self.raw.commit()
+
+    async def rollback(self) -> None:
+        self.raw.rollback()
+
+    async def rows(self, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        return self.raw.execute(sql, tuple(args)).fetchall()
+
+    async def run(self, sql: str, args: Sequence[Any]) -> tuple[int, int | None]:
+        cursor = self.raw.execute(sql, tuple(args))
         return int(cursor.rowcount), cursor.lastrowid
 
     def is_disconnect(self, exc: BaseException) -> bool:
