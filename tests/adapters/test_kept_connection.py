@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 import pybatchintory as pbi
+from pybatchintory._registry import adapter_for
 from pybatchintory_adapters._sqlalchemy import compat
 from pybatchintory_adapters._sqlalchemy.pooling import KeptConnection
 from pybatchintory_adapters._sqlalchemy.store import SQLAlchemyStore
@@ -86,8 +87,18 @@ def url(backend: str, any_db_url_factory: DatabaseFactory) -> str:
 async def test_a_worker_borrows_one_connection_and_closing_gives_it_back(url: str) -> None:
     await create_meta_table(url, rows=200)
     files = pbi.MetaTable("files", weight="size_in_bytes")
-    async with pbi.Inventory(url) as inv:
-        engine = inv.engine
+    # A queue pool on every backend and SQLAlchemy release (older ones give a SQLite file
+    # a NullPool), so that what is checked out can be counted.
+    adapter, full = adapter_for(url)
+    engine = adapter.create_engine(full, poolclass=AsyncAdaptedQueuePool)
+    try:
+        await _one_connection(engine, url, files)
+    finally:
+        await engine.dispose()
+
+
+async def _one_connection(engine: AsyncEngine, url: str, files: pbi.MetaTable) -> None:
+    async with pbi.Inventory(url, engine=engine) as inv:
         store = inv.store
         assert isinstance(store, SQLAlchemyStore)
         drivers = set()
