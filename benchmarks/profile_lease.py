@@ -1,10 +1,11 @@
 """Profile the lease hot path: statements and round trips per lease, and where time goes.
 
 Usage: ``python -m benchmarks.profile_lease [--backend sqlite] [--caps count] [--n 300]
-[--cprofile] [--floor [--one-statement]] [--timing] [--server]``. Prints statements per
+[--cprofile] [--floor [--one-statement]] [--timing] [--canned] [--server]``. Prints statements per
 lease (grouped by their first words), with ``--floor`` ours against the floor
 (``--one-statement``: the PostgreSQL one-statement floor too), with ``--timing`` the wall
-time of acquire and settle and of each statement inside them, with ``--server``
+time of acquire and settle and of each statement inside them, with ``--canned`` our
+Python alone (every driver call answered from a recording), with ``--server``
 (PostgreSQL) our acquire statement against the floor's on a raw connection, and, with
 ``--cprofile``, the top functions by cumulative and own time.
 """
@@ -88,6 +89,54 @@ async def timing(inv: pbi.Inventory, source: pbi.MetaTable, caps: Any, n: int) -
     )
     for label, times in spent.items():
         print(f"  {len(times) / n:5.2f} x {sum(times) / len(times) * 1e6:6.0f} us  {label}")
+
+
+async def canned(inv: pbi.Inventory, source: pbi.MetaTable, caps: Any, n: int) -> None:
+    """Our Python alone: every driver call answered from a recording of the last real one.
+
+    The same statement gets the same answer (the same grant, the same row count), so the
+    loop measures everything but the driver and the database: the library's own CPU per
+    lease (event-loop hops of its tasks included).
+    """
+    from pybatchintory_adapters import mysql, postgres, sqlite
+
+    sessions = (postgres._AsyncpgSession, mysql._AiomysqlSession, sqlite._AiosqliteSession)
+    recorded: dict[str, Any] = {}
+    replaying = [False]
+    saved = [
+        (cls, name, getattr(cls, name))
+        for cls in sessions
+        for name in ("rows", "run", "batch")
+        if hasattr(cls, name)
+    ]
+    for cls, name, original in saved:
+
+        async def answer(self: Any, sql: str, args: Any, _original: Any = original) -> Any:
+            if replaying[0] and sql in recorded:
+                return recorded[sql]
+            recorded[sql] = await _original(self, sql, args)
+            return recorded[sql]
+
+        setattr(cls, name, answer)
+    if hasattr(sqlite._AiosqliteSession, "in_thread"):
+        saved.append((sqlite._AiosqliteSession, "in_thread", sqlite._AiosqliteSession.in_thread))
+        del sqlite._AiosqliteSession.in_thread  # statement by statement, so they are replayed
+    try:
+        for _ in range(5):
+            b = await inv.acquire("p", source, **caps)
+            assert b is not None
+            await b.success()
+        replaying[0] = True
+        started = time.process_time()
+        for _ in range(n):
+            b = await inv.acquire("p", source, **caps)
+            assert b is not None
+            await b.success()
+        cpu = (time.process_time() - started) / n
+        print(f"[canned] our Python alone, driver replies replayed: {cpu * 1e6:.0f} us per lease")
+    finally:
+        for cls, name, original in saved:
+            setattr(cls, name, original)
 
 
 async def server_side(inv: pbi.Inventory, source: pbi.MetaTable, url: str, n: int) -> None:
@@ -243,6 +292,9 @@ async def main() -> None:
         "--timing", action="store_true", help="wall time of acquire, settle and each statement"
     )
     parser.add_argument(
+        "--canned", action="store_true", help="our Python alone (driver replies replayed)"
+    )
+    parser.add_argument(
         "--server",
         action="store_true",
         help="PostgreSQL: our acquire statement vs the floor's on a raw connection",
@@ -305,6 +357,8 @@ async def main() -> None:
                         )
                 if args.timing:
                     await timing(inv, source, caps, args.n)
+                if args.canned:
+                    await canned(inv, source, caps, args.n)
                 if args.server and args.backend == "postgres":
                     await server_side(inv, source, db.url, args.n)
                 if profiler:
