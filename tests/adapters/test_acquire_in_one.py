@@ -401,3 +401,23 @@ async def test_a_batch_that_fails_leaves_nothing_behind(mysql_url: str) -> None:
         lock = _JobLock(mysql_url)
         await asyncio.wait_for(lock.hold("broken"), timeout=5)
         await lock.release()
+
+
+@pytest.mark.mysql
+async def test_a_transaction_of_reads_only_still_ends(mysql_url: str) -> None:
+    """An acquire that only read (nothing left to hand out) commits and lets the row go.
+
+    The server's status flags do not report a transaction of plain ``SELECT``s as open,
+    so the session must not ask them whether to commit: a kept connection would hold the
+    job's row lock until its next use, and every other worker would wait for it.
+    """
+    await create_meta_table(mysql_url, rows=30)
+    files = pbi.MetaTable("files", weight="size_in_bytes")
+    async with pbi.Inventory(mysql_url) as inv:
+        batches = await inv.acquire_many("reads", files, 5, max_count=10)  # the transaction
+        assert [b.meta_id_start for b in batches] == [1, 11, 21]
+        assert await inv.settle_many(batches) == []
+        assert await inv.acquire_many("reads", files, 5, max_count=10) == []  # reads only
+        lock = _JobLock(mysql_url)
+        await asyncio.wait_for(lock.hold("reads"), timeout=5)
+        await lock.release()

@@ -84,6 +84,10 @@ class _AiomysqlSession:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self._single = False
+        # A statement ran since the last COMMIT: the transaction is open. Tracked here, not
+        # read from the server's status flags: those do not say "in a transaction" after a
+        # transaction of plain SELECTs (a lock and a page read), whose row locks are held.
+        self._open = False
 
     @property
     def can_batch(self) -> bool:
@@ -94,12 +98,13 @@ class _AiomysqlSession:
         self._single = single and self.can_batch
 
     async def commit(self, single: bool) -> None:
-        # After a statement sent with its COMMIT the server says no transaction is open.
-        in_transaction = getattr(self.conn, "get_transaction_status", None)
-        if in_transaction is None or in_transaction():
+        if self._open:  # not when every statement went with its COMMIT
             await self.conn.commit()
+            self._open = False
 
     async def batch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Sequence[Any]]]:
+        # A batch that ends in COMMIT (``in_batch``) leaves no transaction open.
+        self._open = not sql.rstrip().upper().endswith("COMMIT")
         async with self.conn.cursor() as cursor:
             await cursor.execute(sql, tuple(args))
             results: list[Sequence[Sequence[Any]]] = [await cursor.fetchall() or ()]
@@ -108,9 +113,11 @@ class _AiomysqlSession:
             return results
 
     async def rollback(self) -> None:
+        self._open = False
         await self.conn.rollback()
 
     def _sql(self, sql: str) -> str:
+        self._open = not self._single
         return f"{sql};\nCOMMIT" if self._single else sql
 
     async def rows(self, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
