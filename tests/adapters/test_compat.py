@@ -8,45 +8,26 @@ APIs the driver path uses instead of internals are checked too.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from pybatchintory_adapters._sqlalchemy import compat
 from pybatchintory_adapters._sqlalchemy.driver_path import Prepared, _returns_rows
 
+from tests.adapters.conftest import checked_out
+
 pytestmark = pytest.mark.sqlite
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(
-        f"sqlite+aiosqlite:///{tmp_path / 'compat.db'}",
-        poolclass=AsyncAdaptedQueuePool,
-        pool_size=2,
-        max_overflow=1,
-    )
-    yield engine
-    await engine.dispose()
-
-
-def _checked_out(engine: AsyncEngine) -> int:
-    pool = engine.sync_engine.pool
-    assert isinstance(pool, AsyncAdaptedQueuePool)
-    return pool.checkedout()
 
 
 async def test_a_borrowed_connection_closes_back_into_the_pool(engine: AsyncEngine) -> None:
     borrowed = await engine.raw_connection()
     driver = borrowed.driver_connection
     assert driver is not None
-    assert _checked_out(engine) == 1
+    assert checked_out(engine) == 1
     await compat.close_borrowed(borrowed)
-    assert _checked_out(engine) == 0
+    assert checked_out(engine) == 0
     again = await engine.raw_connection()
     try:
         # The pool handed the same driver connection out again: it was returned, not leaked.
@@ -57,10 +38,10 @@ async def test_a_borrowed_connection_closes_back_into_the_pool(engine: AsyncEngi
 
 async def test_an_overflow_connection_is_really_closed(engine: AsyncEngine) -> None:
     borrowed = [await engine.raw_connection() for _ in range(3)]  # pool_size 2 + 1 overflow
-    assert _checked_out(engine) == 3
+    assert checked_out(engine) == 3
     for one in borrowed:
         await compat.close_borrowed(one)
-    assert _checked_out(engine) == 0
+    assert checked_out(engine) == 0
     pool = engine.sync_engine.pool
     assert isinstance(pool, AsyncAdaptedQueuePool)
     assert pool.checkedin() == 2

@@ -8,11 +8,8 @@ invalidated, and when the inventory closes. Checked against a real pool on every
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 import pybatchintory as pbi
@@ -21,26 +18,9 @@ from pybatchintory_adapters._sqlalchemy import compat
 from pybatchintory_adapters._sqlalchemy.pooling import KeptConnection
 from pybatchintory_adapters._sqlalchemy.store import SQLAlchemyStore
 
+from tests.adapters.conftest import checked_out
 from tests.conftest import DatabaseFactory
 from tests.helpers import create_meta_table
-
-
-@pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(
-        f"sqlite+aiosqlite:///{tmp_path / 'kept.db'}",
-        poolclass=AsyncAdaptedQueuePool,
-        pool_size=2,
-        max_overflow=1,
-    )
-    yield engine
-    await engine.dispose()
-
-
-def _checked_out(engine: AsyncEngine) -> int:
-    pool = engine.sync_engine.pool
-    assert isinstance(pool, AsyncAdaptedQueuePool)
-    return pool.checkedout()
 
 
 @pytest.mark.sqlite
@@ -55,7 +35,7 @@ async def test_one_slot_handed_back_once(engine: AsyncEngine) -> None:
     assert await kept.take() is None  # taken: no longer kept
     assert kept.keep(first)
     await kept.aclose()
-    assert _checked_out(engine) == 0
+    assert checked_out(engine) == 0
     again = await engine.raw_connection()
     assert not kept.keep(again)  # closed: keeps nothing more
     await compat.close_borrowed(again)
@@ -69,14 +49,14 @@ async def test_an_idle_or_invalidated_connection_goes_back_to_the_pool(
     borrowed = await engine.raw_connection()
     assert kept.keep(borrowed)
     assert await kept.take() is None  # idled too long: returned, not handed out
-    assert _checked_out(engine) == 0
+    assert checked_out(engine) == 0
 
     kept = KeptConnection()
     borrowed = await engine.raw_connection()
     assert kept.keep(borrowed)
     await compat.invalidate_borrowed(borrowed)
     assert await kept.take() is None  # invalidated meanwhile: never handed out again
-    assert _checked_out(engine) == 0
+    assert checked_out(engine) == 0
 
 
 @pytest.fixture
@@ -111,6 +91,6 @@ async def _one_connection(engine: AsyncEngine, url: str, files: pbi.MetaTable) -
             drivers.add(id(kept.driver_connection))
             assert store._kept.keep(kept)
         assert len(drivers) == 1  # the same connection for every acquire and settle
-        assert _checked_out(engine) == 1  # kept, not leaked: only that one is out
+        assert checked_out(engine) == 1  # kept, not leaked: only that one is out
         assert (await inv.status())[0].cursor == 50  # the rest of the pool serves reads
-    assert _checked_out(engine) == 0
+    assert checked_out(engine) == 0

@@ -92,7 +92,11 @@ class BatchSession(DriverSession, Protocol):
         ...
 
     async def batch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Sequence[Any]]]:
-        """Run ``;``-separated statements at once; the rows of each, in order."""
+        """Run ``;``-separated statements and a ``COMMIT`` at once; the rows of each statement.
+
+        The server stops at the first error: the transaction is then left to the caller's
+        rollback.
+        """
         ...
 
 
@@ -316,9 +320,10 @@ class DirectConnection:
     async def batch(
         self, statements: Sequence[sa.Executable], params: Mapping[str, Any]
     ) -> list[list[tuple[Any, ...]]]:
-        """Run ``statements`` in one round trip (``can_batch``); the rows of each.
+        """Run ``statements`` and ``COMMIT`` in one round trip (``can_batch``); their rows.
 
-        The server runs them in order and stops at the first error, which is raised here.
+        The server runs them in order and stops at the first error, which is raised here
+        (the caller rolls back).
         """
         prepared = [self._get(statement) for statement in statements]
         sql: list[str] = []

@@ -1,8 +1,8 @@
 """The common acquire in one round trip where ``WITH`` cannot hold writes (MySQL, MariaDB).
 
 The statements of the acquire transaction go to the server as one multi-statement batch,
-ending in its ``COMMIT``; session variables (``@pybatchintory_*``) carry what one statement
-read to the next::
+which the session ends with ``COMMIT`` (``DirectConnection.batch``); session variables
+(``@pybatchintory_*``) carry what one statement read to the next::
 
     SET @pybatchintory_cursor = NULL, ...                             -- nothing left over
     SELECT cursor, meta_table FROM jobs WHERE name = :job
@@ -13,7 +13,7 @@ read to the next::
     SET @pybatchintory_id = IF(ROW_COUNT() > 0, LAST_INSERT_ID(), NULL)
     UPDATE jobs SET cursor = @..end, ... WHERE name = :job AND @pybatchintory_id IS NOT NULL
     SELECT @..cursor, ..., (SELECT expires_at FROM inventory WHERE id = @pybatchintory_id)
-    COMMIT
+    COMMIT                                                            -- added by the session
 
 The server runs them in order and stops at the first error, leaving the transaction open
 for the caller's rollback. Every guarantee of the slower path holds as in ``in_one``: the
@@ -83,7 +83,7 @@ def lease_in_batch(
     """The statements of a one-round-trip acquire around ``page_query``, in order.
 
     ``limit`` and ``counted`` as for ``in_one.lease_in_one``; the parameters are the same.
-    The seventh statement returns ``lease_in_one``'s result columns.
+    The last one returns ``lease_in_one``'s result columns.
     """
     inv, jobs = t.inventory, t.jobs
     job = sa.bindparam("p_job", type_=sa.String())
@@ -142,11 +142,7 @@ def lease_in_batch(
         _var("oversized"),
         expires,
     )
-    return (reset, lock, measure, insert, inserted, move, result, sa.text("COMMIT"))
-
-
-_RESULT = 6
-"""The index of the statement whose rows ``LeaseInBatch`` reads."""
+    return (reset, lock, measure, insert, inserted, move, result)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +165,6 @@ class LeaseInBatch:
             return None
         params = first_params(self.first, self.job, self.owner, self.ttl, self.config)
         results = await ex.batch(self.statements, params)
-        rows = results[_RESULT]
+        rows = results[-1]
         assert len(rows) == 1, "the batch's result statement returns one row"
         return one_grant(self.first, self.job, params["p_token"], rows[0])

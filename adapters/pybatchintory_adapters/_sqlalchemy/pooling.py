@@ -65,7 +65,8 @@ class KeptConnection:
     """One borrowed connection kept between the hot path's transactions.
 
     A pool checkout and its return each cross SQLAlchemy's greenlet bridge: ~120 us of
-    Python per lease on PostgreSQL (measured in ``benchmarks/profile_lease.py``), a tenth
+    Python per lease on PostgreSQL (the wall time around the driver calls, which
+    ``benchmarks/profile_lease.py --timing`` prints, before and after this), a tenth
     of the lease. A store keeps the connection of its last committed transaction here and
     takes it back for the next one, so a worker leasing one batch after another borrows
     once. Only a connection whose transaction committed is kept (one that failed goes

@@ -358,39 +358,27 @@ class SQLAlchemyStore:
         if first is None:
             return None
         stored = None if config is None else dict(config)
-        if n == 1 and not self.capabilities.acquire_in_one:
-            key = (id(first.query), first.limit, first.max_count is not None)
-            batch = LeaseInBatch(
-                statements=self._cached_in_batch(key, first),
-                first=first,
-                job=job,
-                owner=owner,
-                ttl=ttl,
-                config=stored,
-            )
-            return await self._transact_hot(batch, single=True)
-        if not self.capabilities.acquire_in_one:
-            return None  # many ranges: one transaction
+        in_one = self.capabilities.acquire_in_one
         if n == 1:
-            key = (id(first.query), first.limit, first.max_count is not None)
-            one = LeaseInOne(
-                statement=self._cached_in_one(
-                    key,
-                    first.query,
-                    lambda: lease_in_one(
-                        self.tables,
-                        first.query,
-                        limit=first.limit,
-                        counted=first.max_count is not None,
-                    ),
-                ),
-                first=first,
-                job=job,
-                owner=owner,
-                ttl=ttl,
-                config=stored,
-            )
-            return await self._transact_hot(one, single=True)
+            # One statement (``in_one``) or one batch (``in_batch``), built once per shape.
+            limit, counted = first.limit, first.max_count is not None
+            key = (id(first.query), limit, counted)
+            body: LeaseInOne | LeaseInBatch
+            if in_one:
+                build = functools.partial(
+                    lease_in_one, self.tables, first.query, limit=limit, counted=counted
+                )
+                statement = self._cached_in_one(key, first.query, build)
+                body = LeaseInOne(statement, first, job, owner, ttl, stored)
+            else:
+                batch = functools.partial(
+                    lease_in_batch, self.tables, first.query, limit=limit, counted=counted
+                )
+                statements = self._cached_in_one(key, first.query, batch)
+                body = LeaseInBatch(statements, first, job, owner, ttl, stored)
+            return await self._transact_hot(body, single=True)
+        if not in_one:
+            return None  # many ranges in a batch: not written; the transaction does
         if first.max_count is None or first.max_weight is not None:
             return None  # a weight cap cuts one range after another: the transaction does
         limit = n * first.max_count
@@ -407,19 +395,6 @@ class SQLAlchemyStore:
             config=stored,
         )
         return await self._transact_hot(many, single=True)
-
-    def _cached_in_batch(
-        self, key: tuple[int, int | None, bool], first: FirstPage
-    ) -> tuple[sa.Executable, ...]:
-        """A one-batch acquire around ``first.query``, built once per shape."""
-        build = functools.partial(
-            lease_in_batch,
-            self.tables,
-            first.query,
-            limit=first.limit,
-            counted=first.max_count is not None,
-        )
-        return self._cached_in_one(key, first.query, build)
 
     def _cached_in_one(
         self, key: tuple[int, int | None, bool], page: Any, build: Callable[[], _Built]

@@ -103,14 +103,13 @@ class _AiomysqlSession:
             self._open = False
 
     async def batch(self, sql: str, args: Sequence[Any]) -> list[Sequence[Sequence[Any]]]:
-        # A batch that ends in COMMIT (``in_batch``) leaves no transaction open.
-        self._open = not sql.rstrip().upper().endswith("COMMIT")
+        self._open = False  # it commits (an error leaves the rest to the caller's rollback)
         async with self.conn.cursor() as cursor:
-            await cursor.execute(sql, tuple(args))
+            await cursor.execute(f"{sql};\nCOMMIT", tuple(args))
             results: list[Sequence[Sequence[Any]]] = [await cursor.fetchall() or ()]
             while await cursor.nextset():
                 results.append(await cursor.fetchall() or ())
-            return results
+            return results[:-1]  # not the COMMIT's
 
     async def rollback(self) -> None:
         self._open = False
