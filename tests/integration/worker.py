@@ -38,6 +38,7 @@ import random
 import sys
 import time
 import traceback
+from datetime import UTC, datetime
 from typing import Any
 
 import pybatchintory as pbi
@@ -163,8 +164,14 @@ async def hold(inv: pbi.Inventory, args: argparse.Namespace, source: pbi.MetaTab
             # Sleeping "body_sleep from now" after the write would then start the sleep only
             # after SIGCONT, and the heartbeat (started later still) could find the lease gone
             # while the body sleeps, instead of success() finding it gone.
+            # Nor is it later than half a second before the lease runs out by the database
+            # clock: a test resumes the worker only once the lease is gone, and the body
+            # must be due by then. Timed from here alone, a slow return from the acquire
+            # (a commit's fsync on a busy disk) could leave the body still asleep at the
+            # resume while a heartbeat is due: the heartbeat then finds the lease gone first.
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + args.body_sleep
+            left = (batch.expires_at - datetime.now(UTC)).total_seconds()
+            deadline = loop.time() + min(args.body_sleep, left - 0.5)
             write(args.out, acquired_record(inv, batch))
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             try:
