@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import collections
 import cProfile
+import os
 import pstats
 import tempfile
 import time
@@ -365,6 +366,8 @@ async def main() -> None:
                     stats = pstats.Stats(profiler)
                     stats.sort_stats("cumulative").print_stats(35)
                     stats.sort_stats("tottime").print_stats(25)
+                    if os.environ.get("PBI_CALLERS"):
+                        stats.print_callers(os.environ["PBI_CALLERS"])
         finally:
             await db.drop()
 

@@ -39,6 +39,7 @@ __all__ = (
     "Planner",
     "RangeCount",
     "StatementLink",
+    "split_weighted_page",
     "StoreAdapter",
 )
 
@@ -197,6 +198,26 @@ statement (``FirstPage``). Stores call it through ``getattr``; a plain callable 
 """
 
 
+def split_weighted_page(limit: int) -> tuple[int, int] | None:
+    """A weighted page of ``limit`` rows as ``(head, tail)`` rows, or ``None``: one piece.
+
+    A source may summarise a weighted page as a head read with plain aggregates (when its
+    weights are not negative and their sum is within the cap, every head row fits) and a
+    tail with the running sum (a window function) over the rest only: ``p_head_limit`` and
+    ``p_tail_limit``, which a store writes into its statement as it writes ``p_limit``. The
+    head is three quarters of the page: a first page is sized from the previous batch, a
+    later one from the average weight, so the cap is usually hit after that.
+    """
+    if limit < _SPLIT_FROM:
+        return None
+    head = limit * 3 // 4
+    return head, limit - head
+
+
+_SPLIT_FROM = 64
+"""Smaller weighted pages are summarised in one piece (the split gains nothing)."""
+
+
 @dataclass(frozen=True, slots=True)
 class FirstPage:
     """The first page of a cut, for a store that runs the whole acquire as one statement.
@@ -217,7 +238,8 @@ class FirstPage:
         params: Their bind parameters other than ``p_after``.
         limit: Rows the page reads at most (``None``: all of them), the value of
             ``p_limit``. A store may write it into its statement as a literal: it changes
-            rarely (a weight cap's first page comes in a few fixed sizes).
+            rarely (a weight cap's first page comes in a few fixed sizes); so it may
+            ``p_head_limit`` and ``p_tail_limit``, ``split_weighted_page(limit)``.
         max_count: The count cap (``None``: none).
         max_weight: The weight cap (``None``: none).
         taken: Tell the planner what was cut (it sizes the job's next first page).

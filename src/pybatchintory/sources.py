@@ -38,6 +38,7 @@ from pybatchintory.protocols import (
     PageSummary,
     RangeCount,
     StatementLink,
+    split_weighted_page,
 )
 from pybatchintory.weights import as_weight
 
@@ -180,6 +181,8 @@ def page_params(request: PageRequest) -> dict[str, Any]:
 
     ``1.5`` and ``10**9`` alike: the cap is compared with a running sum of any numeric
     column, and a float becomes the decimal of its shortest repr, not its binary value.
+    A weighted page's ``p_head_limit`` and ``p_tail_limit`` come along
+    (``split_weighted_page``); a statement without them ignores them.
     """
     params: dict[str, Any] = {
         "p_after": request.after,
@@ -187,6 +190,10 @@ def page_params(request: PageRequest) -> dict[str, Any]:
         "p_limit": request.limit,
         "p_max_weight": None if request.max_weight is None else _decimal(request.max_weight),
     }
+    if request.max_weight is not None and request.limit is not None:
+        split = split_weighted_page(request.limit)
+        if split is not None:
+            params["p_head_limit"], params["p_tail_limit"] = split
     return {k: v for k, v in params.items() if v is not None}
 
 
@@ -234,8 +241,11 @@ class BoundMetaTable:
             self.ts_col = column_of(table, spec.timestamp, "timestamp")
         self.condition = resolve_filter(table, spec.where)
         self._filter_text = describe_filter(self.condition, spec.table)
-        self._page_queries: dict[tuple[bool, bool, bool, bool], Any] = {}
-        self._page_rows: dict[tuple[bool, bool, bool, bool], Any] = {}
+        self._page_queries: dict[tuple[bool, bool, bool, bool, bool], Any] = {}
+        self._page_rows: dict[tuple[bool, bool, bool, bool, bool], Any] = {}
+        # PostgreSQL reads a weighted page as a plain-sum head and a windowed tail
+        # (``_split_summary``): LATERAL and a skipped branch need its planner.
+        self._splits = self.engine.dialect.name == "postgresql"
         self._horizon_query: sa.Select[Any] | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -315,9 +325,35 @@ class BoundMetaTable:
         youngest = (await self._scalar_row(self._horizon_query, link, {"p_cutoff": cutoff}))[0]
         return None if youngest is None else int(youngest) - 1
 
-    def _page_query(self, has_after: bool, has_end: bool, has_limit: bool, weighted: bool) -> Any:
+    def _shape(
+        self, request: PageRequest, *, after: bool = False
+    ) -> tuple[bool, bool, bool, bool, bool]:
+        """The page-summary statement ``request`` needs: ``_page_query``'s key.
+
+        ``after``: it has a cursor even if ``request.after`` is ``None`` (a first page).
+        """
+        weighted = request.max_weight is not None
+        has_after = after or request.after is not None
+        split = (
+            self._splits
+            and weighted
+            and has_after
+            and request.limit is not None
+            and split_weighted_page(request.limit) is not None
+        )
+        return (
+            has_after,
+            request.end is not None,
+            request.limit is not None,
+            weighted,
+            split,
+        )
+
+    def _page_query(
+        self, has_after: bool, has_end: bool, has_limit: bool, weighted: bool, split: bool
+    ) -> Any:
         """The page-summary statement of one shape, built once (bound parameters ``p_*``)."""
-        key = (has_after, has_end, has_limit, weighted)
+        key = (has_after, has_end, has_limit, weighted, split)
         cached = self._page_queries.get(key)
         if cached is not None:
             return cached
@@ -328,6 +364,13 @@ class BoundMetaTable:
             clauses.append(self.id_col <= sa.bindparam("p_end", type_=sa.BigInteger()))
         if self.condition is not None:
             clauses.append(self.condition)
+        if split:
+            whole = (has_after, has_end, has_limit, weighted, False)
+            self._page_query(*whole)  # the page's rows are the one-piece summary's
+            self._page_rows[key] = self._page_rows[whole]
+            split_query = self._split_summary(clauses[1:])  # all but ``p_after``: it has one
+            self._page_queries[key] = split_query
+            return split_query
         page = (
             sa.select(self.id_col.label("id"), self._weight_expr().label("w"))
             .where(*clauses)
@@ -372,6 +415,84 @@ class BoundMetaTable:
         self._page_queries[key] = query
         return query
 
+    def _split_summary(self, rest: list[ColumnElement[bool]]) -> Any:
+        """A weighted page summary read as a head and a tail (``split_weighted_page``).
+
+        The head (``p_head_limit`` rows after ``p_after``) is read with plain aggregates.
+        If none of its weights is negative and their sum is within the cap, every head row
+        fits, and the running sum (a window function, the costly part) runs over the tail
+        only (``p_tail_limit`` rows after the head), starting from the head's sum; else
+        over the whole page (``p_limit`` rows), as the one-piece summary does. The branch
+        not taken is skipped (a one-time filter), so each row is read once in the common
+        case. ``rest``: the conditions other than ``p_after``. Same eight columns, same
+        values as the one-piece summary (``test_page_summaries_agree``).
+        """
+        id_col, weight = self.id_col, self._weight_expr()
+        cap = sa.bindparam("p_max_weight", type_=_CAP)
+
+        def rows(after: Any, gate: Any, limit: str, outer: Any = None) -> sa.Select[Any]:
+            where = [id_col > after, *rest] if gate is None else [id_col > after, gate, *rest]
+            query = (
+                sa.select(id_col.label("id"), weight.label("w"))
+                .where(*where)
+                .order_by(id_col)
+                .limit(sa.bindparam(limit, type_=sa.Integer()))
+            )
+            return query if outer is None else query.correlate(outer)
+
+        after = sa.bindparam("p_after", type_=sa.BigInteger())
+        head_rows = rows(after, None, "p_head_limit").subquery("pbi_head_rows")
+        sums = sa.select(
+            sa.func.count().label("n"),
+            sa.func.sum(head_rows.c.w).label("s"),
+            sa.func.min(head_rows.c.w).label("lo"),
+            sa.func.min(head_rows.c.id).label("first"),
+            sa.func.max(head_rows.c.id).label("last"),
+        ).subquery("pbi_head_sums")
+        fits_all = sa.and_(sums.c.n > 0, sums.c.lo >= 0, sums.c.s <= cap)
+        first_weight = sa.select(weight).where(id_col == sums.c.first).scalar_subquery()
+        head = (
+            sa.select(
+                sums,
+                sa.func.coalesce(fits_all, sa.false()).label("ok"),
+                first_weight.label("first_w"),
+            )
+            # OFFSET 0 keeps the head a subquery of its own: pulled up into the join, the
+            # first row's weight would be read again for every tail row.
+            .offset(sa.literal_column("0", sa.Integer()))
+            .subquery("pbi_head")
+        )
+        ok = head.c.ok
+        quick = rows(head.c.last, ok, "p_tail_limit", head).subquery("pbi_quick")
+        whole = rows(after, sa.not_(ok), "p_limit", head).subquery("pbi_whole")
+        tail = sa.union_all(sa.select(quick), sa.select(whole)).subquery("pbi_tail")
+        start = sa.case((ok, head.c.s), else_=sa.literal(0))
+        running = sa.select(
+            tail.c.id,
+            tail.c.w,
+            (start + sa.func.sum(tail.c.w).over(order_by=tail.c.id, rows=(None, 0))).label("cw"),
+        ).lateral("pbi_running")
+        fits = running.c.cw <= cap
+        n_head = sa.func.max(sa.case((ok, head.c.n), else_=0))
+        head_last = sa.func.max(sa.case((ok, head.c.last)))
+        head_sum = sa.func.max(sa.case((ok, head.c.s)))
+        least_cw = sa.func.min(running.c.cw)
+        return sa.select(
+            n_head + sa.func.count(running.c.id),
+            sa.func.coalesce(sa.func.max(sa.case((ok, head.c.first))), sa.func.min(running.c.id)),
+            sa.case(
+                (sa.func.bool_or(ok), sa.func.least(sa.func.max(head.c.first_w), least_cw)),
+                else_=least_cw,
+            ),
+            sa.func.coalesce(sa.func.max(running.c.id), head_last),
+            sa.func.coalesce(head_sum, 0) + sa.func.coalesce(sa.func.sum(running.c.w), 0),
+            n_head + sa.func.coalesce(sa.func.sum(sa.case((fits, 1), else_=0)), 0),
+            sa.func.coalesce(sa.func.max(sa.case((fits, running.c.id))), head_last),
+            sa.func.coalesce(
+                sa.func.greatest(head_sum, sa.func.max(sa.case((fits, running.c.cw)))), 0
+            ),
+        ).select_from(head.outerjoin(running, sa.true()))
+
     def first_page(
         self, engine: AsyncEngine, request: PageRequest
     ) -> tuple[Any, Any, dict[str, Any]] | None:
@@ -386,8 +507,7 @@ class BoundMetaTable:
         """
         if engine is not self.engine or (self.spec.settle is not None and self.ts_col is not None):
             return None
-        weighted = request.max_weight is not None
-        key = (True, request.end is not None, request.limit is not None, weighted)
+        key = self._shape(request, after=True)
         query = self._page_query(*key)
         params = page_params(request)
         params.pop("p_after", None)
@@ -399,10 +519,7 @@ class BoundMetaTable:
         With a weight cap, a running sum (window function) says how many leading rows fit;
         the database reads at most ``limit`` rows through the id index either way.
         """
-        weighted = request.max_weight is not None
-        query = self._page_query(
-            request.after is not None, request.end is not None, request.limit is not None, weighted
-        )
+        query = self._page_query(*self._shape(request))
         row = await self._scalar_row(query, link, page_params(request))
         count, first, first_w, last, weight, fit_rows, fit_last, fit_weight = row
         return PageSummary(

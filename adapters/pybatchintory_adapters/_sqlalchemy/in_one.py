@@ -37,7 +37,7 @@ import sqlalchemy as sa
 from sqlalchemy.sql import visitors
 
 from pybatchintory.models import LeaseGrant, PlannedRange
-from pybatchintory.protocols import FirstPage
+from pybatchintory.protocols import FirstPage, split_weighted_page
 from pybatchintory.weights import as_weight
 from pybatchintory_adapters._sqlalchemy.driver_path import HotPath
 from pybatchintory_adapters._sqlalchemy.records import aware
@@ -143,14 +143,24 @@ def _literal_limit(limit: int) -> Any:
 
 
 def page_around(query: Any, cursor: Any, limit: int | None) -> Any:
-    """``query`` after ``cursor`` (for ``p_after``), with ``limit`` written in (``p_limit``)."""
+    """``query`` after ``cursor`` (for ``p_after``), with ``limit`` written in (``p_limit``).
+
+    So are a split weighted page's head and tail limits (``split_weighted_page``).
+    """
+    literals: dict[str, int] = {}
+    if limit is not None:
+        literals["p_limit"] = limit
+        split = split_weighted_page(limit)
+        if split is not None:
+            literals["p_head_limit"], literals["p_tail_limit"] = split
 
     def replace(element: Any) -> Any:
         if isinstance(element, sa.BindParameter):
             if element.key == "p_after":
                 return cursor
-            if element.key == "p_limit" and limit is not None:
-                return _literal_limit(limit)
+            written = literals.get(element.key)
+            if written is not None:
+                return _literal_limit(written)
         return None
 
     traverse: Any = visitors.replacement_traverse  # typed for column elements only
