@@ -323,8 +323,14 @@ async def test_acquire_many_of_count_capped_ranges_is_one_statement(
 @pytest.mark.postgres
 @pytest.mark.parametrize(
     "caps",
-    [{"max_count": 10}, {"max_weight": 3_000}, {"max_count": 25, "max_weight": 5_000}],
-    ids=["count", "weight", "both"],
+    [
+        {"max_count": 10},
+        {"max_weight": 3_000},
+        {"max_count": 25, "max_weight": 5_000},
+        # ~100 rows a batch: pages of 64 rows and more are read as a head and a tail.
+        {"max_weight": 50_000},
+    ],
+    ids=["count", "weight", "both", "weight-split"],
 )
 async def test_the_statement_keeps_one_generic_plan(pg_url: str, caps: dict[str, Any]) -> None:
     """PostgreSQL plans it once, not on every lease: the page's limit is written in.
@@ -332,7 +338,7 @@ async def test_the_statement_keeps_one_generic_plan(pg_url: str, caps: dict[str,
     With ``LIMIT $n`` the server's generic plan assumed a tenth of the table and lost to a
     fresh custom plan on every execution (~0.5 ms of planning per lease).
     """
-    await create_meta_table(pg_url, rows=2_000)
+    await create_meta_table(pg_url, rows=4_000)
     files = pbi.MetaTable("files", weight="size_in_bytes")
     async with pbi.Inventory(pg_url) as inv:
         for _ in range(20):
@@ -345,16 +351,18 @@ async def test_the_statement_keeps_one_generic_plan(pg_url: str, caps: dict[str,
         assert kept is not None
         driver: Any = kept.driver_connection
         found = await driver.fetch(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "SELECT generic_plans, custom_plans, statement FROM pg_prepared_statements "
             "WHERE statement LIKE 'WITH locked AS%'"
         )
-        plans = [(int(g), int(c)) for g, c in found]
+        plans = [(int(g), int(c)) for g, c, _ in found]
+        split = any("pbi_head" in text for _, _, text in found)
         assert store._kept.keep(kept)
     assert plans, "the one-statement acquire was not prepared on this connection"
     generic = sum(g for g, _ in plans)
     custom = sum(c for _, c in plans)
     # Five custom plans per statement text before the server compares; after that, generic.
     assert generic >= 10 and custom <= 5 * len(plans), plans
+    assert split == (caps == {"max_weight": 50_000})
 
 
 @pytest.fixture
