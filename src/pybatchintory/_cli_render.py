@@ -303,9 +303,9 @@ def render_errors(
         console.rule(
             Text(f"{g.count} x {g.error_type}  fingerprint {g.fingerprint[:12]}", style="red")
         )
-        console.print(f"message:  {g.error_message}")
-        console.print(f"seen:     {_when(g.first_seen)} .. {_when(g.last_seen)}")
-        console.print(f"attempts: {', '.join(str(i) for i in g.attempt_ids)}")
+        console.print(f"message:     {g.error_message}")
+        console.print(f"seen:        {_when(g.first_seen)} .. {_when(g.last_seen)}")
+        console.print(f"attempt ids: {', '.join(str(i) for i in g.attempt_ids)}")
         text = tracebacks.get(g.attempt_ids[0]) if g.attempt_ids else None
         if text:
             for line in _excerpt(text.rstrip().splitlines()):

@@ -362,7 +362,12 @@ async def test_the_statement_keeps_one_generic_plan(pg_url: str, caps: dict[str,
     custom = sum(c for _, c in plans)
     # Five custom plans per statement text before the server compares; after that, generic.
     assert generic >= 10 and custom <= 5 * len(plans), plans
-    assert split == (caps == {"max_weight": 50_000})
+    # A weighted page of 64 rows or more is read in two pieces (the job's very first page,
+    # sized before any batch, is one of those whatever the cap); a count cap never is.
+    if caps == {"max_weight": 50_000}:
+        assert split, "the weighted pages were not split"
+    if "max_weight" not in caps:
+        assert not split
 
 
 @pytest.fixture

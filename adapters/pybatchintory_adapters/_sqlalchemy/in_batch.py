@@ -28,18 +28,16 @@ it); on another connection the store takes the slower path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
 from pybatchintory.models import LeaseGrant
-from pybatchintory.protocols import FirstPage
 from pybatchintory_adapters._sqlalchemy.driver_path import DirectConnection, HotPath
 from pybatchintory_adapters._sqlalchemy.in_one import (
+    LeaseAsked,
     PageCut,
-    first_params,
     lease_clock,
     new_attempt,
     one_grant,
@@ -154,17 +152,13 @@ class LeaseInBatch:
     """
 
     statements: tuple[sa.Executable, ...]
-    first: FirstPage
-    job: str
-    owner: str
-    ttl: float
-    config: Mapping[str, Any] | None
+    asked: LeaseAsked
 
     async def __call__(self, ex: HotPath, link: object) -> list[LeaseGrant] | None:
         if not isinstance(ex, DirectConnection) or not ex.can_batch:
             return None
-        params = first_params(self.first, self.job, self.owner, self.ttl, self.config)
+        params = self.asked.one_lease()
         results = await ex.batch(self.statements, params)
         rows = results[-1]
         assert len(rows) == 1, "the batch's result statement returns one row"
-        return one_grant(self.first, self.job, params["p_token"], rows[0])
+        return one_grant(self.asked, params["p_token"], rows[0])

@@ -50,7 +50,7 @@ __all__ = (
     "LeaseInOne",
     "LeaseManyInOne",
     "PageCut",
-    "first_params",
+    "LeaseAsked",
     "lease_clock",
     "lease_in_one",
     "lease_many_in_one",
@@ -308,9 +308,7 @@ def lease_in_one(t: Tables, page_query: Any, *, limit: int | None, counted: bool
     )
 
 
-def one_grant(
-    first: FirstPage, job: str, token: str, row: Sequence[Any]
-) -> list[LeaseGrant] | None:
+def one_grant(asked: LeaseAsked, token: str, row: Sequence[Any]) -> list[LeaseGrant] | None:
     """What a one-round-trip acquire's result row says (``lease_in_one``'s columns).
 
     The grant, ``[]`` when there is certainly nothing to hand out (no lease ran out, no
@@ -322,11 +320,11 @@ def one_grant(
         nothing = cursor is not None and bool(free) and int(page_rows) == 0
         return [] if nothing else None
     cut = PlannedRange(int(start), int(end), int(count), as_weight(weight), bool(oversized))
-    first.taken(cut)
+    asked.first.taken(cut)
     return [
         LeaseGrant(
             id=int(key),
-            job=job,
+            job=asked.job,
             meta_table=str(meta_table),
             meta_id_start=cut.meta_id_start,
             meta_id_end=cut.meta_id_end,
@@ -341,19 +339,39 @@ def one_grant(
     ]
 
 
-def first_params(first: FirstPage, job: str, owner: str, ttl: float, config: Any) -> dict[str, Any]:
-    """The parameters of a one-round-trip acquire of one range; its token is ``p_token``."""
-    params: dict[str, Any] = {
-        **first.params,
-        "p_job": job,
-        "p_owner": owner,
-        "p_token": secrets.token_hex(16),
-        "p_ttl": float(ttl),
-        "p_config": config,
-    }
-    if first.max_count is not None:
-        params["p_max_count"] = first.max_count
-    return params
+@dataclass(frozen=True, slots=True)
+class LeaseAsked:
+    """What one acquire asks for, as a one-round-trip body needs it (shared by all three).
+
+    Attributes:
+        first: The source's first page.
+        job, owner, ttl: Whose lease, for how long.
+        config: The attempt's ``config`` column (a copy of the caller's mapping).
+    """
+
+    first: FirstPage
+    job: str
+    owner: str
+    ttl: float
+    config: Mapping[str, Any] | None
+
+    def params(self, **tokens: str) -> dict[str, Any]:
+        """The statement's parameters, with ``tokens`` (``p_token`` or ``p_tokens``)."""
+        params: dict[str, Any] = {
+            **self.first.params,
+            "p_job": self.job,
+            "p_owner": self.owner,
+            "p_ttl": float(self.ttl),
+            "p_config": self.config,
+            **tokens,
+        }
+        if self.first.max_count is not None:
+            params["p_max_count"] = self.first.max_count
+        return params
+
+    def one_lease(self) -> dict[str, Any]:
+        """The parameters of an acquire of one range; its token is ``p_token``."""
+        return self.params(p_token=secrets.token_hex(16))
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,18 +383,14 @@ class LeaseInOne:
     """
 
     statement: sa.Select[Any]
-    first: FirstPage
-    job: str
-    owner: str
-    ttl: float
-    config: Mapping[str, Any] | None
+    asked: LeaseAsked
 
     async def __call__(self, ex: HotPath, link: object) -> list[LeaseGrant] | None:
-        params = first_params(self.first, self.job, self.owner, self.ttl, self.config)
+        params = self.asked.one_lease()
         row = await ex.one(self.statement, params)
         if row is None:
             return None  # no such job: the slower path says so
-        return one_grant(self.first, self.job, params["p_token"], row)
+        return one_grant(self.asked, params["p_token"], row)
 
 
 def lease_many_in_one(t: Tables, rows_query: Any, limit: int) -> sa.Select[Any]:
@@ -506,24 +520,12 @@ class LeaseManyInOne:
     """
 
     statement: sa.Select[Any]
-    first: FirstPage
+    asked: LeaseAsked
     n: int
-    job: str
-    owner: str
-    ttl: float
-    config: Mapping[str, Any] | None
 
     async def __call__(self, ex: HotPath, link: object) -> list[LeaseGrant] | None:
-        assert self.first.max_count is not None, "count-capped ranges only"
-        params: dict[str, Any] = {
-            **self.first.params,
-            "p_max_count": self.first.max_count,
-            "p_tokens": ",".join(secrets.token_hex(16) for _ in range(self.n)),
-            "p_job": self.job,
-            "p_owner": self.owner,
-            "p_ttl": float(self.ttl),
-            "p_config": self.config,
-        }
+        assert self.asked.first.max_count is not None, "count-capped ranges only"
+        params = self.asked.params(p_tokens=",".join(secrets.token_hex(16) for _ in range(self.n)))
         found = await ex.all(self.statement, params)
         if not found:
             return None  # no such job: the slower path says so
@@ -535,7 +537,7 @@ class LeaseManyInOne:
             (
                 LeaseGrant(
                     id=int(key),
-                    job=self.job,
+                    job=self.asked.job,
                     meta_table=str(meta_table),
                     meta_id_start=int(start),
                     meta_id_end=int(end),
@@ -552,7 +554,7 @@ class LeaseManyInOne:
             key=lambda grant: grant.meta_id_start,
         )
         last = grants[-1]
-        self.first.taken(
+        self.asked.first.taken(
             PlannedRange(last.meta_id_start, last.meta_id_end, last.count, last.weight, False)
         )
         return grants

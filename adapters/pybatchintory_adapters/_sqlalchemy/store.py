@@ -48,6 +48,7 @@ from pybatchintory_adapters._sqlalchemy.driver_path import (
 )
 from pybatchintory_adapters._sqlalchemy.in_batch import LeaseInBatch, lease_in_batch
 from pybatchintory_adapters._sqlalchemy.in_one import (
+    LeaseAsked,
     LeaseInOne,
     LeaseManyInOne,
     lease_in_one,
@@ -357,7 +358,7 @@ class SQLAlchemyStore:
         first: FirstPage | None = None if offer is None else offer(self.engine)
         if first is None:
             return None
-        stored = None if config is None else dict(config)
+        asked = LeaseAsked(first, job, owner, ttl, None if config is None else dict(config))
         in_one = self.capabilities.acquire_in_one
         if n == 1:
             # One statement (``in_one``) or one batch (``in_batch``), built once per shape.
@@ -369,13 +370,13 @@ class SQLAlchemyStore:
                     lease_in_one, self.tables, first.query, limit=limit, counted=counted
                 )
                 statement = self._cached_in_one(key, first.query, build)
-                body = LeaseInOne(statement, first, job, owner, ttl, stored)
+                body = LeaseInOne(statement, asked)
             else:
                 batch = functools.partial(
                     lease_in_batch, self.tables, first.query, limit=limit, counted=counted
                 )
                 statements = self._cached_in_one(key, first.query, batch)
-                body = LeaseInBatch(statements, first, job, owner, ttl, stored)
+                body = LeaseInBatch(statements, asked)
             return await self._transact_hot(body, single=True)
         if not in_one:
             return None  # many ranges in a batch: not written; the transaction does
@@ -387,12 +388,8 @@ class SQLAlchemyStore:
             statement=self._cached_in_one(
                 key, first.rows, lambda: lease_many_in_one(self.tables, first.rows, limit)
             ),
-            first=first,
+            asked=asked,
             n=n,
-            job=job,
-            owner=owner,
-            ttl=ttl,
-            config=stored,
         )
         return await self._transact_hot(many, single=True)
 
