@@ -181,8 +181,10 @@ def _get() -> _Instruments | None:
 
 
 @contextmanager
-def _span(name: str, attributes: dict[str, Any]) -> Iterator[Span | None]:
-    instruments = _get()
+def _span(
+    instruments: _Instruments | None, name: str, attributes: dict[str, Any]
+) -> Iterator[Span | None]:
+    """A span of ``instruments``' tracer (``_get()``, asked once per operation)."""
     if instruments is None:
         yield None
         return
@@ -200,18 +202,17 @@ def acquiring_span(job: str) -> Iterator[Callable[[Collection[_Leased]], None]]:
     """Around one acquire of ``job``: call the yielded function with what was leased."""
     started = time.monotonic()
     leased: list[_Leased] = []
-    with _span("pybatchintory.acquire", {"pybatchintory.job": job}) as span:
+    instruments = _get()
+    with _span(instruments, "pybatchintory.acquire", {"pybatchintory.job": job}) as span:
         try:
             yield leased.extend
         except BaseException as exc:
             _fail(span, exc)
-            instruments = _get()
             if instruments is not None:
                 elapsed = time.monotonic() - started
                 instruments.acquire_duration.record(elapsed, {"job": job, "result": "error"})
             raise
         now = time.monotonic()
-        instruments = _get()
         if span is not None:
             span.set_attribute("pybatchintory.batches", len(leased))
             span.set_attribute("pybatchintory.rows", sum(b.count for b in leased))
@@ -239,9 +240,8 @@ def acquiring_span(job: str) -> Iterator[Callable[[Collection[_Leased]], None]]:
         _started.popitem(last=False)
 
 
-def _ended(batch: _Leased, outcome: str) -> None:
+def _ended(batch: _Leased, outcome: str, instruments: _Instruments | None) -> None:
     started = _started.pop(batch.token, None)
-    instruments = _get()
     if instruments is None:
         return
     attributes = {"job": batch.job, "outcome": outcome}
@@ -261,13 +261,14 @@ def settling(batch: _Leased, status: str) -> Iterator[None]:
         "pybatchintory.meta_id_end": batch.meta_id_end,
         "pybatchintory.status": status,
     }
+    instruments = _get()
     try:
-        with _span("pybatchintory.settle", attributes) as span:
+        with _span(instruments, "pybatchintory.settle", attributes) as span:
             try:
                 yield
             except LeaseLost as exc:
                 _fail(span, exc)
-                _ended(batch, "lost")
+                _ended(batch, "lost", instruments)
                 log.warning(
                     "lease lost: %s attempt %d [%d, %d]: %s",
                     batch.job,
@@ -281,7 +282,7 @@ def settling(batch: _Leased, status: str) -> Iterator[None]:
                 _fail(span, exc)
                 log.warning("settle of %s attempt %d failed: %s", batch.job, batch.attempt, exc)
                 raise
-        _ended(batch, status)
+        _ended(batch, status, instruments)
         log.info(
             "%s %s attempt %d [%d, %d]",
             status,
@@ -297,7 +298,8 @@ def settling(batch: _Leased, status: str) -> Iterator[None]:
 @contextmanager
 def settling_many(batches: int) -> Iterator[None]:
     """Around one ``settle_many`` write of ``batches`` settles (each reported by ``ended``)."""
-    with _span("pybatchintory.settle_many", {"pybatchintory.batches": batches}) as span:
+    attributes = {"pybatchintory.batches": batches}
+    with _span(_get(), "pybatchintory.settle_many", attributes) as span:
         try:
             yield
         except BaseException as exc:
@@ -307,7 +309,7 @@ def settling_many(batches: int) -> Iterator[None]:
 
 def ended(batch: _Leased, outcome: str) -> None:
     """One batch of a ``settle_many`` ended as ``outcome`` (a status, or ``lost``)."""
-    _ended(batch, outcome)
+    _ended(batch, outcome, _get())
     if outcome == "lost":
         log.warning("settle of %s attempt %d found its lease lost", batch.job, batch.attempt)
     elif log.isEnabledFor(logging.INFO):
@@ -325,7 +327,7 @@ def ended(batch: _Leased, outcome: str) -> None:
 def heartbeat(owner: str, leases: int) -> Iterator[None]:
     """Around one heartbeat renewing ``leases`` leases of ``owner``."""
     attributes = {"pybatchintory.owner": owner, "pybatchintory.leases": leases}
-    with _span("pybatchintory.heartbeat", attributes) as span:
+    with _span(_get(), "pybatchintory.heartbeat", attributes) as span:
         try:
             yield
         except BaseException as exc:
@@ -336,7 +338,7 @@ def heartbeat(owner: str, leases: int) -> Iterator[None]:
 
 def lost(batch: _Leased) -> None:
     """A heartbeat found the lease of ``batch`` gone."""
-    _ended(batch, "lost")
+    _ended(batch, "lost", _get())
     log.warning(
         "lease lost: %s attempt %d [%d, %d]",
         batch.job,

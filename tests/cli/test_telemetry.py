@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import pybatchintory as pbi
 from pybatchintory import telemetry
 
-from tests.helpers import create_meta_table
+from tests.helpers import create_meta_table, fetch_all
 
 pytestmark = pytest.mark.sqlite
 
@@ -105,6 +105,34 @@ async def test_spans_metrics_and_log_fields(
         assert isinstance(record.__dict__["attempt"], int)
         assert record.__dict__["meta_id_start"] <= record.__dict__["meta_id_end"]
     assert any("failed daily attempt 1 [11, 20]" in r.getMessage() for r in records)
+
+
+async def test_settle_many_and_a_lost_lease(
+    tmp_path: Any, exporters: tuple[InMemorySpanExporter, InMemoryMetricReader]
+) -> None:
+    """``settle_many`` reports one span and an outcome per batch; a fenced-out settle, lost."""
+    spans, reader = exporters
+    url = f"sqlite+aiosqlite:///{tmp_path / 'inv.db'}"
+    await create_meta_table(url, rows=40)
+    files = pbi.MetaTable("files", weight="size_in_bytes")
+    async with pbi.Inventory(url) as inv:
+        batches = await inv.acquire_many("daily", files, 2, max_count=10)
+        assert len(batches) == 2
+        assert await inv.settle_many(batches) == []
+        taken = await inv.acquire("daily", files, max_count=10)
+        assert taken is not None
+        # Somebody else's lease now (as after a takeover): the fenced settle misses.
+        await fetch_all(url, "UPDATE inventory SET token = 'other' WHERE id = :id", id=taken.id)
+        with pytest.raises(pbi.LeaseLost):
+            await taken.success()
+
+    names = [s.name for s in spans.get_finished_spans()]
+    assert names.count("pybatchintory.settle_many") == 1
+    assert names.count("pybatchintory.acquire") == 2
+    points = _points(reader)
+    leases = {p.attributes["outcome"]: p.value for p in points["pybatchintory.leases"]}
+    assert leases == {"succeeded": 2, "lost": 1}
+    assert sum(p.count for p in points["pybatchintory.lease.duration"]) == 3
 
 
 def test_without_opentelemetry_leasing_works_and_reports_nothing(tmp_path: Any) -> None:
