@@ -11,6 +11,9 @@ drains it:
 - one heartbeat task renews every lease held, every ``ttl/3``, and tells the batches whose
   lease was lost.
 
+On Python 3.12 and later a write's task starts eagerly (``_start``): its first step, up to
+its first wait for the database, runs at once instead of an event-loop iteration later.
+
 Also ``LeaseContext``, what ``Inventory.lease`` returns: acquire on enter (waiting for a
 range if asked to), then the batch's own exit policy.
 """
@@ -23,12 +26,13 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -53,6 +57,24 @@ __all__ = ("LeaseContext", "LeasePolicy", "Leases", "lease_policy")
 log = logging.getLogger("pybatchintory")
 
 _SETTLE_RETRY_FIRST = 0.05
+_T = TypeVar("_T")
+
+
+def _start(write: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+    """``write`` in a task of its own, started eagerly where Python allows it (3.12+).
+
+    An eager task runs its first step inside this call, up to its first real wait (a
+    statement sent, its reply awaited), instead of after one more event-loop iteration:
+    one iteration less per acquire and per settle. It is a task of its own all the same,
+    so the caller's cancellation still cannot reach into it. A loop with a task factory
+    of its own (instrumentation, say) gets its task from that factory, as before.
+    """
+    loop = asyncio.get_running_loop()
+    if sys.version_info >= (3, 12) and loop.get_task_factory() is None:
+        return asyncio.Task(write, loop=loop, eager_start=True)
+    return loop.create_task(write)
+
+
 _SETTLE_RETRY_MAX = 1.0
 
 
@@ -199,7 +221,7 @@ class Leases:
         connection can keep SQLite's write lock) nor strand leases it committed: those are
         released once it is done, tracked like a settle so that ``aclose()`` drains it.
         """
-        task = asyncio.get_running_loop().create_task(acquiring)
+        task = _start(acquiring)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -242,7 +264,7 @@ class Leases:
 
     async def settle(self, batch: Batch, settlement: Settlement) -> None:
         """Write a settle in its own task: shielded from cancellation, drained by aclose."""
-        task = asyncio.get_running_loop().create_task(self._write_settle(batch, settlement))
+        task = _start(self._write_settle(batch, settlement))
         self._track(task)
         batch._writing_in(task)
         with anyio.CancelScope(shield=True):
@@ -335,7 +357,7 @@ class Leases:
         drained by ``aclose``; a failing database is retried until the first of the leases
         would run out. A lost batch is marked lost and let go; nothing is raised for it.
         """
-        task = asyncio.get_running_loop().create_task(self._write_settles(settles))
+        task = _start(self._write_settles(settles))
         self._track(task)
         with anyio.CancelScope(shield=True):
             lost = await asyncio.shield(task)

@@ -228,7 +228,9 @@ async def _append(url: str, after: int, n: int) -> None:
                 sa.text(
                     "INSERT INTO files (id, path, size_in_bytes, kind, imported) "
                     "VALUES (:id, :path, :size, 'parquet', :imported)"
-                ),
+                    # Bound as a DateTime: SQLAlchemy renders it, not sqlite3's default
+                    # adapter (deprecated since Python 3.12).
+                ).bindparams(sa.bindparam("imported", type_=sa.DateTime())),
                 [
                     {"id": i, "path": f"s3://new/{i}.parquet", "size": 4096, "imported": now}
                     for i in range(after + 1, after + n + 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,13 @@ ROWS = 2000
 @pytest.fixture
 def paths(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     inventory, target = tmp_path / "inventory.db", tmp_path / "target.db"
-    with sqlite3.connect(target) as conn:
+    with closing(sqlite3.connect(target)) as conn, conn:
         conn.execute("CREATE TABLE file_copies (id INTEGER PRIMARY KEY, size_in_bytes INTEGER)")
     yield inventory, target
 
 
 def _ledger(inventory: Path) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(inventory) as conn:
+    with closing(sqlite3.connect(inventory)) as conn, conn:
         return conn.execute(
             "SELECT meta_id_start, meta_id_end, status, attempt, error_type FROM inventory "
             "WHERE job = 'copy_files' ORDER BY id"
@@ -50,7 +51,7 @@ def _ledger(inventory: Path) -> list[tuple[Any, ...]]:
 
 
 def _copied(target: Path) -> list[int]:
-    with sqlite3.connect(target) as conn:
+    with closing(sqlite3.connect(target)) as conn, conn:
         return [row[0] for row in conn.execute("SELECT id FROM file_copies ORDER BY id")]
 
 
@@ -64,7 +65,7 @@ class _Probe(BatchProcessor):  # type: ignore[misc]
 
     def get_batch(self, max_batch_size: int) -> Iterator[BatchResults]:
         for batch in self.predecessor.get_batch(max_batch_size):
-            with sqlite3.connect(self.inventory) as conn:
+            with closing(sqlite3.connect(self.inventory)) as conn, conn:
                 statuses = conn.execute(
                     "SELECT DISTINCT status FROM inventory WHERE job = 'copy_files'"
                 ).fetchall()
@@ -110,7 +111,10 @@ async def test_a_failed_write_records_every_batch_of_the_task(paths: tuple[Path,
     inventory, target = paths
     url = f"sqlite+aiosqlite:///{inventory}"
     await create_meta_table(url, rows=ROWS)
-    with sqlite3.connect(target) as conn:  # id 1500 exists: the sink's insert will fail
+    with (
+        closing(sqlite3.connect(target)) as conn,
+        conn,
+    ):  # id 1500 exists: the sink's insert will fail
         conn.execute("INSERT INTO file_copies VALUES (1500, 0)")
 
     result, settled = await anyio.to_thread.run_sync(
@@ -126,7 +130,7 @@ async def test_a_failed_write_records_every_batch_of_the_task(paths: tuple[Path,
         ("failed", 1, "sqlalchemy.exc.IntegrityError")
     }
 
-    with sqlite3.connect(target) as conn:
+    with closing(sqlite3.connect(target)) as conn, conn:
         conn.execute("DELETE FROM file_copies")
     result, settled = await anyio.to_thread.run_sync(
         lambda: copy_files(url, f"sqlite:///{target}", max_count=500)
