@@ -57,6 +57,7 @@ __all__ = ("LeaseContext", "LeasePolicy", "Leases", "lease_policy")
 log = logging.getLogger("pybatchintory")
 
 _SETTLE_RETRY_FIRST = 0.05
+_SETTLE_RETRY_MAX = 1.0
 _T = TypeVar("_T")
 
 
@@ -73,9 +74,6 @@ def _start(write: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
     if sys.version_info >= (3, 12) and loop.get_task_factory() is None:
         return asyncio.Task(write, loop=loop, eager_start=True)
     return loop.create_task(write)
-
-
-_SETTLE_RETRY_MAX = 1.0
 
 
 @dataclass(frozen=True, slots=True)

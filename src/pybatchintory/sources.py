@@ -181,8 +181,6 @@ def page_params(request: PageRequest) -> dict[str, Any]:
 
     ``1.5`` and ``10**9`` alike: the cap is compared with a running sum of any numeric
     column, and a float becomes the decimal of its shortest repr, not its binary value.
-    A weighted page's ``p_head_limit`` and ``p_tail_limit`` come along
-    (``split_weighted_page``); a statement without them ignores them.
     """
     params: dict[str, Any] = {
         "p_after": request.after,
@@ -190,10 +188,6 @@ def page_params(request: PageRequest) -> dict[str, Any]:
         "p_limit": request.limit,
         "p_max_weight": None if request.max_weight is None else _decimal(request.max_weight),
     }
-    if request.max_weight is not None and request.limit is not None:
-        split = split_weighted_page(request.limit)
-        if split is not None:
-            params["p_head_limit"], params["p_tail_limit"] = split
     return {k: v for k, v in params.items() if v is not None}
 
 
@@ -348,6 +342,15 @@ class BoundMetaTable:
             weighted,
             split,
         )
+
+    @staticmethod
+    def _params(request: PageRequest, key: tuple[bool, ...]) -> dict[str, Any]:
+        """``page_params``, and a split page's ``p_head_limit`` and ``p_tail_limit``."""
+        params = page_params(request)
+        split = None if request.limit is None else split_weighted_page(request.limit)
+        if key[-1] and split is not None:  # ``_shape`` split it: the limits are known
+            params["p_head_limit"], params["p_tail_limit"] = split
+        return params
 
     def _page_query(
         self, has_after: bool, has_end: bool, has_limit: bool, weighted: bool, split: bool
@@ -509,7 +512,7 @@ class BoundMetaTable:
             return None
         key = self._shape(request, after=True)
         query = self._page_query(*key)
-        params = page_params(request)
+        params = self._params(request, key)
         params.pop("p_after", None)
         return query, self._page_rows[key], params
 
@@ -519,8 +522,8 @@ class BoundMetaTable:
         With a weight cap, a running sum (window function) says how many leading rows fit;
         the database reads at most ``limit`` rows through the id index either way.
         """
-        query = self._page_query(*self._shape(request))
-        row = await self._scalar_row(query, link, page_params(request))
+        key = self._shape(request)
+        row = await self._scalar_row(self._page_query(*key), link, self._params(request, key))
         count, first, first_w, last, weight, fit_rows, fit_last, fit_weight = row
         return PageSummary(
             rows=int(count),

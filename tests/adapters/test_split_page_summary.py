@@ -9,6 +9,7 @@ head; caps hit in the head, in the tail and never; negative, zero and NULL weigh
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import pybatchintory as pbi
 from pybatchintory.protocols import BindContext, PageRequest, PageSummary, split_weighted_page
-from pybatchintory.sources import BoundMetaTable, page_params
+from pybatchintory.sources import BoundMetaTable
 
 from tests.conftest import DatabaseFactory
 from tests.unit.test_planning_properties import naive_summarize
@@ -158,14 +159,20 @@ async def test_the_head_alone_decides_nothing_it_cannot(engine: AsyncEngine) -> 
         assert _exact(got) == _exact(naive_summarize(expected_rows, request)), request
 
 
-async def test_small_pages_and_other_backends_stay_in_one_piece(engine: AsyncEngine) -> None:
+async def test_small_and_unweighted_pages_stay_in_one_piece(engine: AsyncEngine) -> None:
     await _table(engine, "small", [(i, 1, "csv") for i in range(1, 11)])
     source = await _bound(engine, pbi.MetaTable("small", weight="size"))
     small = PageRequest(after=0, end=None, limit=63, max_weight=5)
     assert split_weighted_page(63) is None
     assert "pbi_head" not in _split_sql(source, small)
-    assert "p_head_limit" not in page_params(small)
+    assert "p_head_limit" not in source._params(small, source._shape(small))
     unweighted = PageRequest(after=0, end=None, limit=1000, max_weight=None)
     assert "pbi_head" not in _split_sql(source, unweighted)
-    params: dict[str, Any] = page_params(PageRequest(after=0, end=None, limit=1000, max_weight=5))
+    split = PageRequest(after=0, end=None, limit=1000, max_weight=5)
+    params: dict[str, Any] = source._params(split, source._shape(split))
     assert (params["p_head_limit"], params["p_tail_limit"]) == (750, 250)
+    # A first page's statement comes with every parameter but the cursor.
+    found = source.first_page(engine, dataclasses.replace(split, after=None))
+    assert found is not None
+    assert (found[2]["p_head_limit"], found[2]["p_tail_limit"]) == (750, 250)
+    assert "p_after" not in found[2]
